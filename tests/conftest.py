@@ -1,0 +1,46 @@
+"""Shared fixtures: compose the Hydra config as `train.py` would, offline and fast."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A small, fast training config: the tiny random model, few prompts, short responses.
+TINY_OVERRIDES = [
+    "model=tiny",
+    "trainer.max_steps=2",
+    "trainer.precision=32",
+    "data.prompts_per_step=2",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=12",
+    "update.micro_batch_size=4",
+    "validation.before_training=false",
+]
+
+
+def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+    """Compose configs/train.yaml with overrides, with the Hydra runtime set as in a real run."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides or [], return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.paths.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def cfg_tiny(tmp_path: Path) -> DictConfig:
+    return compose_config(TINY_OVERRIDES, output_dir=tmp_path)

@@ -1,0 +1,77 @@
+import torch
+from transformers import GenerationConfig
+
+from clipo.models import load_model
+from clipo.rollout import forward_responses, generate_rollouts, hidden_layer_module, response_mask_from_ids
+
+RECORDS = [
+    {"messages": [{"role": "user", "content": "What is 2+3?"}], "ground_truth": "5", "data_source": "t"},
+    {"messages": [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}], "ground_truth": "7"},
+]
+
+
+def _tiny_rollouts(group_size=3, layer=-1, max_new_tokens=16):
+    model, tokenizer = load_model("tiny", tiny={})
+    generation = GenerationConfig(
+        do_sample=True, max_new_tokens=max_new_tokens, top_k=0,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return model, tokenizer, generate_rollouts(model, tokenizer, RECORDS, group_size, generation, capture_layer=layer)
+
+
+def test_response_mask_keeps_tokens_through_first_eos():
+    ids = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(response_mask_from_ids(ids, [2]), expected)
+
+
+def test_rollout_batch_layout():
+    _, tokenizer, batch = _tiny_rollouts(group_size=3)
+    n, t = 6, batch.response_ids.shape[1]
+    assert batch.sequences.shape[0] == n and batch.hidden.shape[:2] == (n, t)
+    assert batch.groups.tolist() == [0, 0, 0, 1, 1, 1]
+    assert batch.ground_truths == ["5"] * 3 + ["7"] * 3
+    # left padding: the shorter prompt is padded on the left, so every prompt ends at P-1
+    assert (batch.attention_mask[:, batch.prompt_len - 1] == 1).all()
+    assert batch.attention_mask[3, 0] == 1 and batch.attention_mask[0, 0] == 0
+    assert torch.equal(batch.attention_mask[:, batch.prompt_len :].bool(), batch.response_mask)
+    # decoded text is exactly the masked response tokens
+    for i in range(n):
+        ids = batch.response_ids[i][batch.response_mask[i]]
+        assert batch.responses[i] == tokenizer.decode(ids, skip_special_tokens=True)
+    assert torch.equal(batch.truncated, ~(batch.response_ids == tokenizer.eos_token_id).any(-1))
+
+
+def test_hidden_states_from_generation_equal_the_training_forward():
+    """No extra forward pass for CLIPO: the states captured while sampling are those a forward pass computes."""
+    for layer in (-1, 1):
+        model, _, batch = _tiny_rollouts(layer=layer)
+        with torch.no_grad():
+            out = forward_responses(model, batch, hidden_layer=layer)
+        mask = batch.response_mask
+        torch.testing.assert_close(batch.hidden[mask], out.hidden[mask], atol=1e-5, rtol=1e-4)
+
+
+def test_logprobs_match_a_full_forward_with_log_softmax():
+    model, _, batch = _tiny_rollouts()
+    with torch.no_grad():
+        out = forward_responses(model, batch, temperature=0.7, with_entropy=True)
+        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(batch.sequences, attention_mask=batch.attention_mask, position_ids=position_ids).logits
+        p = batch.prompt_len
+        reference = torch.log_softmax(logits[:, p - 1 : -1].float() / 0.7, -1)
+        expected = reference.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+        expected_entropy = -(reference.exp() * reference).sum(-1)
+    mask = batch.response_mask
+    torch.testing.assert_close(out.logprobs[mask], expected[mask], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.entropy[mask], expected_entropy[mask], atol=1e-4, rtol=1e-4)
+
+
+def test_hidden_layer_module_indexing():
+    model, _ = load_model("tiny", tiny={})
+    decoder = model.get_decoder()
+    assert hidden_layer_module(model, -1) is decoder.norm
+    assert hidden_layer_module(model, 2) is decoder.norm  # 2 layers -> 3 states
+    assert hidden_layer_module(model, 0) is decoder.embed_tokens
+    assert hidden_layer_module(model, 1) is decoder.layers[0]
