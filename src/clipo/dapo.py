@@ -1,0 +1,137 @@
+"""DAPO's sampling-side tricks: dynamic sampling and soft overlong punishment.
+
+Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale",
+https://arxiv.org/abs/2503.14476 (Sec. 3.2 dynamic sampling, Sec. 3.4 overlong reward shaping).
+Shapes: `N` rollouts, each with a scalar reward and an integer group (prompt) id.
+
+Dynamic sampling, as the module runs it (pass the verifier's rewards, before any shaping:
+DAPO filters on accuracy):
+
+    rollouts, refills = sample(), 0
+    while (selection := select_groups(rollouts.rewards, rollouts.groups, target, refills, limit)).need_more:
+        rollouts, refills = concat(rollouts, sample()), refills + 1
+    rollouts = rollouts[selection.keep]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clipo.ops import group_ids_to_index
+
+
+def _group_range(rewards: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(varied[K] bool: the group's rewards are not all equal, index[N], K)."""
+    if rewards.dim() != 1 or rewards.shape != groups.shape:
+        raise ValueError(
+            f"rewards and groups must be 1-D of equal length, got {tuple(rewards.shape)} and {tuple(groups.shape)}"
+        )
+    index, num_groups = group_ids_to_index(groups)
+    rewards = rewards.float()
+    empty = torch.empty(num_groups, dtype=rewards.dtype, device=rewards.device)
+    high = empty.scatter_reduce(0, index, rewards, "amax", include_self=False)
+    low = empty.clone().scatter_reduce(0, index, rewards, "amin", include_self=False)
+    return high > low, index, num_groups
+
+
+def zero_variance_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Dynamic sampling's filter: which rollouts to keep.
+
+    Args:
+        rewards: [N] reward per rollout.
+        groups: [N] integer group id per rollout.
+
+    Returns:
+        keep [N] bool: true where the rollout's group has reward variance > 0, i.e. not all
+        its rewards are equal (all-correct, all-wrong and size-1 groups are dropped, since their
+        group-relative advantages are all 0).
+    """
+    varied, index, _ = _group_range(rewards, groups)
+    return varied[index]
+
+
+@dataclass(frozen=True)
+class GroupSelection:
+    """Outcome of `select_groups`.
+
+    Attributes:
+        keep: [N] bool, the rollouts of the selected groups.
+        num_groups: groups selected.
+        num_informative: selected groups with reward variance > 0.
+        enough: `num_informative == target` (only groups with variance were selected).
+        limit_hit: not enough and the refill limit is spent: the selection was topped up with
+            zero-variance groups (in order of first appearance) to keep the batch size when possible.
+    """
+
+    keep: torch.Tensor
+    num_groups: int
+    num_informative: int
+    enough: bool
+    limit_hit: bool
+
+    @property
+    def need_more(self) -> bool:
+        """Sample another batch and call `select_groups` again with `refills + 1`."""
+        return not self.enough and not self.limit_hit
+
+
+def select_groups(
+    rewards: torch.Tensor, groups: torch.Tensor, target_groups: int, refills: int, max_refills: int
+) -> GroupSelection:
+    """Pick up to `target_groups` groups with reward variance > 0 from the rollouts gathered so far.
+
+    Groups are taken in order of their first rollout, so earlier batches are used first and the
+    choice is deterministic. Zero-variance groups are returned only once the limit is hit
+    (`refills >= max_refills` without enough informative groups).
+
+    Args:
+        rewards: [N] verifier reward per rollout, over all batches sampled so far.
+        groups: [N] integer group id per rollout (ids unique across batches).
+        target_groups: groups wanted for the training batch (prompts per step).
+        refills: extra batches sampled so far (0 after the first batch).
+        max_refills: extra batches allowed (`DAPOLoss.max_refill_batches`).
+    """
+    if target_groups < 1 or refills < 0 or max_refills < 0:
+        got = f"{target_groups}, {refills}, {max_refills}"
+        raise ValueError(f"need target_groups >= 1 and refills, max_refills >= 0, got {got}")
+    varied, index, num_groups = _group_range(rewards, groups)
+    positions = torch.arange(index.numel(), device=index.device)
+    first = torch.full((num_groups,), index.numel(), device=index.device, dtype=torch.long)
+    first = first.scatter_reduce(0, index, positions, "amin")  # [K] first rollout of each group
+    order = torch.argsort(first)  # groups in order of appearance
+    varied_in_order = varied[order]
+    chosen = varied_in_order & (varied_in_order.cumsum(0) <= target_groups)
+    num_informative = int(chosen.sum())
+    enough = num_informative >= target_groups
+    limit_hit = not enough and refills >= max_refills
+    if limit_hit:  # top up with zero-variance groups so the batch keeps its size
+        flat = ~varied_in_order
+        chosen = chosen | (flat & (flat.cumsum(0) <= target_groups - num_informative))
+    keep_group = torch.zeros(num_groups, dtype=torch.bool, device=index.device)
+    keep_group[order] = chosen
+    return GroupSelection(keep_group[index], int(chosen.sum()), num_informative, enough, limit_hit)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Sec. 3.4, R_length scaled by `penalty`), added to the reward.
+
+    0 for `length <= max_len - buffer`, then linear down to `-penalty` at `max_len`, and
+    `-penalty` beyond. `buffer = 0` disables it (all zeros).
+
+    Args:
+        lengths: [N] response lengths in tokens.
+        max_len: the generation budget (max new tokens).
+        buffer: the soft-punishment interval length (DAPO: 4096 of 20480).
+        penalty: the punishment at `max_len` (DAPO: 1.0).
+
+    Returns:
+        [N] float32 penalties in [-penalty, 0].
+    """
+    if max_len < 1 or not 0 <= buffer <= max_len or penalty < 0:
+        raise ValueError(f"need max_len >= 1, 0 <= buffer <= max_len, penalty >= 0; got {max_len}, {buffer}, {penalty}")
+    if buffer == 0:
+        return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
+    excess = (lengths.float() - (max_len - buffer)).clamp(min=0)
+    return -penalty * (excess / buffer).clamp(max=1.0)

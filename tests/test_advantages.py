@@ -1,0 +1,141 @@
+"""Advantage estimators: hand-computed values, a naive per-group loop, properties, the registry contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from clipo.advantages import dr_grpo_advantages, grpo_advantages, reinforce_pp_advantages, rloo_advantages
+from clipo.registry import ADVANTAGES
+
+# Groups 7 (size 4), 3 (size 2) and 5 (size 1), with arbitrary ids.
+GROUPS = torch.tensor([7, 7, 7, 7, 3, 3, 5])
+REWARDS = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+
+
+def test_grpo_hand_example():
+    # group 7: mean 0.25, unbiased var (0.75^2 + 3 * 0.25^2) / 3 = 0.25, std 0.5 -> 0.75/0.5 = 1.5, -0.25/0.5 = -0.5
+    # group 3: mean 0.5, unbiased var (0.25 + 0.25) / 1 = 0.5, std 0.70711 -> +-0.5/0.70711 = +-0.70711
+    # group 5: size 1 -> 0
+    expected = torch.tensor([1.5, -0.5, -0.5, -0.5, 0.70711, -0.70711, 0.0])
+    assert_close(grpo_advantages(REWARDS, GROUPS), expected, atol=1e-5, rtol=0)
+
+
+def test_dr_grpo_hand_example():
+    # r - group mean: group 7 mean 0.25, group 3 mean 0.5, singleton 1 - 1 = 0
+    expected = torch.tensor([0.75, -0.25, -0.25, -0.25, 0.5, -0.5, 0.0])
+    assert_close(dr_grpo_advantages(REWARDS, GROUPS), expected)
+
+
+def test_rloo_hand_example():
+    # group 7: 1 - mean(0,0,0) = 1; 0 - mean(1,0,0) = -1/3. group 3: 1 - 0 = 1, 0 - 1 = -1. singleton: 0.
+    expected = torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3, 1.0, -1.0, 0.0])
+    assert_close(rloo_advantages(REWARDS, GROUPS), expected)
+
+
+def test_reinforce_pp_hand_example():
+    # centred: [0.75, -0.25, -0.25, -0.25, 0.5, -0.5] (+ the singleton, left out, stays 0)
+    # batch mean 0, unbiased var (0.5625 + 3 * 0.0625 + 0.25 + 0.25) / 5 = 1.25 / 5 = 0.25, std 0.5
+    expected = torch.tensor([1.5, -0.5, -0.5, -0.5, 1.0, -1.0, 0.0])
+    assert_close(reinforce_pp_advantages(REWARDS, GROUPS), expected, atol=1e-6, rtol=0)
+
+
+def naive(rewards: torch.Tensor, groups: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Straight from the formulas, one group at a time."""
+    out = torch.zeros(len(rewards), dtype=torch.float64)
+    r = rewards.double()
+    for g in groups.unique():
+        idx = (groups == g).nonzero().flatten().tolist()
+        if len(idx) < 2:
+            continue  # size-1 group: advantage 0
+        for i in idx:
+            others = [r[j] for j in idx if j != i]
+            if estimator == "grpo":
+                out[i] = (r[i] - r[idx].mean()) / (r[idx].std() + 1e-6)
+            elif estimator == "rloo":
+                out[i] = r[i] - sum(others) / len(others)
+            else:  # dr_grpo and the first stage of reinforce_pp
+                out[i] = r[i] - r[idx].mean()
+    if estimator == "reinforce_pp":
+        counted = [i for i in range(len(r)) if (groups == groups[i]).sum() > 1]
+        x = out[counted]
+        out[counted] = (x - x.mean()) / (x.var() + 1e-8).sqrt()
+    return out.float()
+
+
+ESTIMATORS = {
+    "grpo": grpo_advantages,
+    "dr_grpo": dr_grpo_advantages,
+    "rloo": rloo_advantages,
+    "reinforce_pp": reinforce_pp_advantages,
+}
+
+
+def random_batch(num_groups: int, group_size: int, seed: int, ragged: bool, binary: bool):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(1, 2 * group_size, (num_groups,), generator=gen) if ragged else [group_size] * num_groups
+    ids = torch.randperm(1000, generator=gen)[:num_groups] * 7 - 300  # arbitrary, some negative
+    groups = torch.cat([torch.full((int(s),), int(i)) for s, i in zip(sizes, ids)])
+    perm = torch.randperm(len(groups), generator=gen)  # interleave groups
+    n = len(groups)
+    rewards = torch.randint(0, 2, (n,), generator=gen).float() if binary else torch.randn(n, generator=gen)
+    return rewards, groups[perm]
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+@pytest.mark.parametrize("num_groups,group_size,seed", [(1, 2, 0), (3, 4, 1), (8, 8, 2), (16, 5, 3)])
+@pytest.mark.parametrize("ragged,binary", [(False, True), (True, True), (True, False)])
+def test_matches_naive_loop(estimator, num_groups, group_size, seed, ragged, binary):
+    rewards, groups = random_batch(num_groups, group_size, seed, ragged, binary)
+    got = ESTIMATORS[estimator](rewards, groups)
+    assert got.dtype == torch.float32 and got.shape == rewards.shape
+    assert_close(got, naive(rewards, groups, estimator), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sums_to_zero_within_group(estimator, seed):
+    rewards, groups = random_batch(6, 5, seed, ragged=True, binary=False)
+    adv = ESTIMATORS[estimator](rewards, groups)
+    for g in groups.unique():
+        assert abs(float(adv[groups == g].sum())) < 1e-4
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_size_one_and_equal_reward_groups_get_zero(estimator):
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 5.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2])  # group 0 all equal, group 2 alone
+    adv = ESTIMATORS[estimator](rewards, groups)
+    assert_close(adv[[0, 1, 2, 5]], torch.zeros(4))
+    assert adv[3] < 0 < adv[4]
+
+
+def test_unequal_group_sizes_grpo():
+    # group 0 = [0, 1] (size 2), group 1 = [0, 0, 0, 3] (size 4): statistics must not mix
+    rewards = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 3.0])
+    groups = torch.tensor([0, 0, 1, 1, 1, 1])
+    # group 1: mean 0.75, unbiased var (3 * 0.5625 + 5.0625) / 3 = 2.25, std 1.5 -> -0.5, 1.5
+    expected = torch.tensor([-0.70711, 0.70711, -0.5, -0.5, -0.5, 1.5])
+    assert_close(grpo_advantages(rewards, groups), expected, atol=1e-5, rtol=0)
+
+
+def test_integer_rewards_and_bad_input():
+    assert grpo_advantages(torch.tensor([1, 0]), torch.tensor([0, 0])).dtype == torch.float32
+    with pytest.raises(ValueError, match="integer group ids"):
+        grpo_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]))
+    with pytest.raises(ValueError, match="equal length"):
+        rloo_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0, 1]))
+
+
+@pytest.mark.parametrize("name", ADVANTAGES.names())
+def test_registry_contract(name):
+    estimator = ADVANTAGES.build({"name": name})
+    rewards, groups = random_batch(4, 4, seed=5, ragged=True, binary=True)
+    adv = estimator(rewards, groups)
+    assert adv.shape == rewards.shape and adv.dtype == torch.float32 and torch.isfinite(adv).all()
+    assert_close(adv, ESTIMATORS[name](rewards, groups))
+
+
+def test_registry_lists_all_estimators():
+    assert set(ADVANTAGES.names()) >= set(ESTIMATORS)
