@@ -1,0 +1,166 @@
+"""Registered contrastive losses (the `loss=` config group); the math is in `functional.py`.
+
+Shapes: `N` rollouts, `E` embedding size. Every loss is called as
+
+    per_sample, batch_loss = loss(embeddings[N, E], labels[N], groups[N])
+
+with unit embeddings from the head; both outputs are float32 ([N] and []).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clipo.contrastive import functional as CF
+from clipo.contrastive.sets import ANCHOR_MODES, LEVELS, ContrastiveSets, build_sets, check_choice, sample_positives
+from clipo.registry import LOSSES
+
+
+class ContrastiveLoss(nn.Module):
+    """Hyperparameters shared by every contrastive loss; subclasses implement `compute`.
+
+    Args:
+        temperature: tau in s_ij = z_i . z_j / tau (unused by `triplet`).
+        level: "group" (the paper's), "cross" or "batch": which rollouts are candidates/positives.
+        anchors: "correct" (y_i = 1, the paper's) or "all".
+        skip_trivial: an anchor also needs |P(i)| > 0 and |N(i)| > 0.
+        seed: seed of the loss's own random stream (only `infonce` draws).
+    """
+
+    enabled = True
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        level: str = "group",
+        anchors: str = "correct",
+        skip_trivial: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice("level", level, LEVELS)
+        check_choice("anchors", anchors, ANCHOR_MODES)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.level = level
+        self.anchors = anchors
+        self.skip_trivial = bool(skip_trivial)
+        self.seed = int(seed)
+
+    def sets(self, labels: torch.Tensor, groups: torch.Tensor) -> ContrastiveSets:
+        """The batch's A(i), P(i), N(i) and anchors under this loss's settings."""
+        return build_sets(labels, groups, self.level, self.anchors, self.skip_trivial)
+
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if embeddings.dim() != 2 or embeddings.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"embeddings must be [N, E] with N = len(labels) = {labels.shape[0]}, got {tuple(embeddings.shape)}"
+            )
+        return self.compute(embeddings, self.sets(labels, groups))
+
+    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, level={self.level}, anchors={self.anchors}, "
+            f"skip_trivial={self.skip_trivial}"
+        )
+
+
+@LOSSES.register("infonce")
+class InfoNCELoss(ContrastiveLoss):
+    """InfoNCE with one positive drawn uniformly from P(i) per anchor (the paper's default).
+
+    The draw uses a CPU torch.Generator seeded with `seed`; its state is saved in `state_dict()`
+    (as module extra state), so a resumed run draws the same positives.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        level: str = "group",
+        anchors: str = "correct",
+        skip_trivial: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(temperature, level, anchors, skip_trivial, seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
+        positive_index = sample_positives(sets.positives, self.generator)
+        return CF.infonce_loss(embeddings, sets, positive_index, self.temperature)
+
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+@LOSSES.register("supcon")
+class SupConLoss(ContrastiveLoss):
+    """SupCon "out": the average over positives taken outside the log."""
+
+    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
+        return CF.supcon_loss(embeddings, sets, self.temperature)
+
+
+@LOSSES.register("supcon_in")
+class SupConInLoss(ContrastiveLoss):
+    """SupCon "in": the average over positives taken inside the log."""
+
+    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
+        return CF.supcon_in_loss(embeddings, sets, self.temperature)
+
+
+@LOSSES.register("soft_nn")
+class SoftNearestNeighborLoss(ContrastiveLoss):
+    """Soft nearest-neighbour loss: -log of the total probability mass on positives."""
+
+    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
+        return CF.soft_nn_loss(embeddings, sets, self.temperature)
+
+
+@LOSSES.register("triplet")
+class TripletLoss(ContrastiveLoss):
+    """Triplet margin loss on Euclidean distances between unit embeddings, all (p, n) pairs.
+
+    Args:
+        margin: the hinge margin (distances lie in [0, 2]).
+        The other arguments are `ContrastiveLoss`'s.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        level: str = "group",
+        anchors: str = "correct",
+        skip_trivial: bool = True,
+        seed: int = 0,
+        margin: float = 0.2,
+    ) -> None:
+        super().__init__(temperature, level, anchors, skip_trivial, seed)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin = float(margin)
+
+    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
+        return CF.triplet_loss(embeddings, sets, self.margin)
+
+
+@LOSSES.register("none")
+class NoContrastiveLoss(ContrastiveLoss):
+    """Plain RLVR (the baseline): no contrastive term. Calling it returns zeros."""
+
+    enabled = False
+
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        per_sample = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
+        return per_sample, per_sample.sum()

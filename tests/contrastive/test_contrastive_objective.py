@@ -1,0 +1,194 @@
+"""ContrastiveObjective: gradient routing per mode, the reward bonus, metrics and validation."""
+
+import math
+
+import pytest
+import torch
+from naive_contrastive import grouped_batch
+
+from clipo.contrastive import ContrastiveObjective, build_sets, contrastive_reward, similarity_stats
+from clipo.contrastive.shaping import trivial_group_fraction
+from clipo.registry import HEADS, LOSSES, POOLERS
+
+D_IN, D, T = 6, 10, 5
+
+
+def make_batch(seed=0):
+    """A tiny 'policy' (one Linear) and the hidden states it produces for 3 groups of 4."""
+    torch.manual_seed(seed)
+    policy = torch.nn.Linear(D_IN, D)
+    _, y, g = grouped_batch(4, [2, 3, 1], seed=seed)
+    hidden = policy(torch.randn(len(y), T, D_IN))  # [N, T, D]
+    mask = torch.ones(len(y), T, dtype=torch.bool)
+    mask[::2, 3:] = False  # right padding on every other row
+    return policy, hidden, mask, y, g
+
+
+def make_objective(loss="supcon", pooler="attention", head="linear", **kwargs):
+    return ContrastiveObjective(
+        POOLERS.build({"name": pooler, "hidden_size": D}),
+        HEADS.build({"name": head, "dim": 8}, in_dim=D),
+        LOSSES.build({"name": loss}),
+        **kwargs,
+    )
+
+
+def test_reward_mode_keeps_gradient_away_from_the_policy():
+    policy, hidden, mask, y, g = make_batch()
+    objective = make_objective(mode="reward")
+    out = objective(hidden, mask, y, g)
+    out.batch_loss.backward()
+    assert policy.weight.grad is None and policy.bias.grad is None
+    assert objective.head.proj.weight.grad.abs().sum() > 0
+    assert objective.pooler.query.grad.abs().sum() > 0
+    assert not out.bonus.requires_grad and not out.policy_term.requires_grad
+    assert out.policy_term.item() == 0.0
+
+
+def test_loss_mode_reaches_the_policy():
+    policy, hidden, mask, y, g = make_batch()
+    objective = make_objective(mode="loss", coef=0.3)
+    out = objective(hidden, mask, y, g)
+    torch.testing.assert_close(out.policy_term, 0.3 * out.batch_loss)
+    out.policy_term.backward()
+    assert policy.weight.grad.abs().sum() > 0
+    assert objective.head.proj.weight.grad.abs().sum() > 0
+    assert torch.equal(out.bonus, torch.zeros_like(out.bonus))
+
+
+def test_bonus_formula_by_hand():
+    per_sample = torch.tensor([0.0, 1.0, 3.0, 10.0, 2.0])
+    labels = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0])
+    # correct: max(0 - 0.2 L, -0.5) -> 0, -0.2, max(-0.6, -0.5) = -0.5, (wrong) 0, -0.4
+    torch.testing.assert_close(contrastive_reward(per_sample, labels), torch.tensor([0.0, -0.2, -0.5, 0.0, -0.4]))
+    # c = 0.1, lam = 0.5, floor = -1: 0.1, -0.4, max(-1.4, -1) = -1, 0, -0.9
+    torch.testing.assert_close(
+        contrastive_reward(per_sample, labels, lam=0.5, c=0.1, floor=-1.0), torch.tensor([0.1, -0.4, -1.0, 0.0, -0.9])
+    )
+
+
+def test_objective_bonus_uses_its_own_losses():
+    _, hidden, mask, y, g = make_batch(1)
+    objective = make_objective(lam=0.5, c=0.1, floor=-2.0)
+    out = objective(hidden, mask, y, g)
+    expected = torch.where(y == 1, torch.clamp(0.1 - 0.5 * out.per_sample.detach(), min=-2.0), torch.zeros_like(y))
+    torch.testing.assert_close(out.bonus, expected)
+    torch.testing.assert_close(out.metrics["contrastive/reward_bonus"], expected[y == 1].mean())
+
+
+def test_metrics_by_hand():
+    _, hidden, mask, y, g = make_batch(2)
+    out = make_objective()(hidden, mask, y, g)
+    # groups with 2, 3, 1 correct of 4: anchors are correct rollouts with a fellow correct one: 2 + 3
+    assert out.metrics["contrastive/anchor_frac"].item() == pytest.approx(5 / 12)
+    assert out.metrics["contrastive/trivial_group_frac"].item() == 0.0
+    assert all(not v.requires_grad and v.shape == () and torch.isfinite(v) for v in out.metrics.values())
+    assert set(out.metrics) == {
+        "contrastive/loss", "contrastive/anchor_frac", "contrastive/trivial_group_frac",
+        "contrastive/pos_cos_hidden", "contrastive/neg_cos_hidden",
+        "contrastive/pos_cos_embed", "contrastive/neg_cos_embed", "contrastive/reward_bonus",
+    }
+
+
+def test_trivial_group_fraction_counts_groups_not_rollouts():
+    # group 5: 4 rollouts all correct (trivial); group 2: 2 rollouts, mixed; group 9: 3 rollouts all wrong (trivial)
+    labels = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, 0.0])
+    groups = torch.tensor([5, 5, 5, 5, 2, 2, 9, 9, 9])
+    torch.testing.assert_close(trivial_group_fraction(labels, groups), torch.tensor(2 / 3))
+
+
+def test_similarity_stats_by_hand():
+    # one group, labels 1, 1, 0: anchors 0 and 1. x0 = (1, 0), x1 = (3, 4), x2 = (0, -2)
+    # positive pairs (0,1), (1,0): cos = 3/5 = 0.6; negative pairs (0,2): 0, (1,2): -8/10 = -0.8 -> -0.4
+    x = torch.tensor([[1.0, 0.0], [3.0, 4.0], [0.0, -2.0]])
+    sets = build_sets(torch.tensor([1, 1, 0]), torch.zeros(3, dtype=torch.long))
+    stats = similarity_stats(x, sets)
+    torch.testing.assert_close(stats["pos_cos"], torch.tensor(0.6))
+    torch.testing.assert_close(stats["neg_cos"], torch.tensor(-0.4))
+    assert stats["pos_pairs"].item() == 2 and stats["neg_pairs"].item() == 2
+    # no anchor: the documented sentinel 0.0 and zero pairs, never NaN
+    empty = similarity_stats(x, build_sets(torch.tensor([0, 0, 0]), torch.zeros(3, dtype=torch.long)))
+    assert empty["pos_cos"].item() == 0.0 and empty["neg_pairs"].item() == 0
+
+
+def test_no_anchor_batch_is_zero_and_nan_free():
+    _, hidden, mask, _, g = make_batch()
+    objective = make_objective()
+    out = objective(hidden, mask, torch.zeros(len(g)), g)
+    assert out.batch_loss.item() == 0.0
+    out.batch_loss.backward()
+    assert torch.equal(objective.head.proj.weight.grad, torch.zeros_like(objective.head.proj.weight))
+    assert all(torch.isfinite(v) for v in out.metrics.values())
+    assert out.metrics["contrastive/trivial_group_frac"].item() == 1.0
+
+
+def test_loss_none_disables_everything_whatever_the_mode():
+    for mode in ("reward", "loss"):
+        objective = make_objective(loss="none", mode=mode)
+        assert not objective.enabled and objective.head is None and objective.pooler is None
+        assert objective.layer is None and list(objective.parameters()) == []
+        out = objective(torch.randn(4, T, D), torch.ones(4, T, dtype=torch.bool), torch.ones(4), torch.zeros(4))
+        assert torch.equal(out.bonus, torch.zeros(4)) and out.batch_loss.item() == 0.0 and out.metrics == {}
+
+
+def test_warmup_and_layer():
+    objective = make_objective(head_warmup_steps=2)
+    assert objective.enabled and objective.layer == -1
+    assert [objective.policy_waits(s) for s in range(4)] == [True, True, False, False]
+
+
+def test_infonce_generator_state_travels_in_the_objective_state_dict():
+    _, hidden, mask, y, g = make_batch(3)
+    first = make_objective(loss="infonce")
+    first(hidden, mask, y, g)
+    state = first.state_dict()
+    assert "loss._extra_state" in state
+    second = make_objective(loss="infonce")
+    second.load_state_dict(state)
+    for _ in range(3):
+        torch.testing.assert_close(first(hidden, mask, y, g).per_sample, second(hidden, mask, y, g).per_sample)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"mode": "both"}, "choose one of: reward, loss"),
+        ({"floor": 0.5}, "floor"),
+        ({"lam": -1.0}, "lam"),
+        ({"head_warmup_steps": -1}, "head_warmup_steps"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_objective(**kwargs)
+
+
+def test_enabled_loss_without_head_is_rejected():
+    pooler = POOLERS.build({"name": "mean", "hidden_size": D})
+    with pytest.raises(ValueError, match="needs a head"):
+        ContrastiveObjective(pooler, None, LOSSES.build({"name": "supcon"}))
+
+
+def test_bonus_has_the_floor_and_zero_for_wrong_rollouts():
+    _, hidden, mask, y, g = make_batch(4)
+    out = make_objective(lam=100.0)(hidden, mask, y, g)  # lam * L > 0.5 wherever L > 0.005: the floor
+    clipped = out.per_sample > 0.005
+    assert (out.bonus[clipped] == -0.5).all() and clipped.any()
+    assert (out.bonus[y == 0] == 0).all()
+    assert not math.isnan(out.metrics["contrastive/reward_bonus"].item())
+
+
+def test_similarity_metrics_are_taken_in_hidden_and_embedding_space():
+    # mean pooler: the hidden-space statistics are those of the masked token mean, computed here
+    _, hidden, mask, y, g = make_batch(5)
+    objective = make_objective(pooler="mean")
+    out = objective(hidden, mask, y, g)
+    m = mask.float()[..., None]
+    pooled = ((hidden * m).sum(1) / m.sum(1)).detach()
+    sets = build_sets(y, g)
+    hidden_stats = similarity_stats(pooled, sets)
+    embed_stats = similarity_stats(objective.head(pooled), sets)
+    for space, stats in (("hidden", hidden_stats), ("embed", embed_stats)):
+        torch.testing.assert_close(out.metrics[f"contrastive/pos_cos_{space}"], stats["pos_cos"])
+        torch.testing.assert_close(out.metrics[f"contrastive/neg_cos_{space}"], stats["neg_cos"])
+    assert not torch.isclose(hidden_stats["pos_cos"], embed_stats["pos_cos"])
