@@ -23,8 +23,11 @@ TINY_OVERRIDES = [
     "data.prompts_per_step=2",
     "rollout.group_size=4",
     "rollout.max_new_tokens=12",
-    "update.micro_batch_size=4",
+    "ppo.micro_batch_size=4",
     "validation.before_training=false",
+    "data.train.size=64",
+    "data.val.arith.size=4",
+    "data.val.arith_p1.size=4",
 ]
 
 

@@ -1,0 +1,78 @@
+"""Callbacks: the per-step history and the summary printed at the end of a run."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import lightning as L
+
+TRACKED = ("train/reward", "train/acc", "train/shaped_reward", "time/step", "time/generate", "perf/tokens_per_s")
+
+
+class RunSummary(L.Callback):
+    """Keeps the tracked metrics of every RL step, for the end-of-run summary."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        metrics = trainer.callback_metrics
+        self.history.append({k: float(metrics[k]) for k in TRACKED if k in metrics})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+
+    def series(self, key: str) -> list[float]:
+        return [row[key] for row in self.history if key in row]
+
+
+def _first_last(values: list[float], window: int = 3) -> str:
+    """Mean of the first and of the last `window` steps (single steps are noisy)."""
+    if not values:
+        return "n/a"
+    k = min(window, len(values))
+    first, last = statistics.fmean(values[:k]), statistics.fmean(values[-k:])
+    return f"{first:.3f} -> {last:.3f}  (mean of first/last {k} steps)"
+
+
+def format_summary(
+    summary: RunSummary,
+    val_before: dict[str, float],
+    val_after: dict[str, float],
+    output_dir: str,
+    checkpoint: str | None,
+    export_dir: str | None,
+) -> str:
+    steps = len(summary.history)
+    step_times = summary.series("time/step")
+    gen_times = summary.series("time/generate")
+    lines = [
+        "",
+        "=" * 72,
+        "clipo run summary",
+        "=" * 72,
+        f"RL steps            {steps}",
+        f"train reward        {_first_last(summary.series('train/reward'))}",
+        f"train accuracy      {_first_last(summary.series('train/acc'))}",
+    ]
+    if step_times:
+        share = statistics.median(gen_times) / max(statistics.median(step_times), 1e-9) if gen_times else 0.0
+        lines.append(f"time per step       median {statistics.median(step_times):.1f} s ({share:.0%} generation)")
+        tps = summary.series("perf/tokens_per_s")
+        if tps:
+            lines.append(f"generation          median {statistics.median(tps):.0f} tokens/s")
+    for name in sorted(set(val_before) | set(val_after)):
+        before = f"{val_before[name]:.3f}" if name in val_before else "  -  "
+        after = f"{val_after[name]:.3f}" if name in val_after else "  -  "
+        lines.append(f"held-out {name:<24} accuracy {before} -> {after}")
+    lines += [f"logs                {output_dir}"]
+    if checkpoint:
+        lines.append(f"checkpoint          {checkpoint}")
+    if export_dir:
+        lines.append(f"exported policy     {export_dir}  (transformers save_pretrained, head beside it)")
+    lines.append("=" * 72)
+    return "\n".join(lines)

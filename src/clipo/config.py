@@ -1,0 +1,108 @@
+"""Checks on a composed config, run before any model or data is loaded.
+
+Each problem gets one message that says what is wrong and what to change; all
+problems are reported together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+CONTRASTIVE_MODES = ("reward", "loss")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message lists every problem found."""
+
+
+def register_components() -> None:
+    """Import every option module so that each registry is complete."""
+    import clipo.advantages  # noqa: F401
+    import clipo.contrastive  # noqa: F401
+    import clipo.policy_loss  # noqa: F401
+    import clipo.verifiers  # noqa: F401
+
+
+def contrastive_mode(cfg: DictConfig) -> str | None:
+    """The effective mode: None for `loss=none`, else the configured one (reward by default)."""
+    if cfg.loss.name == "none":
+        return None
+    return cfg.contrastive.mode or "reward"
+
+
+def validate_config(cfg: DictConfig) -> None:
+    register_components()
+    problems: list[str] = []
+    for group, registry in [
+        ("advantage", ADVANTAGES),
+        ("algorithm", ALGORITHMS),
+        ("verifier", VERIFIERS),
+        ("pooler", POOLERS),
+        ("head", HEADS),
+        ("loss", LOSSES),
+    ]:
+        name = cfg[group].name
+        if name not in registry:
+            problems.append(f"{group}.name={name!r} is not a registered {registry.kind}; choose one of: {', '.join(registry.names())}")
+
+    estimator = cfg.algorithm.get("kl_estimator", "k3")
+    if estimator not in KL_ESTIMATORS:
+        problems.append(f"algorithm.kl_estimator={estimator!r} is unknown; choose one of: {', '.join(KL_ESTIMATORS)}")
+    mode = cfg.contrastive.mode
+    if mode is not None and mode not in CONTRASTIVE_MODES:
+        problems.append(f"contrastive.mode={mode!r} is unknown; choose reward, loss, or null")
+    if mode is not None and cfg.loss.name == "none":
+        problems.append(
+            f"contrastive.mode={mode} needs a contrastive loss, but loss=none (plain RLVR) is selected; "
+            "pick a loss (e.g. loss=infonce) or drop contrastive.mode"
+        )
+    problems += _batch_problems(cfg)
+    problems += _data_problems(cfg)
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _batch_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    group_size = cfg.rollout.group_size
+    prompts = cfg.data.prompts_per_step
+    if group_size < 2:
+        problems.append(f"rollout.group_size={group_size}: a group needs at least 2 rollouts to compare")
+    if prompts < 1:
+        problems.append(f"data.prompts_per_step={prompts} must be at least 1")
+    rollouts = prompts * group_size
+    mini = cfg.ppo.mini_batch_size or rollouts
+    micro = min(cfg.ppo.micro_batch_size or mini, mini)  # a larger micro-batch is the whole mini-batch
+    if mini % group_size:
+        problems.append(
+            f"ppo.mini_batch_size={mini} is not a multiple of rollout.group_size={group_size}; "
+            f"use a multiple such as {group_size * max(1, mini // group_size)} so no group is split across updates"
+        )
+    if rollouts % mini:
+        problems.append(
+            f"ppo.mini_batch_size={mini} does not divide the {rollouts} rollouts of a step "
+            f"(data.prompts_per_step={prompts} x rollout.group_size={group_size})"
+        )
+    if mini % micro:
+        problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}")
+    if cfg.ppo.epochs < 1:
+        problems.append(f"ppo.epochs={cfg.ppo.epochs} must be at least 1")
+    return problems
+
+
+def _data_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    sets = {"train": cfg.data.train, **{f"val.{k}": v for k, v in (cfg.data.get("val") or {}).items()}}
+    for name, spec in sets.items():
+        path = spec.get("path")
+        if path is not None and not Path(path).exists():
+            problems.append(
+                f"data.{name}.path={path} does not exist; set CLIPO_BENCH_DIR to the folder that holds the "
+                "clipo-bench parquet files, or override the path"
+            )
+    return problems

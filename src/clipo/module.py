@@ -1,0 +1,203 @@
+"""The LightningModule: one RL step = rollout, verify, contrastive, advantages, policy update.
+
+It orders calls to parts that are built elsewhere (`clipo.builders`) and holds no
+algorithm of its own. Optimisation is manual: an RL step samples, scores and then
+makes one or more optimizer updates (PPO mini-batches and epochs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from transformers import GenerationConfig
+
+from clipo.policy_loss import StepNormalizer
+from clipo.rollout import RolloutBatch, forward_responses, generate_rollouts
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase of a step."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] += time.perf_counter() - start
+
+
+class ClipoModule(L.LightningModule):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        tokenizer: Any,
+        verifier: Callable[[list[str], list[str]], list[float]],
+        advantage: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        algorithm: Any,
+        contrastive: torch.nn.Module,
+        generation: GenerationConfig,
+        val_generation: GenerationConfig,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        head_optimizer: Callable[..., torch.optim.Optimizer],
+        group_size: int,
+        mini_batch_size: int | None = None,
+        micro_batch_size: int | None = None,
+        ppo_epochs: int = 1,
+        max_grad_norm: float | None = 1.0,
+        reference: torch.nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.strict_loading = False  # the frozen reference is not stored in checkpoints
+        self.policy, self.tokenizer, self.reference = policy, tokenizer, reference
+        self.verifier, self.advantage, self.algorithm = verifier, advantage, algorithm
+        self.contrastive = contrastive
+        self.generation, self.val_generation = generation, val_generation
+        self.optimizer_factory, self.head_optimizer_factory = optimizer, head_optimizer
+        self.group_size, self.ppo_epochs, self.max_grad_norm = group_size, ppo_epochs, max_grad_norm
+        self.mini_batch_size, self.micro_batch_size = mini_batch_size, micro_batch_size
+        self.head_optimizer: torch.optim.Optimizer | None = None
+        self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
+        if reference is not None:
+            reference.requires_grad_(False).eval()
+
+    # ---- the RL step -------------------------------------------------------------------
+    def training_step(self, batch: list[dict], batch_idx: int) -> None:
+        timer = PhaseTimer()
+        reward_mode = self.contrastive.enabled and self.contrastive.mode == "reward"
+        with timer("generate"):
+            capture = self.contrastive.layer if reward_mode else None
+            rollouts = generate_rollouts(self.policy, self.tokenizer, batch, self.group_size, self.generation, capture)
+        with timer("verify"):
+            rewards = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths), device=self.device)
+        correct = rewards > 0.5
+        metrics = self._rollout_metrics(rollouts, rewards)
+        with timer("contrastive"):
+            if reward_mode:
+                rewards, contrastive_metrics = self._shape_rewards(rollouts, rewards, correct)
+                metrics |= contrastive_metrics
+        advantages = self.advantage(rewards, rollouts.groups)
+        with timer("update"):
+            if not (reward_mode and self.contrastive.policy_waits(self.rl_step)):
+                metrics |= self._update_policy(rollouts, advantages, correct)
+        self.rl_step += 1
+        metrics |= {f"time/{phase}": torch.tensor(s) for phase, s in timer.seconds.items()}
+        metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
+        metrics["perf/tokens_per_s"] = rollouts.response_lengths.sum() / max(timer.seconds["generate"], 1e-9)
+        metrics["train/shaped_reward"] = rewards.mean()
+        self.log_dict({k: v.float() for k, v in metrics.items()}, batch_size=len(batch))
+        self.log_dict({"reward": metrics["train/reward"], "acc": metrics["train/acc"]}, prog_bar=True, logger=False)
+
+    def _rollout_metrics(self, rollouts: RolloutBatch, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+        grouped = rewards.view(-1, self.group_size)
+        stats = self.verifier.stats() if hasattr(self.verifier, "stats") else {}
+        return {
+            "train/reward": rewards.mean(),
+            "train/acc": (rewards > 0.5).float().mean(),
+            "train/zero_var_group_frac": (grouped.std(-1, unbiased=False) == 0).float().mean(),
+            "train/response_len": rollouts.response_lengths.float().mean(),
+            "train/truncation_rate": rollouts.truncated.float().mean(),
+            **{f"verifier/{k}": torch.tensor(float(v)) for k, v in stats.items()},
+        }
+
+    def _shape_rewards(self, rollouts: RolloutBatch, rewards: torch.Tensor, correct: torch.Tensor):
+        """CLIPO reward mode: bonus from the losses before the head's own optimizer step."""
+        out = self.contrastive(rollouts.hidden, rollouts.response_mask, correct, rollouts.groups)
+        if self.contrastive.head is not None and any(p.requires_grad for p in self.contrastive.parameters()):
+            self.head_optimizer.zero_grad(set_to_none=True)
+            out.batch_loss.backward()
+            self.head_optimizer.step()
+        return rewards + out.bonus.to(rewards.dtype), out.metrics
+
+    def _update_policy(self, rollouts: RolloutBatch, advantages: torch.Tensor, correct: torch.Tensor):
+        """PPO-style updates: `ppo_epochs` passes over mini-batches, gradient accumulation over micro-batches."""
+        optimizer = self.optimizers()
+        n = len(rollouts.responses)
+        mini = self.mini_batch_size or n
+        micro = min(self.micro_batch_size or mini, mini)
+        temperature = self.generation.temperature or 1.0
+        # Old log-probs cost a forward pass; with one update per batch the current ones (detached) are equal.
+        single_update = self.ppo_epochs == 1 and mini == n
+        old_logprobs = None if single_update else self._logprobs(self.policy, rollouts, micro, temperature)
+        ref_logprobs = self._logprobs(self.reference, rollouts, micro, temperature) if self.reference is not None else None
+        loss_mode = self.contrastive.enabled and self.contrastive.mode == "loss"
+        layer = self.contrastive.layer if loss_mode else None
+        history: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for _ in range(self.ppo_epochs):
+            for start in range(0, n, mini):
+                mini_index = torch.arange(start, start + mini, device=self.device)
+                norm = StepNormalizer.from_mask(rollouts.response_mask[mini_index], max_len=self.generation.max_new_tokens)
+                for micro_index in mini_index.split(micro):
+                    part = rollouts.select(micro_index)
+                    out = forward_responses(self.policy, part, temperature, layer, with_entropy=True)
+                    old = out.logprobs.detach() if old_logprobs is None else old_logprobs[micro_index]
+                    ref = None if ref_logprobs is None else ref_logprobs[micro_index]
+                    loss, step_metrics = self.algorithm(out.logprobs, old, advantages[micro_index], part.response_mask, norm, ref)
+                    if loss_mode:
+                        c_out = self.contrastive(out.hidden, part.response_mask, correct[micro_index], part.groups)
+                        loss = loss + c_out.policy_term * len(micro_index) / mini  # coef * batch loss
+                        step_metrics |= c_out.metrics
+                    self.manual_backward(loss)
+                    step_metrics["actor/entropy"] = out.entropy[part.response_mask].mean()
+                    for key, value in step_metrics.items():
+                        history[key].append(value.detach().float())
+                history["actor/grad_norm"].append(self._clip_and_step(optimizer))
+        return {k: torch.stack(v).mean() for k, v in history.items()}
+
+    def _clip_and_step(self, optimizer: Any) -> torch.Tensor:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        max_norm = self.max_grad_norm if self.max_grad_norm else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm.detach().float()
+
+    @torch.no_grad()
+    def _logprobs(self, model: torch.nn.Module, rollouts: RolloutBatch, micro: int, temperature: float) -> torch.Tensor:
+        index = torch.arange(len(rollouts.responses), device=self.device)
+        parts = [forward_responses(model, rollouts.select(i), temperature).logprobs for i in index.split(micro)]
+        return torch.cat(parts)
+
+    # ---- validation --------------------------------------------------------------------
+    def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
+        rollouts = generate_rollouts(self.policy, self.tokenizer, batch, 1, self.val_generation)
+        scores = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths))
+        name = self.trainer.datamodule.val_set_names[dataloader_idx]
+        self.log(f"val/{name}/acc", scores.mean(), batch_size=len(batch), add_dataloader_idx=False, prog_bar=True)
+
+    # ---- optimisers and checkpoints ----------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # The head has its own optimizer outside Lightning's list: DeepSpeed supports one
+        # optimizer, and in manual optimisation each Lightning optimizer step advances global_step.
+        head_params = [p for p in self.contrastive.parameters() if p.requires_grad]
+        if head_params:
+            self.head_optimizer = self.head_optimizer_factory(head_params)
+        return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        checkpoint["clipo"] = {
+            "rl_step": self.rl_step,
+            "head_optimizer": None if self.head_optimizer is None else self.head_optimizer.state_dict(),
+            "contrastive_loss": getattr(self.contrastive.loss, "state_dict", dict)(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("clipo", {})
+        self.rl_step = state.get("rl_step", 0)
+        self._pending_head_state = state.get("head_optimizer")
+        if state.get("contrastive_loss") and hasattr(self.contrastive.loss, "load_state_dict"):
+            self.contrastive.loss.load_state_dict(state["contrastive_loss"])
+
+    def on_train_start(self) -> None:
+        pending = getattr(self, "_pending_head_state", None)
+        if pending is not None and self.head_optimizer is not None:
+            self.head_optimizer.load_state_dict(pending)

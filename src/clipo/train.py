@@ -1,0 +1,82 @@
+"""Hydra entry point: `python src/clipo/train.py loss=supcon pooler=mean`.
+
+`train(cfg)` is a plain function (tests call it); `main()` only wraps it with Hydra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from clipo.builders import build_datamodule, build_module, build_trainer
+from clipo.callbacks import RunSummary, format_summary
+from clipo.config import ConfigError, validate_config
+
+log = logging.getLogger(__name__)
+# clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate the config, build every part, fit, export; returns (metrics, objects)."""
+    validate_config(cfg)  # before any model or data is loaded
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+
+    validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
+    val_before = _validate(trainer, module, datamodule) if validate and cfg.validation.before_training else {}
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    val_after = _validate(trainer, module, datamodule) if validate else {}
+
+    export_dir = export_policy(module, output_dir / "policy") if trainer.is_global_zero else None
+    summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    if summary is not None and trainer.is_global_zero:
+        print(format_summary(summary, val_before, val_after, str(output_dir), checkpoint, str(export_dir)))
+    module.verifier.close()
+    metrics |= {f"val/{k}/acc": v for k, v in val_after.items()}
+    metrics |= {f"val_before/{k}/acc": v for k, v in val_before.items()}
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "summary": summary}
+
+
+def _validate(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    merged = {k: float(v) for result in results for k, v in result.items()}
+    return {k.removeprefix("val/").removesuffix("/acc"): v for k, v in merged.items()}
+
+
+def export_policy(module: L.LightningModule, target: Path) -> Path:
+    """The final policy as a `save_pretrained` folder, the contrastive head beside it."""
+    target.mkdir(parents=True, exist_ok=True)
+    module.policy.save_pretrained(target)
+    module.tokenizer.save_pretrained(target)
+    if module.contrastive.head is not None:
+        torch.save(module.contrastive.state_dict(), target.parent / "contrastive_head.pt")
+    return target
+
+
+@hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        metrics, _ = train(cfg)
+    except ConfigError as error:
+        log.error(str(error))
+        raise SystemExit(2) from None
+    return metrics.get("train/reward")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,49 @@
+"""The command line as users type it: `python src/clipo/train.py ...` (subprocesses, tiny model)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model=tiny", "trainer.max_steps=1", "trainer.precision=32", "data.prompts_per_step=2", "rollout.group_size=2",
+    "rollout.max_new_tokens=4", "data.train.size=8", "data=arith", "data.val=null", "verifier.num_workers=1",
+]
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
+    command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), *args, f"paths.root_dir={cwd}"]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_group_option_lists_the_choices(tmp_path):
+    result = _run("loss=nce", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'loss/nce'" in result.stderr and "supcon" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_batch_fails_before_loading_with_one_clear_message(tmp_path):
+    result = _run(*TINY, "ppo.mini_batch_size=3", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "ppo.mini_batch_size=3 is not a multiple of rollout.group_size=2" in output
+    assert "Traceback" not in output
+
+
+def test_missing_data_file_is_named(tmp_path):
+    result = _run(*TINY, "data.train.source=parquet", "+data.train.path=/nowhere/train.parquet", "~data.train.size",
+                  "~data.train.levels", "~data.train.perturbations", "~data.train.seed", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "/nowhere/train.parquet does not exist" in output
+    assert "Traceback" not in output
+
+
+def test_multirun_runs_each_choice(tmp_path):
+    result = _run("-m", *TINY, "loss=infonce,supcon", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*/csv/metrics.csv"))
+    assert len(runs) == 2
+    assert sorted(p.parents[1].joinpath(".hydra", "overrides.yaml").read_text().count("loss=") for p in runs) == [1, 1]

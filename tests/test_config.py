@@ -1,0 +1,91 @@
+"""Every config composes, names match files and registries, and bad configs fail early and clearly."""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from clipo.config import ConfigError, register_components, validate_config
+from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
+from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config
+
+REGISTERED_GROUPS = {
+    "advantage": ADVANTAGES,
+    "algorithm": ALGORITHMS,
+    "verifier": VERIFIERS,
+    "pooler": POOLERS,
+    "head": HEADS,
+    "loss": LOSSES,
+}
+GROUPS = ["model", "data", *REGISTERED_GROUPS, "trainer", "strategy", "logger", "callbacks", "experiment", "debug"]
+
+
+def _resolve(cfg) -> dict:
+    """Resolve every interpolation of the job config (the hydra node is read-only)."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def test_default_config_composes_and_validates(tmp_path):
+    cfg = compose_config(output_dir=tmp_path)
+    assert cfg.model.name == "smollm2_135m" and cfg.loss.name == "infonce" and cfg.pooler.name == "mean"
+    validate_config(cfg)
+    _resolve(cfg)  # every interpolation resolves
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes(group, option, tmp_path):
+    cfg = compose_config([f"{group}={option}"], output_dir=tmp_path)
+    _resolve(cfg)
+    if group in REGISTERED_GROUPS:
+        register_components()
+        assert cfg[group].name == option, f"configs/{group}/{option}.yaml must say name: {option}"
+        assert option in REGISTERED_GROUPS[group], f"{option} is not registered in {REGISTERED_GROUPS[group]}"
+
+
+def test_every_registered_name_has_a_config():
+    register_components()
+    for group, registry in REGISTERED_GROUPS.items():
+        assert set(registry.names()) <= set(_options(group)), f"configs/{group} lacks {set(registry.names()) - set(_options(group))}"
+
+
+def _errors(overrides, tmp_path) -> str:
+    cfg = compose_config(TINY_OVERRIDES + overrides, output_dir=tmp_path)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    return str(info.value)
+
+
+def test_batch_not_a_multiple_of_group_size(tmp_path):
+    message = _errors(["ppo.mini_batch_size=6"], tmp_path)  # groups of 4
+    assert "ppo.mini_batch_size=6 is not a multiple of rollout.group_size=4" in message
+
+
+def test_mini_batch_must_divide_the_step(tmp_path):
+    message = _errors(["data.prompts_per_step=3", "ppo.mini_batch_size=8"], tmp_path)
+    assert "does not divide the 12 rollouts of a step" in message
+
+
+def test_unknown_names_list_the_choices(tmp_path):
+    message = _errors(["algorithm.kl_estimator=k9", "loss.name=nce"], tmp_path)
+    assert "algorithm.kl_estimator='k9' is unknown; choose one of: k1, k2, k3" in message
+    assert "loss.name='nce' is not a registered contrastive loss; choose one of:" in message and "supcon" in message
+
+
+def test_reward_mode_needs_a_loss(tmp_path):
+    assert "loss=none (plain RLVR)" in _errors(["loss=none", "contrastive.mode=reward"], tmp_path)
+    validate_config(compose_config(TINY_OVERRIDES + ["loss=none"], output_dir=tmp_path))  # the baseline is fine
+
+
+def test_missing_data_file(tmp_path):
+    message = _errors(["+data.train.path=/nonexistent/train.parquet"], tmp_path)
+    assert "data.train.path=/nonexistent/train.parquet does not exist" in message and "CLIPO_BENCH_DIR" in message
+
+
+def test_all_problems_reported_together(tmp_path):
+    overrides = ["data.prompts_per_step=3", "ppo.mini_batch_size=6", "ppo.micro_batch_size=2", "algorithm.kl_estimator=k9"]
+    message = _errors(overrides, tmp_path)  # 12 rollouts in groups of 4: only 6 % 4 is wrong
+    assert message.count("\n  - ") == 2
