@@ -7,18 +7,16 @@ from typing import Any
 
 import lightning as L
 
-TRACKED = ("train/reward", "train/acc", "train/shaped_reward", "time/step", "time/generate", "perf/tokens_per_s")
-
-
 class RunSummary(L.Callback):
-    """Keeps the tracked metrics of every RL step, for the end-of-run summary."""
+    """Keeps every metric logged by each RL step (validation aside), for the summary and reports."""
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         metrics = trainer.callback_metrics
-        self.history.append({k: float(metrics[k]) for k in TRACKED if k in metrics})
+        row = {k: float(v) for k, v in metrics.items() if not k.startswith("val/") and v.numel() == 1}
+        self.history.append({"step": float(trainer.global_step), **row})
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history}

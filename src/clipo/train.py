@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -48,6 +49,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     module.verifier.close()
     metrics |= {f"val/{k}/acc": v for k, v in val_after.items()}
     metrics |= {f"val_before/{k}/acc": v for k, v in val_before.items()}
+    if trainer.is_global_zero:
+        history = summary.history if summary is not None else []
+        write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history})
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "summary": summary}
 
 
@@ -55,6 +59,14 @@ def _validate(trainer: L.Trainer, module: L.LightningModule, datamodule: L.Light
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
     merged = {k: float(v) for result in results for k, v in result.items()}
     return {k.removeprefix("val/").removesuffix("/acc"): v for k, v in merged.items()}
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float))
+    os.replace(tmp, path)
 
 
 def export_policy(module: L.LightningModule, target: Path) -> Path:
