@@ -1,0 +1,84 @@
+"""Verifications per second of the `math` and `gsm8k` verifiers on this machine.
+
+    python benchmarks/verifier_throughput.py [--repeats 5] [--batch 512] [--workers 2]
+
+Batches mimic training: half right, half wrong answers, in three response styles (boxed,
+a stated final answer, a bare last number). Ground truths come from the paper's sets
+under `CLIPO_BENCH_DIR` (default `<repo>/../shared/data/clipo-bench`) when present,
+synthetic otherwise. Reports the median over repeats (pool start-up excluded: it is paid
+once per run) and saves JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+from clipo.verifiers import GSM8KVerifier, MathVerifier
+from clipo.verifiers.math_verifier import gold_answer
+
+REPO = Path(__file__).resolve().parents[1]
+STYLES = ("So the final answer is $\\boxed{{{}}}$.", "Adding up, the answer is {}.", "We get {}")
+
+
+def ground_truths(file: str, fallback: list[str], n: int, seed: int) -> tuple[list[str], str]:
+    path = Path(os.environ.get("CLIPO_BENCH_DIR", REPO.parent / "shared" / "data" / "clipo-bench")) / file
+    if path.exists():
+        import pandas as pd
+
+        truths = [gold_answer(str(rm["ground_truth"])) for rm in pd.read_parquet(path)["reward_model"]]
+        source = str(path)
+    else:
+        truths, source = fallback, "synthetic"
+    rng = random.Random(seed)
+    return [rng.choice(truths) for _ in range(n)], source
+
+
+def batch(truths: list[str], seed: int) -> list[str]:
+    rng = random.Random(seed)
+    wrong = ["\\frac{7}{3}", "42", "\\sqrt{5}", "-1", "(2, 3)"]
+    return [STYLES[i % 3].format(t if i % 2 == 0 else rng.choice(wrong)) for i, t in enumerate(truths)]
+
+
+def measure(verifier, responses: list[str], truths: list[str], repeats: int) -> dict:
+    verifier(responses[:8], truths[:8])  # start and warm the pool: once per training run
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        verifier(responses, truths)
+        rates.append(len(responses) / (time.perf_counter() - start))
+    return {"median_per_s": statistics.median(rates), "runs_per_s": rates, "stats": verifier.stats()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=None, help="default: min(2, cpu count)")
+    args = parser.parse_args()
+    math_truths, math_source = ground_truths("test/math.parquet", ["\\frac{1}{2}", "3\\sqrt{2}", "(1, 2)", "12"],
+                                             args.batch, seed=0)
+    gsm_truths, gsm_source = ground_truths("test/gsm8k.parquet", [str(n) for n in range(1, 500)], args.batch, seed=1)
+    results = {"machine": platform.platform(), "cpus": os.cpu_count(), "batch": args.batch, "repeats": args.repeats}
+    with MathVerifier(num_workers=args.workers) as verifier:
+        results["math"] = {"source": math_source, "workers": verifier.num_workers,
+                           **measure(verifier, batch(math_truths, 2), math_truths, args.repeats)}
+    with GSM8KVerifier() as verifier:
+        results["gsm8k"] = {"source": gsm_source, **measure(verifier, batch(gsm_truths, 3), gsm_truths, args.repeats)}
+    for name in ("math", "gsm8k"):
+        print(f"{name}: {results[name]['median_per_s']:.0f} verifications/s (median of {args.repeats}, "
+              f"batch {args.batch}, {results[name]['source']})")
+    out = REPO / "benchmarks" / "results" / "verifier_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()

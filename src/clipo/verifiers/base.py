@@ -1,0 +1,136 @@
+"""What every verifier shares: batch scoring, the lazily started worker pool, counters, cleanup.
+
+A subclass decides each (response, ground truth) pair cheaply in the trainer's process
+when it can (`_precheck` returns a score) and otherwise returns the arguments of a
+task for the worker pool, where anything that touches sympy/math-verify runs under a
+hard time limit. A task that times out or crashes scores 0 and is counted.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from clipo.verifiers.pool import WorkerPool
+
+
+def default_num_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+def _close_pool(holder: dict) -> None:
+    if holder.get("pool") is not None:
+        holder.pop("pool").close()
+
+
+class Verifier:
+    """Base verifier: `verifier(responses, ground_truths) -> list[float]` (1.0 correct, 0.0 not).
+
+    Args:
+        timeout: hard limit in seconds for one check in a worker process.
+        num_workers: worker processes (default min(2, cpu count)); started on first use.
+    """
+
+    task_fn: str | None = None  # "module:function" the workers run (None: never needs a worker)
+
+    def __init__(self, timeout: float = 5.0, num_workers: int | None = None) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.timeout = float(timeout)
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1 (or None for the default), got {num_workers}")
+        self._counts: Counter[str] = Counter({k: 0 for k in ("checked", "fast_path", "pooled", "rejected",
+                                                               "timeouts", "errors")})
+        self._lock = threading.Lock()
+        self._pool_holder: dict = {}  # shared with the finalizer, which must not hold `self`
+        self._finalizer = weakref.finalize(self, _close_pool, self._pool_holder)
+
+    def _precheck(self, response: str, ground_truth: str) -> float | tuple:
+        """A score decided here, or the argument tuple of a worker task."""
+        raise NotImplementedError
+
+    def validate_ground_truth(self, ground_truth: str) -> None:
+        """Raise ValueError (saying what is wrong) when `ground_truth` cannot be parsed."""
+        raise NotImplementedError
+
+    def __call__(self, responses: Sequence[str], ground_truths: Sequence[str]) -> list[float]:
+        if len(responses) != len(ground_truths):
+            raise ValueError(f"got {len(responses)} responses but {len(ground_truths)} ground truths; "
+                             "pass one ground truth per response (repeat it for each sample of a prompt)")
+        with self._lock:
+            scores, tasks, slots = [0.0] * len(responses), [], []
+            for i, (response, truth) in enumerate(zip(responses, ground_truths, strict=True)):
+                decided = self._precheck(str(response), str(truth))
+                if isinstance(decided, tuple):
+                    tasks.append(decided)
+                    slots.append(i)
+                else:
+                    scores[i] = float(decided)
+            for i, (status, value) in zip(slots, self._run(tasks), strict=True):
+                if status != "ok":
+                    self._counts["timeouts" if status == "timeout" else "errors"] += 1
+                scores[i] = 1.0 if status == "ok" and value else 0.0
+            self._counts["checked"] += len(responses)
+            self._counts["pooled"] += len(tasks)
+            return scores
+
+    def _run(self, tasks: list[tuple]) -> list[tuple[str, Any]]:
+        if not tasks:
+            return []
+        if self._pool_holder.get("pool") is None:
+            self._pool_holder["pool"] = WorkerPool(type(self).task_fn, self.num_workers, self.timeout)
+        return self._pool_holder["pool"].map(tasks)
+
+    def _gold_problems(self, ground_truths: Sequence[str]) -> list[str | None]:
+        """For each ground truth, why it cannot be parsed (None when it can)."""
+        problems = []
+        for truth in ground_truths:
+            try:
+                self.validate_ground_truth(truth)
+                problems.append(None)
+            except ValueError as exc:
+                problems.append(str(exc))
+        return problems
+
+    def validate_ground_truths(self, ground_truths: Sequence[str], sources: Sequence[str] | None = None,
+                               rows: Sequence[int] | None = None) -> None:
+        """Raise one ValueError naming the data source and row of the first unparsable ground truth."""
+        problems = self._gold_problems([str(t) for t in ground_truths])
+        bad = [i for i, problem in enumerate(problems) if problem is not None]
+        if bad:
+            first = bad[0]
+            source = sources[first] if sources is not None else "<unknown source>"
+            row = rows[first] if rows is not None else first
+            raise ValueError(f"{len(bad)} of {len(problems)} ground truths cannot be parsed by the "
+                             f"{type(self).__name__}; first: data source {source!r}, row {row}: "
+                             f"{problems[first]}. Fix the data or choose another verifier.")
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction: checked, fast_path, pooled, rejected, timeouts, errors."""
+        return dict(self._counts)
+
+    def close(self) -> None:
+        """Shut the worker pool down (a later call starts a new one)."""
+        with self._lock:
+            _close_pool(self._pool_holder)
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        # Worker processes do not travel: a copy (e.g. a spawned DDP rank) starts its own pool.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_pool_holder", "_finalizer")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._pool_holder = {}
+        self._finalizer = weakref.finalize(self, _close_pool, self._pool_holder)

@@ -1,0 +1,116 @@
+"""`verifier=math`: the final answer of a response against a LaTeX ground truth.
+
+The answer is the last `\\boxed{}`/`\\fbox{}`; without one, `fallback` decides:
+`"last_number"` (default; fits small models that rarely box) lets math-verify take an
+explicit final statement ("the final answer is 7", "Answer: $x=3$") and otherwise the
+last number or LaTeX expression; `"answer_phrase"` accepts only explicit statements;
+`"none"` scores unboxed responses 0.
+
+Order of work per response, cheapest first, in the trainer's process: keep the last
+`tail_chars` characters (NUL bytes dropped); reject absurd answers (exponent towers,
+factorials of thousands, deep brace nesting) with 0; compare normalised strings; compare
+plain numbers exactly. Only what is left goes to a worker, which runs math-verify under
+the hard time limit. A ground truth that contains `\\boxed{}` (a whole reference
+solution, as in MATH train) is reduced to its last boxed answer.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from clipo.registry import VERIFIERS
+from clipo.verifiers.base import Verifier
+from clipo.verifiers.numbers import numbers_equal, parse_number
+from clipo.verifiers.text import DEFAULT_TAIL_CHARS, MAX_BRACE_DEPTH, brace_depth, braces_balanced, clean_response
+from clipo.verifiers.text import find_boxed, last_boxed, normalize_answer
+
+FALLBACKS = ("none", "answer_phrase", "last_number")
+MAX_GOLD_CHARS = 2000
+# Answers no benchmark has and that make sympy compute for ever: towers of three or more
+# powers, two-level towers topped by a 3+ digit exponent, factorials of 4+ digit numbers,
+# exponents of 5+ digits, 300+ digit literals.
+_POW = r"\d+\s*\^\s*\{?\s*\(?\s*"
+_ABSURD_RE = re.compile(rf"(?:{_POW}){{3}}|{_POW}{_POW}\d{{3}}|\d{{4,}}\s*!|\^\s*\{{?\s*\d{{5,}}|\d{{300}}")
+
+
+def is_absurd(answer: str) -> bool:
+    """True for answers that are never real and would only burn a worker's time limit."""
+    return brace_depth(answer) > MAX_BRACE_DEPTH or _ABSURD_RE.search(answer) is not None
+
+
+@lru_cache(maxsize=65536)
+def gold_answer(ground_truth: str) -> str:
+    """The answer part of a ground truth: its last boxed answer if it has one, else itself."""
+    boxed = last_boxed(ground_truth) if "\\boxed" in ground_truth or "\\fbox" in ground_truth else None
+    return (boxed if boxed is not None else ground_truth).strip().strip("$").strip()
+
+
+@VERIFIERS.register("math")
+class MathVerifier(Verifier):
+    """Symbolic equivalence of final answers through math-verify, with cheap paths first.
+
+    Args:
+        timeout: hard limit in seconds for one symbolic check.
+        num_workers: worker processes (default min(2, cpu count)).
+        fallback: what counts as the answer when nothing is boxed: "last_number",
+            "answer_phrase" or "none" (see the module docstring).
+        tail_chars: only the last `tail_chars` characters of a response are read.
+    """
+
+    task_fn = "clipo.verifiers.math_worker:math_task"
+
+    def __init__(self, timeout: float = 5.0, num_workers: int | None = None, fallback: str = "last_number",
+                 tail_chars: int = DEFAULT_TAIL_CHARS) -> None:
+        super().__init__(timeout=timeout, num_workers=num_workers)
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        if tail_chars < 64:
+            raise ValueError(f"tail_chars must be >= 64, got {tail_chars}")
+        self.fallback, self.tail_chars = fallback, int(tail_chars)
+
+    def _precheck(self, response: str, ground_truth: str) -> float | tuple:
+        gold = gold_answer(ground_truth)
+        text = clean_response(response, self.tail_chars)
+        spans = find_boxed(text)
+        if not spans and self.fallback == "none":
+            return 0.0
+        answer = text[spans[-1][0] : spans[-1][1]] if spans else text
+        if is_absurd(answer):
+            self._counts["rejected"] += 1
+            return 0.0
+        if spans:
+            if normalize_answer(answer) == normalize_answer(gold):
+                self._counts["fast_path"] += 1
+                return 1.0
+            gold_number, pred_number = parse_number(gold), parse_number(answer)
+            if gold_number is not None and pred_number is not None and len(spans) == 1:
+                if numbers_equal(gold_number, pred_number) or not (gold_number.ambiguous or pred_number.ambiguous):
+                    self._counts["fast_path"] += 1
+                    return float(numbers_equal(gold_number, pred_number))
+            if self.fallback == "none":
+                text = f"\\boxed{{{answer}}}"
+        return ("check", text, gold, self.fallback == "last_number")
+
+    def validate_ground_truth(self, ground_truth: str) -> None:
+        problem = self._gold_problems([str(ground_truth)])[0]
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _gold_problems(self, ground_truths: list[str]) -> list[str | None]:
+        problems: list[str | None] = [None] * len(ground_truths)
+        tasks, slots = [], []
+        for i, truth in enumerate(ground_truths):
+            gold = gold_answer(truth)
+            if not normalize_answer(gold) or "\x00" in gold or len(gold) > MAX_GOLD_CHARS or not braces_balanced(gold):
+                problems[i] = (f"ground truth {truth[:200]!r} is empty, too long, has unbalanced braces or "
+                               "NUL bytes; a math ground truth is a LaTeX answer such as '\\frac{1}{2}'")
+            elif parse_number(gold) is None:
+                tasks.append(("gold", gold))
+                slots.append(i)
+        for i, (status, value) in zip(slots, self._run(tasks), strict=True):
+            if status != "ok":
+                problems[i] = f"parsing ground truth {ground_truths[i][:200]!r} failed ({status})"
+            elif value is not None:
+                problems[i] = f"{value}; write it as a LaTeX answer such as '\\frac{{1}}{{2}}'"
+        return problems
