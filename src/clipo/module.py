@@ -18,6 +18,7 @@ import torch
 from transformers import GenerationConfig
 
 from clipo.policy_loss import StepNormalizer
+from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout import RolloutBatch, forward_responses, generate_rollouts
 
 
@@ -186,6 +187,7 @@ class ClipoModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
         checkpoint["clipo"] = {
             "rl_step": self.rl_step,
+            "rng": collect_rng_states(),
             "head_optimizer": None if self.head_optimizer is None else self.head_optimizer.state_dict(),
             "contrastive_loss": getattr(self.contrastive.loss, "state_dict", dict)(),
         }
@@ -193,9 +195,17 @@ class ClipoModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("clipo", {})
         self.rl_step = state.get("rl_step", 0)
+        self._pending_rng = state.get("rng")
         self._pending_head_state = state.get("head_optimizer")
         if state.get("contrastive_loss") and hasattr(self.contrastive.loss, "load_state_dict"):
             self.contrastive.loss.load_state_dict(state["contrastive_loss"])
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Restore the RNG right before the first resumed step, after Lightning's set-up (which may
+        # draw random numbers), so sampling continues exactly where the saved run stopped.
+        if getattr(self, "_pending_rng", None) is not None:
+            set_rng_states(self._pending_rng)
+            self._pending_rng = None
 
     def on_train_start(self) -> None:
         pending = getattr(self, "_pending_head_state", None)
