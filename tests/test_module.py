@@ -63,3 +63,18 @@ def test_update_steps_the_optimizer_once_per_mini_batch(tmp_path, extra):
     expected = 1 if not extra else 2 * 2  # (8 rollouts / 4 per mini-batch) x 2 epochs
     assert len(steps) == expected
     assert torch.isfinite(metrics["actor/pg_loss"]) and metrics["actor/grad_norm"] > 0
+
+
+def test_non_finite_gradient_skips_the_update_and_stops_after_too_many(tmp_path):
+    module, rollouts, correct = _module_and_rollouts(tmp_path, "loss=none", "ppo.max_nonfinite_updates=2")
+    optimizer = module.configure_optimizers()
+    module.optimizers = lambda: optimizer
+    module.manual_backward = lambda loss: (loss * float("nan")).backward()  # poison every gradient
+    before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+
+    metrics = module._update_policy(rollouts, torch.randn(8), correct)
+    assert metrics["numerics/skipped_updates"] == 1 and not torch.isfinite(metrics["actor/grad_norm"])
+    assert all(torch.equal(before[k], v) for k, v in module.policy.state_dict().items())  # nothing applied
+    assert all(p.grad is None for p in module.policy.parameters())  # and nothing carried over
+    with pytest.raises(FloatingPointError, match="2 updates in a row had a non-finite loss or gradient"):
+        module._update_policy(rollouts, torch.randn(8), correct)

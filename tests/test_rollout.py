@@ -2,7 +2,13 @@ import torch
 from transformers import GenerationConfig
 
 from clipo.models import load_model
-from clipo.rollout import forward_responses, generate_rollouts, hidden_layer_module, response_mask_from_ids
+from clipo.rollout import (
+    concat_rollouts,
+    forward_responses,
+    generate_rollouts,
+    hidden_layer_module,
+    response_mask_from_ids,
+)
 
 RECORDS = [
     {"messages": [{"role": "user", "content": "What is 2+3?"}], "ground_truth": "5", "data_source": "t"},
@@ -75,3 +81,26 @@ def test_hidden_layer_module_indexing():
     assert hidden_layer_module(model, 2) is decoder.norm  # 2 layers -> 3 states
     assert hidden_layer_module(model, 0) is decoder.embed_tokens
     assert hidden_layer_module(model, 1) is decoder.layers[0]
+
+
+def test_concat_rollouts_repads_and_keeps_every_forward_result():
+    model, tokenizer, first = _tiny_rollouts(group_size=2, max_new_tokens=6)
+    generation = GenerationConfig(do_sample=True, max_new_tokens=10, top_k=0, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id)
+    long_prompt = [{"messages": [{"role": "user", "content": "A much longer question, with many more characters?"}],
+                    "ground_truth": "1"}]
+    second = generate_rollouts(model, tokenizer, long_prompt, 2, generation, capture_layer=-1)
+    both = concat_rollouts([first, second], tokenizer.pad_token_id)
+
+    assert both.prompt_len == max(first.prompt_len, second.prompt_len)
+    assert both.groups.tolist() == [0, 0, 1, 1, 2, 2]  # distinct ids across batches
+    assert both.responses == first.responses + second.responses
+    with torch.no_grad():
+        joint = forward_responses(model, both, hidden_layer=-1)
+        alone = [forward_responses(model, b, hidden_layer=-1) for b in (first, second)]
+    for rows, part, out in [(slice(0, 4), first, alone[0]), (slice(4, 6), second, alone[1])]:
+        width = part.response_ids.shape[1]
+        mask = part.response_mask
+        torch.testing.assert_close(joint.logprobs[rows, :width][mask], out.logprobs[mask], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(both.hidden[rows, :width][mask], part.hidden[mask])
+        assert not both.response_mask[rows, width:].any()

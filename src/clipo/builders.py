@@ -96,6 +96,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         micro_batch_size=cfg.ppo.micro_batch_size,
         ppo_epochs=cfg.ppo.epochs,
         max_grad_norm=cfg.ppo.max_grad_norm,
+        max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
     )
 
 

@@ -19,14 +19,16 @@ from transformers import GenerationConfig
 
 from clipo.policy_loss import StepNormalizer
 from clipo.rng import collect_rng_states, set_rng_states
-from clipo.rollout import RolloutBatch, forward_responses, generate_rollouts
+from clipo.dapo import overlong_penalty, select_groups
+from clipo.rollout import RolloutBatch, concat_rollouts, forward_responses, generate_rollouts
 
 
 class PhaseTimer:
-    """Wall-clock seconds per named phase of a step."""
+    """Wall-clock seconds per named phase of a step, and the tokens generated in it."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.generated_tokens = 0
 
     @contextmanager
     def __call__(self, phase: str):
@@ -53,6 +55,7 @@ class ClipoModule(L.LightningModule):
         micro_batch_size: int | None = None,
         ppo_epochs: int = 1,
         max_grad_norm: float | None = 1.0,
+        max_nonfinite_updates: int = 3,
         reference: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -67,6 +70,8 @@ class ClipoModule(L.LightningModule):
         self.mini_batch_size, self.micro_batch_size = mini_batch_size, micro_batch_size
         self.head_optimizer: torch.optim.Optimizer | None = None
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
+        self.max_nonfinite_updates = max_nonfinite_updates
+        self.skipped_updates = self.nonfinite_in_a_row = 0
         if reference is not None:
             reference.requires_grad_(False).eval()
 
@@ -74,13 +79,13 @@ class ClipoModule(L.LightningModule):
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
         timer = PhaseTimer()
         reward_mode = self.contrastive.enabled and self.contrastive.mode == "reward"
-        with timer("generate"):
-            capture = self.contrastive.layer if reward_mode else None
-            rollouts = generate_rollouts(self.policy, self.tokenizer, batch, self.group_size, self.generation, capture)
-        with timer("verify"):
-            rewards = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths), device=self.device)
-        correct = rewards > 0.5
+        rollouts, rewards = self._sample_and_verify(batch, timer, capture=self.contrastive.layer if reward_mode else None)
         metrics = self._rollout_metrics(rollouts, rewards)
+        if getattr(self.algorithm, "dynamic_sampling", False):
+            rollouts, rewards, dapo_metrics = self._keep_informative_groups(rollouts, rewards, len(batch), timer)
+            metrics |= dapo_metrics
+        correct = rewards > 0.5
+        rewards = rewards + self._overlong_penalty(rollouts)
         with timer("contrastive"):
             if reward_mode:
                 rewards, contrastive_metrics = self._shape_rewards(rollouts, rewards, correct)
@@ -92,10 +97,47 @@ class ClipoModule(L.LightningModule):
         self.rl_step += 1
         metrics |= {f"time/{phase}": torch.tensor(s) for phase, s in timer.seconds.items()}
         metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
-        metrics["perf/tokens_per_s"] = rollouts.response_lengths.sum() / max(timer.seconds["generate"], 1e-9)
+        metrics["perf/tokens_per_s"] = torch.tensor(timer.generated_tokens / max(timer.seconds["generate"], 1e-9))
         metrics["train/shaped_reward"] = rewards.mean()
         self.log_dict({k: v.float() for k, v in metrics.items()}, batch_size=len(batch))
         self.log_dict({"reward": metrics["train/reward"], "acc": metrics["train/acc"]}, prog_bar=True, logger=False)
+
+    def _sample_and_verify(self, batch: list[dict], timer: PhaseTimer, capture: int | None):
+        with timer("generate"):
+            rollouts = generate_rollouts(self.policy, self.tokenizer, batch, self.group_size, self.generation, capture)
+        with timer("verify"):
+            rewards = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths), device=self.device)
+        timer.generated_tokens += int(rollouts.response_lengths.sum())
+        return rollouts, rewards
+
+    def _keep_informative_groups(self, rollouts: RolloutBatch, rewards: torch.Tensor, target: int, timer: PhaseTimer):
+        """DAPO dynamic sampling: drop groups whose rewards do not vary, refill from further prompts."""
+        limit = self.algorithm.max_refill_batches
+        refills = 0
+        selection = select_groups(rewards, rollouts.groups, target, refills, limit)
+        while selection.need_more:
+            more = self.trainer.datamodule.refill_batch()
+            capture = None if rollouts.hidden is None else self.contrastive.layer
+            more_rollouts, more_rewards = self._sample_and_verify(more, timer, capture)
+            rollouts = concat_rollouts([rollouts, more_rollouts], self.tokenizer.pad_token_id)
+            rewards = torch.cat([rewards, more_rewards])
+            refills += 1
+            selection = select_groups(rewards, rollouts.groups, target, refills, limit)
+        keep = selection.keep.nonzero().squeeze(-1)
+        metrics = {
+            "dapo/refills": torch.tensor(float(refills)),
+            "dapo/limit_hit": torch.tensor(float(selection.limit_hit)),
+            "dapo/informative_group_frac": torch.tensor(selection.num_informative / target),
+        }
+        return rollouts.select(keep), rewards[keep], metrics
+
+    def _overlong_penalty(self, rollouts: RolloutBatch) -> torch.Tensor | float:
+        """DAPO's soft overlong punishment, when the algorithm configures a buffer."""
+        buffer = getattr(self.algorithm, "overlong_buffer", 0)
+        if not buffer:
+            return 0.0
+        lengths = rollouts.response_lengths
+        return overlong_penalty(lengths, self.generation.max_new_tokens, buffer, self.algorithm.overlong_penalty)
 
     def _rollout_metrics(self, rollouts: RolloutBatch, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
         grouped = rewards.view(-1, self.group_size)
@@ -151,13 +193,26 @@ class ClipoModule(L.LightningModule):
                     for key, value in step_metrics.items():
                         history[key].append(value.detach().float())
                 history["actor/grad_norm"].append(self._clip_and_step(optimizer))
+        history["numerics/skipped_updates"].append(torch.tensor(float(self.skipped_updates)))
         return {k: torch.stack(v).mean() for k, v in history.items()}
 
     def _clip_and_step(self, optimizer: Any) -> torch.Tensor:
+        """Clip and step; a non-finite gradient skips the update (counted, and fatal after too many in a row)."""
         params = [p for p in self.policy.parameters() if p.grad is not None]
         max_norm = self.max_grad_norm if self.max_grad_norm else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
-        optimizer.step()
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+            self.nonfinite_in_a_row = 0
+        else:
+            self.skipped_updates += 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= self.max_nonfinite_updates:
+                raise FloatingPointError(
+                    f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or gradient "
+                    f"({self.skipped_updates} skipped in all); stopping. Lower optimizer.lr, use trainer.precision=32 "
+                    "or bf16-mixed instead of 16-mixed, or raise ppo.max_nonfinite_updates to tolerate more."
+                )
         optimizer.zero_grad(set_to_none=True)
         return grad_norm.detach().float()
 
@@ -187,6 +242,7 @@ class ClipoModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
         checkpoint["clipo"] = {
             "rl_step": self.rl_step,
+            "skipped_updates": self.skipped_updates,
             "rng": collect_rng_states(),
             "head_optimizer": None if self.head_optimizer is None else self.head_optimizer.state_dict(),
             "contrastive_loss": getattr(self.contrastive.loss, "state_dict", dict)(),
@@ -195,6 +251,7 @@ class ClipoModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("clipo", {})
         self.rl_step = state.get("rl_step", 0)
+        self.skipped_updates = state.get("skipped_updates", 0)
         self._pending_rng = state.get("rng")
         self._pending_head_state = state.get("head_optimizer")
         if state.get("contrastive_loss") and hasattr(self.contrastive.loss, "load_state_dict"):

@@ -202,3 +202,38 @@ def forward_responses(
     if hidden_layer is not None:
         hidden = out.hidden_states[hidden_layer][:, P - 1 : P + T - 1]
     return ForwardOutput(logprobs=logprobs, entropy=entropy, hidden=hidden)
+
+
+def pad_time(x: torch.Tensor, left: int, right: int, value: float | bool) -> torch.Tensor:
+    """Pad dimension 1 (time) of an [N, L] or [N, L, D] tensor with `value`."""
+    out = x.new_full((x.shape[0], left + x.shape[1] + right, *x.shape[2:]), value)
+    out[:, left : left + x.shape[1]] = x
+    return out
+
+
+def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """One batch from several (e.g. DAPO refills): prompts re-padded on the left, responses on
+    the right, hidden states padded with zeros; group ids offset so they stay distinct."""
+    if len(batches) == 1:
+        return batches[0]
+    P = max(b.prompt_len for b in batches)
+    T = max(b.response_ids.shape[1] for b in batches)
+
+    def parts(b: RolloutBatch, x: torch.Tensor, value: float) -> torch.Tensor:
+        prompt, response = x[:, : b.prompt_len], x[:, b.prompt_len :]
+        return torch.cat([pad_time(prompt, P - b.prompt_len, 0, value), pad_time(response, 0, T - response.shape[1], value)], 1)
+
+    offsets = torch.cumsum(torch.tensor([0] + [int(b.groups.max()) + 1 for b in batches[:-1]]), 0).tolist()
+    with_hidden = all(b.hidden is not None for b in batches)
+    return RolloutBatch(
+        sequences=torch.cat([parts(b, b.sequences, pad_token_id) for b in batches]),
+        attention_mask=torch.cat([parts(b, b.attention_mask, 0) for b in batches]),
+        response_mask=torch.cat([pad_time(b.response_mask, 0, T - b.response_mask.shape[1], False) for b in batches]),
+        prompt_len=P,
+        groups=torch.cat([b.groups + offset for b, offset in zip(batches, offsets)]),
+        responses=[r for b in batches for r in b.responses],
+        ground_truths=[g for b in batches for g in b.ground_truths],
+        data_sources=[s for b in batches for s in b.data_sources],
+        truncated=torch.cat([b.truncated for b in batches]),
+        hidden=torch.cat([pad_time(b.hidden, 0, T - b.hidden.shape[1], 0.0) for b in batches]) if with_hidden else None,
+    )
