@@ -1,0 +1,72 @@
+"""Shared plumbing for the benchmark scripts: compose a config, run in a fresh process, save results."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def compose(overrides: list[str], output_dir: Path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def train_and_report(overrides: list[str]) -> dict[str, Any]:
+    """Run `train` in this process and return its per-step history and peak resident memory."""
+    from clipo.train import train
+
+    with tempfile.TemporaryDirectory() as out:
+        metrics, objects = train(compose(overrides, Path(out)))
+    return {
+        "history": objects["summary"].history,
+        "metrics": metrics,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_in_subprocess(script: Path, args: list[str]) -> dict[str, Any]:
+    """Each measurement in a fresh process, so peak memory is its own; the JSON is the last stdout line."""
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.processor() or platform.machine()}, {platform.node()}, python {platform.python_version()}",
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        **payload,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=1))
+    return path
