@@ -47,3 +47,30 @@ def compose_config(overrides: list[str] | None = None, output_dir: Path | None =
 @pytest.fixture
 def cfg_tiny(tmp_path: Path) -> DictConfig:
     return compose_config(TINY_OVERRIDES, output_dir=tmp_path)
+
+
+class ParityVerifier:
+    """Scores by the first character's code parity: about half the random tiny model's rollouts are
+    "correct", so groups have both kinds and every part of the step gets signal."""
+
+    def __call__(self, responses: list[str], ground_truths: list[str]) -> list[float]:
+        return [float(bool(r) and ord(r[0]) % 2 == 0) for r in responses]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def parity_verifier(monkeypatch):
+    """Registers `ParityVerifier` as "parity" for one test."""
+    from clipo.registry import VERIFIERS
+
+    monkeypatch.setitem(VERIFIERS._entries, "parity", ParityVerifier)
+
+
+def tiny_parity_config(output_dir: Path, *overrides: str) -> DictConfig:
+    """The tiny training config scored by `ParityVerifier` (use with the `parity_verifier` fixture)."""
+    cfg = compose_config(TINY_OVERRIDES + list(overrides), output_dir=output_dir)
+    with open_dict(cfg):
+        cfg.verifier = {"name": "parity"}
+    return cfg

@@ -6,7 +6,7 @@ import torch
 from clipo.builders import build_module
 from clipo.train import train
 from tests.conftest import TINY_OVERRIDES, compose_config
-from tests.test_train import _config, parity_verifier  # noqa: F401  (fixture)
+from tests.conftest import tiny_parity_config as _config
 
 
 @pytest.mark.parametrize("loss", ["none", "infonce"])

@@ -2,8 +2,8 @@
 
 import torch
 
-from tests.test_train import ParityVerifier, _config, parity_verifier  # noqa: F401  (fixture)
 from clipo.train import train
+from tests.conftest import tiny_parity_config as _config
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:

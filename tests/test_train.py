@@ -1,38 +1,12 @@
 """End-to-end: `train(cfg)` on the tiny model, offline, in seconds."""
 
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import open_dict
 
 from clipo.models import build_tiny
-from clipo.registry import VERIFIERS
 from clipo.train import train
-from tests.conftest import TINY_OVERRIDES, compose_config
-
-
-class ParityVerifier:
-    """Scores by the first character's code parity: about half the random tiny model's rollouts are
-    "correct", so groups have both kinds and every part of the step gets signal."""
-
-    def __call__(self, responses: list[str], ground_truths: list[str]) -> list[float]:
-        return [float(bool(r) and ord(r[0]) % 2 == 0) for r in responses]
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def parity_verifier(monkeypatch):
-    monkeypatch.setitem(VERIFIERS._entries, "parity", ParityVerifier)
-
-
-def _config(tmp_path: Path, *overrides: str):
-    cfg = compose_config(TINY_OVERRIDES + list(overrides), output_dir=tmp_path)
-    with open_dict(cfg):
-        cfg.verifier = {"name": "parity"}
-    return cfg
+from tests.conftest import tiny_parity_config as _config
 
 
 def _changed(before: dict, module: torch.nn.Module) -> bool:

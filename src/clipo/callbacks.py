@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 
+
 class RunSummary(L.Callback):
     """Keeps every metric logged by each RL step (validation aside), for the summary and reports."""
 

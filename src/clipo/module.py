@@ -17,9 +17,9 @@ import lightning as L
 import torch
 from transformers import GenerationConfig
 
+from clipo.dapo import overlong_penalty, select_groups
 from clipo.policy_loss import StepNormalizer
 from clipo.rng import collect_rng_states, set_rng_states
-from clipo.dapo import overlong_penalty, select_groups
 from clipo.rollout import RolloutBatch, concat_rollouts, forward_responses, generate_rollouts
 
 

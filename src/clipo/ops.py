@@ -9,8 +9,9 @@ import torch
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Sum of `values` where `mask` is true (mask is cast to the values' dtype)."""
-    masked = values * mask.to(values.dtype)
+    """Sum of `values` where `mask` is true."""
+    # where, not multiply: padding may hold inf/NaN, and 0 * inf is NaN
+    masked = torch.where(mask.bool(), values, 0.0)
     return masked.sum() if dim is None else masked.sum(dim)
 
 

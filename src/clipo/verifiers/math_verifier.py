@@ -22,8 +22,16 @@ from functools import lru_cache
 from clipo.registry import VERIFIERS
 from clipo.verifiers.base import Verifier
 from clipo.verifiers.numbers import numbers_equal, parse_number
-from clipo.verifiers.text import DEFAULT_TAIL_CHARS, MAX_BRACE_DEPTH, brace_depth, braces_balanced, clean_response
-from clipo.verifiers.text import find_boxed, last_boxed, normalize_answer
+from clipo.verifiers.text import (
+    DEFAULT_TAIL_CHARS,
+    MAX_BRACE_DEPTH,
+    brace_depth,
+    braces_balanced,
+    clean_response,
+    find_boxed,
+    last_boxed,
+    normalize_answer,
+)
 
 FALLBACKS = ("none", "answer_phrase", "last_number")
 MAX_GOLD_CHARS = 2000

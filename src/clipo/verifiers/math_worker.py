@@ -17,7 +17,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
-from clipo.verifiers.numbers import parse_number, numbers_equal
+from clipo.verifiers.numbers import numbers_equal, parse_number
 
 _SAFE_EXPR_RE = re.compile(r"[\d.\s+\-*/^()×÷]+")
 _TRAILING_PUNCT_RE = re.compile(r"(?<!\\)\s*[.,;:](\$\$|\$|\\\]|\\\))")
