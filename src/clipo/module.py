@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from transformers import GenerationConfig
 
 from clipo.dapo import overlong_penalty, select_groups
@@ -74,6 +75,10 @@ class ClipoModule(L.LightningModule):
         self.skipped_updates = self.nonfinite_in_a_row = 0
         if reference is not None:
             reference.requires_grad_(False).eval()
+        # The head trains on its own backward pass, outside the policy loss: DDP must not track it
+        # (its gradients are averaged across ranks explicitly in `_shape_rewards`).
+        names = [f"contrastive.{name}" for name, _ in [*contrastive.named_parameters(), *contrastive.named_buffers()]]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
 
     # ---- the RL step -------------------------------------------------------------------
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -157,6 +162,10 @@ class ClipoModule(L.LightningModule):
         if self.contrastive.head is not None and any(p.requires_grad for p in self.contrastive.parameters()):
             self.head_optimizer.zero_grad(set_to_none=True)
             out.batch_loss.backward()
+            if self._trainer is not None and self.trainer.world_size > 1:
+                for param in self.contrastive.parameters():
+                    if param.grad is not None:
+                        param.grad = self.trainer.strategy.reduce(param.grad, reduce_op="mean")
             self.head_optimizer.step()
         return rewards + out.bonus.to(rewards.dtype), out.metrics
 
