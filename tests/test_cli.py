@@ -47,3 +47,11 @@ def test_multirun_runs_each_choice(tmp_path):
     runs = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*/csv/metrics.csv"))
     assert len(runs) == 2
     assert sorted(p.parents[1].joinpath(".hydra", "overrides.yaml").read_text().count("loss=") for p in runs) == [1, 1]
+
+
+def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
+    result = _run(*TINY, "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp",
+                  "strategy.process_group_backend=gloo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Starting with 2 processes" in result.stdout + result.stderr
+    assert list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints/last.ckpt"))
