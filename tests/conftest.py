@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,6 +15,10 @@ from omegaconf import DictConfig, open_dict
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tiny model's matmuls are too small to gain from threads, and on a busy 2-core machine
+# a second thread makes them several times slower; subprocesses inherit the variable.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 # A small, fast training config: the tiny random model, few prompts, short responses.
 TINY_OVERRIDES = [

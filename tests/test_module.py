@@ -78,3 +78,15 @@ def test_non_finite_gradient_skips_the_update_and_stops_after_too_many(tmp_path)
     assert all(p.grad is None for p in module.policy.parameters())  # and nothing carried over
     with pytest.raises(FloatingPointError, match="2 updates in a row had a non-finite loss or gradient"):
         module._update_policy(rollouts, torch.randn(8), correct)
+
+
+def test_loss_mode_update_trains_the_head_with_the_policy(tmp_path):
+    module, rollouts, correct = _module_and_rollouts(tmp_path, "contrastive.mode=loss")
+    optimizer = module.configure_optimizers()
+    module.optimizers = lambda: optimizer
+    module.manual_backward = lambda loss: loss.backward()
+    head_before = {k: v.detach().clone() for k, v in module.contrastive.named_parameters()}
+    metrics = module._update_policy(rollouts, torch.randn(8), correct)
+    assert any(not torch.equal(head_before[k], v) for k, v in module.contrastive.named_parameters())
+    assert all(p.grad is None for p in module.contrastive.parameters())  # stepped and cleared, nothing piles up
+    assert metrics["contrastive/anchor_frac"] > 0

@@ -159,14 +159,10 @@ class ClipoModule(L.LightningModule):
     def _shape_rewards(self, rollouts: RolloutBatch, rewards: torch.Tensor, correct: torch.Tensor):
         """CLIPO reward mode: bonus from the losses before the head's own optimizer step."""
         out = self.contrastive(rollouts.hidden, rollouts.response_mask, correct, rollouts.groups)
-        if self.contrastive.head is not None and any(p.requires_grad for p in self.contrastive.parameters()):
+        if self.head_optimizer is not None:
             self.head_optimizer.zero_grad(set_to_none=True)
             out.batch_loss.backward()
-            if self._trainer is not None and self.trainer.world_size > 1:
-                for param in self.contrastive.parameters():
-                    if param.grad is not None:
-                        param.grad = self.trainer.strategy.reduce(param.grad, reduce_op="mean")
-            self.head_optimizer.step()
+            self._step_head()
         return rewards + out.bonus.to(rewards.dtype), out.metrics
 
     def _update_policy(self, rollouts: RolloutBatch, advantages: torch.Tensor, correct: torch.Tensor):
@@ -202,8 +198,19 @@ class ClipoModule(L.LightningModule):
                     for key, value in step_metrics.items():
                         history[key].append(value.detach().float())
                 history["actor/grad_norm"].append(self._clip_and_step(optimizer))
+                if loss_mode and self.head_optimizer is not None:
+                    self._step_head()  # the head (and a learned pooler) learn from the same backward
         history["numerics/skipped_updates"].append(torch.tensor(float(self.skipped_updates)))
         return {k: torch.stack(v).mean() for k, v in history.items()}
+
+    def _step_head(self) -> None:
+        """One step of the head's optimizer on its accumulated gradient, averaged across ranks."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            for param in self.contrastive.parameters():
+                if param.grad is not None:
+                    param.grad = self.trainer.strategy.reduce(param.grad, reduce_op="mean")
+        self.head_optimizer.step()
+        self.head_optimizer.zero_grad(set_to_none=True)
 
     def _clip_and_step(self, optimizer: Any) -> torch.Tensor:
         """Clip and step; a non-finite gradient skips the update (counted, and fatal after too many in a row)."""
