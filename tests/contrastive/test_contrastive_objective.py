@@ -87,7 +87,10 @@ def test_metrics_by_hand():
         "contrastive/loss", "contrastive/anchor_frac", "contrastive/trivial_group_frac",
         "contrastive/pos_cos_hidden", "contrastive/neg_cos_hidden",
         "contrastive/pos_cos_embed", "contrastive/neg_cos_embed", "contrastive/reward_bonus",
+        "contrastive/pos_pairs", "contrastive/neg_pairs",
     }
+    # positive pairs: 2 anchors x 1 fellow + 3 anchors x 2 fellows = 8; negative: 2 x 2 + 3 x 1 = 7
+    assert out.metrics["contrastive/pos_pairs"].item() == 8 and out.metrics["contrastive/neg_pairs"].item() == 7
 
 
 def test_trivial_group_fraction_counts_groups_not_rollouts():

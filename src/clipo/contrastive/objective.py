@@ -141,5 +141,8 @@ class ContrastiveObjective(nn.Module):
             "contrastive/neg_cos_hidden": hidden_stats["neg_cos"],
             "contrastive/pos_cos_embed": embed_stats["pos_cos"],
             "contrastive/neg_cos_embed": embed_stats["neg_cos"],
+            # the cosines read 0 when there are no pairs; the counts tell that apart
+            "contrastive/pos_pairs": embed_stats["pos_pairs"],
+            "contrastive/neg_pairs": embed_stats["neg_pairs"],
             "contrastive/reward_bonus": masked_mean(bonus, labels),
         }
