@@ -26,7 +26,11 @@ def plain(node: Any) -> Any:
 def build_datamodule(cfg: DictConfig) -> PromptDataModule:
     data = plain(cfg.data)
     return PromptDataModule(
-        train=data["train"], val=data.get("val"), prompts_per_step=data["prompts_per_step"], seed=cfg.seed
+        train=data["train"],
+        val=data.get("val"),
+        prompts_per_step=data["prompts_per_step"],
+        val_batch_size=data.get("val_batch_size", 32),
+        seed=cfg.seed,
     )
 
 
