@@ -53,3 +53,20 @@ def test_packaged_smollm2_loads_offline_and_is_cached():
     )
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_dropout_is_off_so_train_and_eval_modes_agree():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from clipo.models import disable_dropout
+
+    config = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.5)
+    model = Qwen2ForCausalLM(config)
+    disable_dropout(model)
+    ids = torch.randint(0, 50, (2, 7))
+    model.train()
+    train_logits = model(ids).logits
+    model.eval()
+    torch.testing.assert_close(train_logits, model(ids).logits)
+    assert model.config.attention_dropout == 0.0

@@ -62,10 +62,25 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     prepare_tokenizer(tokenizer, model)
+    disable_dropout(model)
+    model.train()  # from_pretrained returns eval mode; with dropout off, both modes compute the same
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # generation turns the cache back on per call
     return model, tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout: the update's log-probs must come from the network that sampled
+    (dropout off), while train mode stays on for gradient checkpointing."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if isinstance(getattr(model.config, key, None), float):
+            setattr(model.config, key, 0.0)
 
 
 def prepare_tokenizer(tokenizer: Any, model: torch.nn.Module) -> None:

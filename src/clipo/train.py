@@ -24,6 +24,8 @@ from clipo.config import ConfigError, validate_config
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+# the frozen reference model stays in eval mode on purpose
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
