@@ -1,0 +1,162 @@
+"""`evaluate(cfg)` end to end on the tiny model, the policy/checkpoint loaders, and every config composing."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from clipo.config import register_components, validate_config
+from clipo.data import bench_dir
+from clipo.evaluate import evaluate, load_checkpoint_policy, load_policy
+from clipo.evaluation import split_set_spec
+from clipo.models import build_tiny
+from clipo.registry import VERIFIERS
+from tests.conftest import CONFIG_DIR, compose_config
+
+ROOT = Path(CONFIG_DIR).parent
+BENCHMARKS = sorted(p.stem for p in (Path(CONFIG_DIR) / "benchmark").glob("*.yaml"))
+SUITES = sorted(p.stem for p in (Path(CONFIG_DIR) / "suite").glob("*.yaml"))
+PRESETS = ["track1_grpo", "track1_clipo", "track1_dapo_clipo", "track2_grpo", "track2_clipo", "cpu_demo"]
+TEST_SETS = ["gsm8k", "gsm_symbolic", "gsm_p1", "gsm_p2", "theoremqa", "mmlu2k", "truthfulqa", "commonsense_qa",
+             "math", "aime", "aime2025", "amc", "math_perturb_simple", "math_perturb_hard"]
+FAST = ["model=tiny", "max_rows=8", "max_new_tokens=8", "batch_size=64"]
+needs_bench = pytest.mark.skipif(
+    not (bench_dir() / "test").is_dir(),
+    reason=f"benchmark parquet files not found under {bench_dir()}; set CLIPO_BENCH_DIR to the clipo-bench folder",
+)
+
+
+def compose_eval(overrides: list[str], output_dir: Path):
+    """Compose configs/evaluate.yaml as `evaluate.py` would, with the run folder at `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@needs_bench
+def test_every_test_set_scores_on_the_tiny_model(tmp_path, capsys):
+    results = evaluate(compose_eval(["suite=all", *FAST], tmp_path))
+    assert list(results["sets"]) == TEST_SETS
+    assert all(m["problems"] == 8 and 0 <= m["acc"] <= 1 for m in results["sets"].values())
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in TEST_SETS) and "| average |" in table
+    assert table in capsys.readouterr().out
+    with open(tmp_path / "results.csv") as file:
+        assert [row["set"] for row in csv.DictReader(file)] == [*TEST_SETS, "average"]
+    # gsm8k has three twins, math two: five gaps
+    assert set(results["gaps"]) == {("gsm8k", t) for t in ("gsm_symbolic", "gsm_p1", "gsm_p2")} | {
+        ("math", "math_perturb_simple"), ("math", "math_perturb_hard")}
+    lines = [json.loads(line) for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert len(lines) == 14 * 8
+    assert set(lines[0]) == {"set", "index", "sample", "response", "answer", "ground_truth", "correct"}
+
+
+def test_sampled_arith_twins_report_pass_and_maj(tmp_path):
+    cfg = compose_eval(["suite=arith", *FAST, "max_rows=4", "n=2", "temperature=1.0", "ks=[1,2]"], tmp_path)
+    results = evaluate(cfg)
+    metrics = results["sets"]["arith_p1"]
+    assert {"acc", "pass@1", "pass@2", "maj@1", "maj@2"} <= metrics.keys()
+    assert metrics["pass@1"] == pytest.approx(metrics["acc"])  # unbiased pass@1 is mean@n
+    assert metrics["pass@2"] >= metrics["acc"]
+    assert len(results["gaps"]) == 3 and "acc" in results["average"]
+    lines = (tmp_path / "responses.jsonl").read_text().splitlines()
+    assert len(lines) == 4 * 4 * 2  # 4 sets x 4 problems x 2 samples
+
+
+def _assert_same_weights(model, reference):
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_exported_policy_folder_is_scored(tmp_path):
+    policy, tokenizer = build_tiny(seed=7)
+    policy.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    cfg = compose_eval(["suite=arith", *FAST, "max_rows=2", f"policy_path={tmp_path / 'policy'}"], tmp_path / "run")
+    model, _ = load_policy(cfg)
+    _assert_same_weights(model, policy)
+    assert set(evaluate(cfg)["sets"]) == {"arith", "arith_symbolic", "arith_p1", "arith_p2"}
+
+
+def test_checkpoint_policy_weights_are_loaded(tmp_path):
+    trained, _ = build_tiny(seed=3)
+    state = {f"policy.{k}": v for k, v in trained.state_dict().items()} | {"contrastive.head.weight": torch.ones(2)}
+    torch.save({"state_dict": state, "global_step": 5}, tmp_path / "last.ckpt")
+    cfg = compose_eval(["suite=arith", *FAST, "max_rows=2", f"ckpt_path={tmp_path / 'last.ckpt'}"], tmp_path / "run")
+    model, _ = load_policy(cfg)  # model=tiny builds seed 0; the checkpoint's seed-3 weights replace them
+    _assert_same_weights(model, trained)
+    assert (Path(evaluate(cfg)["output_dir"]) / "results.md").is_file()
+
+
+def test_bad_checkpoints_and_choices_fail_clearly(tmp_path):
+    model, _ = build_tiny(seed=0)
+    torch.save({"state_dict": {"head.weight": torch.ones(2)}}, tmp_path / "head_only.ckpt")
+    with pytest.raises(ValueError, match="no `policy.` weights"):
+        load_checkpoint_policy(model, tmp_path / "head_only.ckpt")
+    bigger, _ = build_tiny(seed=0, hidden_size=32, intermediate_size=64)
+    torch.save({"state_dict": {f"policy.{k}": v for k, v in bigger.state_dict().items()}}, tmp_path / "other.ckpt")
+    with pytest.raises((ValueError, RuntimeError), match="size mismatch|does not fit"):
+        load_checkpoint_policy(model, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not both"):
+        load_policy(compose_eval(["model=tiny", "ckpt_path=a.ckpt", "policy_path=b"], tmp_path))
+    with pytest.raises(ValueError, match="outside the suite"):
+        evaluate(compose_eval(["suite=arith", *FAST, "only=[gsm8k]"], tmp_path))
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_config_composes(name, tmp_path):
+    cfg = compose_eval(["~suite", f"+benchmark@sets.{name}={name}"], tmp_path)
+    assert list(cfg.sets) == [name]
+    spec = OmegaConf.to_container(cfg.sets[name], resolve=True)
+    kwargs, verifier, twins = split_set_spec(spec)
+    register_components()
+    assert verifier in VERIFIERS and set(twins) <= set(BENCHMARKS)
+    assert kwargs["source"] in ("arith", "parquet")
+    if kwargs["source"] == "parquet" and (bench_dir() / "test").is_dir():
+        assert Path(kwargs["path"]).is_file(), kwargs["path"]
+    if spec.get("hub"):
+        assert split_set_spec(spec, use_hub=True)[0]["source"] == "hub"
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_suite_composes(suite, tmp_path):
+    cfg = compose_eval([f"suite={suite}"], tmp_path)
+    assert set(cfg.sets) <= set(BENCHMARKS) and len(cfg.sets) >= 4
+    OmegaConf.to_container(cfg.sets, resolve=True)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_experiment_presets_compose_and_validate(preset, tmp_path):
+    cfg = compose_config([f"experiment={preset}"], output_dir=tmp_path)
+    validate_config(cfg)
+    for spec in OmegaConf.to_container(cfg.data.val, resolve=True).values():
+        split_set_spec(spec)
+    assert cfg.task_name == preset
+
+
+def test_script_does_not_shadow_packages_named_evaluate(tmp_path):
+    # run the file as a script (src/clipo/ first on sys.path); afterwards `evaluate` must not resolve to it
+    code = (
+        "import importlib.util, runpy, sys; script = sys.argv[1]; sys.argv = [script, '--cfg', 'job'];"
+        "runpy.run_path(script, run_name='__main__'); spec = importlib.util.find_spec('evaluate');"
+        "print('SHADOWED' if spec and spec.origin and spec.origin.endswith('clipo/evaluate.py') else 'OK')"
+    )
+    script = str(ROOT / "src" / "clipo" / "evaluate.py")
+    env = {"PYTHONPATH": str(ROOT / "src" / "clipo"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code, script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         check=False)
+    assert out.stdout.strip().endswith("OK"), out.stdout + out.stderr
+    assert "task_name: evaluate" in out.stdout  # Hydra printed the composed config
