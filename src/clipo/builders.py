@@ -13,6 +13,7 @@ from transformers import GenerationConfig
 from clipo.config import contrastive_mode, register_components
 from clipo.contrastive import ContrastiveObjective
 from clipo.data import PromptDataModule
+from clipo.evaluation import eval_generation_config, split_set_spec
 from clipo.models import load_model
 from clipo.module import ClipoModule
 from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
@@ -68,31 +69,51 @@ def build_contrastive(cfg: DictConfig, hidden_size: int) -> ContrastiveObjective
 
 
 def generation_configs(cfg: DictConfig, tokenizer: Any) -> tuple[GenerationConfig, GenerationConfig]:
-    """Sampling for rollouts, greedy for validation; both stop at EOS and use the KV cache."""
-    r = cfg.rollout
+    """Sampling for rollouts, and validation's (greedy by default); both stop at EOS and use the KV cache."""
+    r, v = cfg.rollout, cfg.validation
     stop = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "use_cache": True}
     sample = GenerationConfig(
         do_sample=True, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, **stop
     )
-    greedy = GenerationConfig(do_sample=False, max_new_tokens=cfg.validation.max_new_tokens or r.max_new_tokens, **stop)
-    return sample, greedy
+    validation = eval_generation_config(tokenizer, v.n, v.temperature, v.top_p, v.max_new_tokens or r.max_new_tokens)
+    return sample, validation
+
+
+def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """The training verifier and one per validation set; a kind is built once and shared
+    (the math verifier owns a worker pool)."""
+    train_verifier = VERIFIERS.build(plain(cfg.verifier))
+    by_kind = {cfg.verifier.name: train_verifier}
+    per_set = {}
+    for name, spec in (plain(cfg.data.get("val")) or {}).items():
+        kind = split_set_spec(spec)[1]
+        if kind not in by_kind:
+            by_kind[kind] = VERIFIERS.build({"name": kind})
+        per_set[name] = by_kind[kind]
+    return train_verifier, per_set
 
 
 def build_module(cfg: DictConfig) -> ClipoModule:
     register_components()
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))
     policy, tokenizer, reference = build_models(cfg, algorithm)
-    sample, greedy = generation_configs(cfg, tokenizer)
+    sample, validation = generation_configs(cfg, tokenizer)
+    verifier, val_verifiers = build_verifiers(cfg)
+    val_twins = {name: split_set_spec(spec)[2] for name, spec in (plain(cfg.data.get("val")) or {}).items()}
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
         reference=reference,
-        verifier=VERIFIERS.build(plain(cfg.verifier)),
+        verifier=verifier,
+        val_verifiers=val_verifiers,
+        val_twins=val_twins,
+        val_n=cfg.validation.n,
+        val_ks=list(cfg.validation.ks),
         advantage=ADVANTAGES.build(plain(cfg.advantage)),
         algorithm=algorithm,
         contrastive=build_contrastive(cfg, policy.config.hidden_size),
         generation=sample,
-        val_generation=greedy,
+        val_generation=validation,
         optimizer=instantiate(cfg.optimizer),
         head_optimizer=instantiate(cfg.contrastive.head_optimizer),
         group_size=cfg.rollout.group_size,

@@ -64,10 +64,13 @@ def format_summary(
         tps = summary.series("perf/tokens_per_s")
         if tps:
             lines.append(f"generation          median {statistics.median(tps):.0f} tokens/s")
-    for name in sorted(set(val_before) | set(val_after)):
-        before = f"{val_before[name]:.3f}" if name in val_before else "  -  "
-        after = f"{val_after[name]:.3f}" if name in val_after else "  -  "
-        lines.append(f"held-out {name:<24} accuracy {before} -> {after}")
+    shown = [k for k in sorted(set(val_before) | set(val_after)) if k.endswith("/acc") or k.startswith("val/gap/")]
+    for key in shown:
+        before = f"{val_before[key]:.3f}" if key in val_before else "  -  "
+        after = f"{val_after[key]:.3f}" if key in val_after else "  -  "
+        label = key.removeprefix("val/").removesuffix("/acc")
+        label = f"robustness gap {label.removeprefix('gap/')}" if key.startswith("val/gap/") else f"held-out {label} accuracy"
+        lines.append(f"{label:<44} {before} -> {after}")
     lines += [f"logs                {output_dir}"]
     if checkpoint:
         lines.append(f"checkpoint          {checkpoint}")

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import GenerationConfig
 
 from clipo.dapo import overlong_penalty, select_groups
+from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.policy_loss import StepNormalizer
 from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout import RolloutBatch, concat_rollouts, forward_responses, generate_rollouts
@@ -58,6 +59,10 @@ class ClipoModule(L.LightningModule):
         max_grad_norm: float | None = 1.0,
         max_nonfinite_updates: int = 3,
         reference: torch.nn.Module | None = None,
+        val_verifiers: dict[str, Any] | None = None,
+        val_twins: dict[str, list[str]] | None = None,
+        val_n: int = 1,
+        val_ks: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -72,6 +77,8 @@ class ClipoModule(L.LightningModule):
         self.head_optimizer: torch.optim.Optimizer | None = None
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
         self.max_nonfinite_updates = max_nonfinite_updates
+        self.val_verifiers, self.val_twins, self.val_n = val_verifiers or {}, val_twins or {}, val_n
+        self.val_metrics = torch.nn.ModuleDict({name: SetMetrics(val_n, val_ks or []) for name in self.val_verifiers})
         self.skipped_updates = self.nonfinite_in_a_row = 0
         if reference is not None:
             reference.requires_grad_(False).eval()
@@ -240,10 +247,23 @@ class ClipoModule(L.LightningModule):
 
     # ---- validation --------------------------------------------------------------------
     def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
-        rollouts = generate_rollouts(self.policy, self.tokenizer, batch, 1, self.val_generation)
-        scores = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths))
         name = self.trainer.datamodule.val_set_names[dataloader_idx]
-        self.log(f"val/{name}/acc", scores.mean(), batch_size=len(batch), add_dataloader_idx=False, prog_bar=True)
+        verifier = self.val_verifiers[name]
+        scores = score_batch(
+            self.policy, self.tokenizer, batch, verifier, answer_extractor(verifier), self.val_generation, self.val_n
+        )
+        self.val_metrics[name].update(scores.correct.to(self.device), scores.answers)
+
+    def on_validation_epoch_end(self) -> None:
+        """Per-set accuracy (mean@n), pass@k and maj@k; robustness gaps to each twin; averages over sets."""
+        per_set = {name: {k: float(v) for k, v in m.compute().items()} for name, m in self.val_metrics.items()}
+        logged = {f"val/{name}/{key}": value for name, values in per_set.items() for key, value in values.items()}
+        table = robustness_table(per_set, self.val_twins)
+        logged |= {f"val/gap/{name}/{twin}": row["gap"] for (name, twin), row in table["gaps"].items()}
+        logged |= {f"val/avg/{key}": value for key, value in table["average"].items()}
+        self.log_dict(logged, prog_bar=False)
+        for metrics in self.val_metrics.values():
+            metrics.reset()
 
     # ---- optimisers and checkpoints ----------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -48,9 +48,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if summary is not None and trainer.is_global_zero:
         print(format_summary(summary, val_before, val_after, str(output_dir), checkpoint, str(export_dir)))
-    module.verifier.close()
-    metrics |= {f"val/{k}/acc": v for k, v in val_after.items()}
-    metrics |= {f"val_before/{k}/acc": v for k, v in val_before.items()}
+    for verifier in {id(v): v for v in [module.verifier, *module.val_verifiers.values()]}.values():
+        verifier.close()
+    metrics |= val_after
+    metrics |= {k.replace("val/", "val_before/", 1): v for k, v in val_before.items()}
     if trainer.is_global_zero:
         history = summary.history if summary is not None else []
         write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history})
@@ -59,8 +60,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _validate(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
-    merged = {k: float(v) for result in results for k, v in result.items()}
-    return {k.removeprefix("val/").removesuffix("/acc"): v for k, v in merged.items()}
+    return {k: float(v) for result in results for k, v in result.items()}
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -84,6 +84,7 @@ def test_pool_worker_crash_is_an_error_and_replaced():
         first = pool.map([()])
         assert first[0][0] == "ok"
         pool._workers[0].process.kill()  # the worker dies between batches
+        pool._workers[0].process.wait()  # (kill is asynchronous: let it be dead before the next batch)
         again = pool.map([(), ()])
         assert [status for status, _ in again] == ["ok", "ok"] and again[0][1] != first[0][1]
         assert pool.map([("not", "an int")])[0][0] == "error"  # an exception is an error, not a crash
