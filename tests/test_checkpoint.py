@@ -31,3 +31,49 @@ def test_resumed_run_matches_an_uninterrupted_one(parity_verifier, tmp_path):
     # the summary's history is part of the checkpoint too, so it reads as one run
     rewards = lambda run: [row["train/reward"] for row in run["summary"].history]  # noqa: E731
     assert rewards(resumed) == rewards(full) and len(rewards(full)) == 4
+
+
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from tests.conftest import ParityVerifier, tiny_parity_config
+from clipo.registry import VERIFIERS
+
+class SlowParity(ParityVerifier):  # slow enough to be killed mid-run
+    def __call__(self, responses, ground_truths):
+        time.sleep(0.4)
+        return super().__call__(responses, ground_truths)
+
+VERIFIERS.register("parity")(SlowParity)
+from clipo.train import train
+train(tiny_parity_config(Path({out!r}), *{overrides!r}))
+"""
+
+
+def test_run_killed_mid_training_resumes_exactly(parity_verifier, tmp_path):
+    """SIGKILL after a few steps, resume from last.ckpt: the same weights as a run never stopped."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    overrides = ["trainer.max_steps=6", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=1"]
+    _, full = train(_config(tmp_path / "full", *overrides))
+
+    killed_dir = tmp_path / "killed"
+    script = KILLED_RUN.format(repo=str(Path(__file__).resolve().parents[1]), out=str(killed_dir), overrides=overrides)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (killed_dir / "checkpoints" / "step_000003.ckpt").exists() and time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = torch.load(killed_dir / "checkpoints" / "last.ckpt", weights_only=True)  # never a half-written file
+    assert 3 <= saved["global_step"] < 6
+
+    _, resumed = train(_config(tmp_path / "resumed", *overrides, f"ckpt_path={killed_dir / 'checkpoints' / 'last.ckpt'}"))
+    for name, value in _params(full["module"]).items():
+        torch.testing.assert_close(_params(resumed["module"])[name], value, rtol=0, atol=0, msg=name)
