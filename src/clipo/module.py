@@ -83,7 +83,7 @@ class ClipoModule(L.LightningModule):
         if reference is not None:
             reference.requires_grad_(False).eval()
         # The head trains on its own backward pass, outside the policy loss: DDP must not track it
-        # (its gradients are averaged across ranks explicitly in `_shape_rewards`).
+        # (its gradients are averaged across ranks explicitly in `_step_head`).
         names = [f"contrastive.{name}" for name, _ in [*contrastive.named_parameters(), *contrastive.named_buffers()]]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
 
