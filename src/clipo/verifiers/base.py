@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from clipo.verifiers.pool import WorkerPool
+from clipo.verifiers.text import DEFAULT_TAIL_CHARS
 
 
 def default_num_workers() -> int:
@@ -33,11 +34,22 @@ class Verifier:
     Args:
         timeout: hard limit in seconds for one check in a worker process.
         num_workers: worker processes (default min(2, cpu count)); started on first use.
+        fallback: what to read when a response has no `\\boxed{}`, one of the class's `fallbacks`.
+        tail_chars: only the last `tail_chars` characters of a response are read (at least 64).
     """
 
     task_fn: str | None = None  # "module:function" the workers run (None: never needs a worker)
+    fallbacks: tuple[str, ...] = ("none",)  # the subclass's ways to read an unboxed answer
 
-    def __init__(self, timeout: float = 5.0, num_workers: int | None = None) -> None:
+    def __init__(
+        self, timeout: float = 5.0, num_workers: int | None = None, fallback: str = "none",
+        tail_chars: int = DEFAULT_TAIL_CHARS,
+    ) -> None:
+        if fallback not in self.fallbacks:
+            raise ValueError(f"fallback must be one of {self.fallbacks}, got {fallback!r}")
+        if tail_chars < 64:
+            raise ValueError(f"tail_chars must be >= 64, got {tail_chars}")
+        self.fallback, self.tail_chars = fallback, int(tail_chars)
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.timeout = float(timeout)

@@ -50,14 +50,14 @@ class ChoiceVerifier(Verifier):
         max_letter: the last option letter ("D" for four-option sets).
     """
 
+    fallbacks = FALLBACKS
+
     def __init__(self, timeout: float = 5.0, num_workers: int | None = None, fallback: str = "last_letter",
                  tail_chars: int = DEFAULT_TAIL_CHARS, max_letter: str = "Z") -> None:
-        super().__init__(timeout=timeout, num_workers=num_workers)
-        if fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+        super().__init__(timeout=timeout, num_workers=num_workers, fallback=fallback, tail_chars=tail_chars)
         if not re.fullmatch(r"[B-Z]", max_letter):
             raise ValueError(f"max_letter must be one capital letter B-Z, got {max_letter!r}")
-        self.fallback, self.tail_chars, self.letters = fallback, int(tail_chars), f"A-{max_letter}"
+        self.letters = f"A-{max_letter}"
 
     def extract(self, response: str) -> str | None:
         """The letter `response` chooses, or None."""

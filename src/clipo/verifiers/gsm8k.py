@@ -32,12 +32,11 @@ class GSM8KVerifier(Verifier):
         tail_chars: only the last `tail_chars` characters of a response are read.
     """
 
+    fallbacks = FALLBACKS
+
     def __init__(self, timeout: float = 5.0, num_workers: int | None = None, fallback: str = "last_number",
                  tail_chars: int = DEFAULT_TAIL_CHARS) -> None:
-        super().__init__(timeout=timeout, num_workers=num_workers)
-        if fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-        self.fallback, self.tail_chars = fallback, int(tail_chars)
+        super().__init__(timeout=timeout, num_workers=num_workers, fallback=fallback, tail_chars=tail_chars)
 
     def extract(self, response: str) -> str | None:
         """The answer text `response` gives (a boxed answer, a statement or a number), or None."""

@@ -66,16 +66,13 @@ class MathVerifier(Verifier):
         tail_chars: only the last `tail_chars` characters of a response are read.
     """
 
+    fallbacks = FALLBACKS
+
     task_fn = "clipo.verifiers.math_worker:math_task"
 
     def __init__(self, timeout: float = 5.0, num_workers: int | None = None, fallback: str = "last_number",
                  tail_chars: int = DEFAULT_TAIL_CHARS) -> None:
-        super().__init__(timeout=timeout, num_workers=num_workers)
-        if fallback not in FALLBACKS:
-            raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
-        if tail_chars < 64:
-            raise ValueError(f"tail_chars must be >= 64, got {tail_chars}")
-        self.fallback, self.tail_chars = fallback, int(tail_chars)
+        super().__init__(timeout=timeout, num_workers=num_workers, fallback=fallback, tail_chars=tail_chars)
 
     def _precheck(self, response: str, ground_truth: str) -> float | tuple:
         gold = gold_answer(ground_truth)
