@@ -16,9 +16,9 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from clipo.evaluation import split_set_spec
 from clipo.data.sampler import ResumableBatchSampler
 from clipo.data.sources import build_dataset
+from clipo.evaluation import split_set_spec
 
 __all__ = ["PromptDataModule", "ResumableBatchSampler", "ResumableLoader", "collate_records"]
 
