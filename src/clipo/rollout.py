@@ -192,12 +192,13 @@ def forward_responses(
     predicting = out.last_hidden_state[:, P - 1 : P + T - 1]  # [n, T, D]
     logits = model.get_output_embeddings()(predicting).float() / temperature  # [n, T, V]
     targets = rollouts.response_ids
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    log_normalizer = torch.logsumexp(logits, dim=-1)  # [n, T], shared by log-probs and entropy
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_normalizer
     entropy = None
     if with_entropy:
         with torch.no_grad():
             probs = torch.softmax(logits, dim=-1)
-            entropy = torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+            entropy = log_normalizer.detach() - (probs * logits).sum(-1)
     hidden = None
     if hidden_layer is not None:
         hidden = out.hidden_states[hidden_layer][:, P - 1 : P + T - 1]
