@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import compose, median, save, train_and_report  # noqa: E402
+from common import median, save, train_and_report  # noqa: E402
+
+from clipo.config import compose  # noqa: E402
 
 
 def time_generation(cfg, repeats: int) -> dict[str, float]:

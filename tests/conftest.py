@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+from clipo.config import CONFIG_DIR as _CONFIG_DIR
+from clipo.config import compose
+
+CONFIG_DIR = str(_CONFIG_DIR)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The tiny model's matmuls are too small to gain from threads, and on a busy 2-core machine
@@ -38,15 +38,7 @@ TINY_OVERRIDES = [
 
 def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
     """Compose configs/train.yaml with overrides, with the Hydra runtime set as in a real run."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides or [], return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.paths.output_dir = str(output_dir)
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose(overrides, output_dir)
 
 
 @pytest.fixture

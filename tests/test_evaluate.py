@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from clipo.config import register_components, validate_config
+from clipo.config import compose, register_components, validate_config
 from clipo.data import bench_dir
 from clipo.evaluate import evaluate, load_checkpoint_policy, load_policy
 from clipo.evaluation import split_set_spec
@@ -36,14 +33,7 @@ needs_bench = pytest.mark.skipif(
 
 def compose_eval(overrides: list[str], output_dir: Path):
     """Compose configs/evaluate.yaml as `evaluate.py` would, with the run folder at `output_dir`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.paths.output_dir = str(output_dir)
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose(overrides, output_dir, config_name="evaluate")
 
 
 @needs_bench
