@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from clipo.distributed import sum_over_ranks
 from clipo.ops import group_ids_to_index
 from clipo.registry import ADVANTAGES
 
@@ -93,7 +94,8 @@ def reinforce_pp_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: fl
     Whitening is `(x - mean) / sqrt(var + eps)` with the unbiased batch variance, as verl's
     `masked_whiten`; unlike verl, which whitens over tokens (weighting rollouts by length), the
     statistics here are over rollouts, since the estimator sees no lengths. Rollouts in groups of
-    size 1 stay 0 and are left out of the batch statistics. Under DDP the batch is this rank's.
+    size 1 stay 0 and are left out of the batch statistics. Under data parallelism the batch is
+    the global one: the sums behind the statistics are added over ranks.
 
     Args:
         rewards: [N] scalar reward per rollout.
@@ -106,10 +108,12 @@ def reinforce_pp_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: fl
     mean, _, size = _group_stats(rewards, groups)
     centered = rewards.float() - mean  # [N]
     counted = size > 1
-    n = counted.sum()
-    batch_mean = torch.where(counted, centered, 0.0).sum() / n.clamp(min=1)
-    batch_var = torch.where(counted, (centered - batch_mean) ** 2, 0.0).sum() / (n - 1).clamp(min=1)
-    whitened = (centered - batch_mean) * torch.rsqrt(batch_var + eps)
+    kept = torch.where(counted, centered, 0.0).double()
+    # sums, not means, so that under data parallelism the statistics are the global batch's
+    n, total, total_sq = sum_over_ranks(torch.stack([counted.sum().double(), kept.sum(), (kept**2).sum()]))
+    batch_mean = total / n.clamp(min=1)
+    batch_var = (total_sq - n * batch_mean**2).clamp(min=0) / (n - 1).clamp(min=1)
+    whitened = (centered - batch_mean.float()) * torch.rsqrt(batch_var.float() + eps)
     return torch.where(counted, whitened, torch.zeros_like(whitened))
 
 

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import GenerationConfig
 
 from clipo.dapo import overlong_penalty, select_groups
+from clipo.distributed import gathered_for_generation, mean_over_ranks, sum_over_ranks
 from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.policy_loss import StepNormalizer
 from clipo.rng import collect_rng_states, set_rng_states
@@ -111,11 +112,19 @@ class ClipoModule(L.LightningModule):
         metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
         metrics["perf/tokens_per_s"] = torch.tensor(timer.generated_tokens / max(timer.seconds["generate"], 1e-9))
         metrics["train/shaped_reward"] = rewards.mean()
-        self.log_dict({k: v.float() for k, v in metrics.items()}, batch_size=len(batch))
+        metrics = self._mean_over_ranks(metrics)
+        self.log_dict(metrics, batch_size=len(batch))
         self.log_dict({"reward": metrics["train/reward"], "acc": metrics["train/acc"]}, prog_bar=True, logger=False)
 
+    def _mean_over_ranks(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Step metrics averaged over ranks in one collective (every rank logs the same keys, since
+        they depend only on the config), so a DDP run logs global figures, not rank 0's."""
+        keys = sorted(metrics)
+        values = mean_over_ranks(torch.stack([metrics[k].detach().float().reshape(()).to(self.device) for k in keys]))
+        return dict(zip(keys, values))
+
     def _sample_and_verify(self, batch: list[dict], timer: PhaseTimer, capture: int | None):
-        with timer("generate"):
+        with timer("generate"), gathered_for_generation(self.trainer.strategy):
             rollouts = generate_rollouts(self.policy, self.tokenizer, batch, self.group_size, self.generation, capture)
         with timer("verify"):
             rewards = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths), device=self.device)
@@ -189,7 +198,8 @@ class ClipoModule(L.LightningModule):
         for _ in range(self.ppo_epochs):
             for start in range(0, n, mini):
                 mini_index = torch.arange(start, start + mini, device=self.device)
-                norm = StepNormalizer.from_mask(rollouts.response_mask[mini_index], max_len=self.generation.max_new_tokens)
+                norm = self._step_normalizer(rollouts.response_mask[mini_index])
+                update_loss = update_pg_loss = torch.zeros((), device=self.device)
                 for micro_index in mini_index.split(micro):
                     part = rollouts.select(micro_index)
                     out = forward_responses(self.policy, part, temperature, layer, with_entropy=True)
@@ -201,14 +211,29 @@ class ClipoModule(L.LightningModule):
                         loss = loss + c_out.policy_term * len(micro_index) / mini  # coef * batch loss
                         step_metrics |= c_out.metrics
                     self.manual_backward(loss)
+                    update_loss = update_loss + loss.detach().float()
+                    update_pg_loss = update_pg_loss + step_metrics.pop("actor/pg_loss").float()
                     step_metrics["actor/entropy"] = out.entropy[part.response_mask].mean()
                     for key, value in step_metrics.items():
                         history[key].append(value.detach().float())
+                # micro-batch losses are shares of the update's loss (step-normalised): they add up
+                history["actor/loss"].append(update_loss)
+                history["actor/pg_loss"].append(update_pg_loss)
                 history["actor/grad_norm"].append(self._clip_and_step(optimizer))
                 if loss_mode and self.head_optimizer is not None:
                     self._step_head()  # the head (and a learned pooler) learn from the same backward
         history["numerics/skipped_updates"].append(torch.tensor(float(self.skipped_updates)))
         return {k: torch.stack(v).mean() for k, v in history.items()}
+
+    def _step_normalizer(self, mask: torch.Tensor) -> StepNormalizer:
+        """Aggregation denominators of one update: the counts of the global mini-batch (all ranks),
+        divided by the world size because data parallelism averages the ranks' gradients, so the
+        average of the ranks' losses is the loss one process would compute on the global batch."""
+        mask = mask.bool()
+        counts = torch.stack([mask.sum(), mask.any(-1).sum()]).double()
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        tokens, sequences = (sum_over_ranks(counts).clamp(min=1) / world_size).tolist()
+        return StepNormalizer(tokens=tokens, sequences=sequences, max_len=self.generation.max_new_tokens)
 
     def _step_head(self) -> None:
         """One step of the head's optimizer on its accumulated gradient, averaged across ranks."""
@@ -249,9 +274,10 @@ class ClipoModule(L.LightningModule):
     def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.trainer.datamodule.val_set_names[dataloader_idx]
         verifier = self.val_verifiers[name]
-        scores = score_batch(
-            self.policy, self.tokenizer, batch, verifier, answer_extractor(verifier), self.val_generation, self.val_n
-        )
+        with gathered_for_generation(self.trainer.strategy):
+            scores = score_batch(
+                self.policy, self.tokenizer, batch, verifier, answer_extractor(verifier), self.val_generation, self.val_n
+            )
         self.val_metrics[name].update(scores.correct.to(self.device), scores.answers)
 
     def on_validation_epoch_end(self) -> None:

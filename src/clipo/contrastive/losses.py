@@ -13,7 +13,16 @@ import torch
 from torch import nn
 
 from clipo.contrastive import functional as CF
-from clipo.contrastive.sets import ANCHOR_MODES, LEVELS, ContrastiveSets, build_sets, check_choice, sample_positives
+from clipo.contrastive.sets import (
+    ANCHOR_MODES,
+    LEVELS,
+    ContrastiveSets,
+    build_sets,
+    check_choice,
+    labels_to_bool,
+    sample_positives,
+)
+from clipo.distributed import all_gather_rows, globally_unique_groups, world
 from clipo.registry import LOSSES
 
 
@@ -60,7 +69,25 @@ class ContrastiveLoss(nn.Module):
             raise ValueError(
                 f"embeddings must be [N, E] with N = len(labels) = {labels.shape[0]}, got {tuple(embeddings.shape)}"
             )
-        return self.compute(embeddings, self.sets(labels, groups))
+        if self.level == "group" or world()[1] == 1:
+            return self.compute(embeddings, self.sets(labels, groups))
+        return self._compute_across_ranks(embeddings, labels, groups)
+
+    def _compute_across_ranks(self, embeddings, labels, groups) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        """`cross`/`batch` levels under data parallelism: the candidates are every rank's rollouts.
+
+        This rank's anchors are scored against all gathered embeddings (gradient on the local rows
+        only); the per-sample losses equal those of one process holding the global batch.
+        Returns this rank's rows of L_i and the mean over this rank's anchors.
+        """
+        all_embeddings, local = all_gather_rows(embeddings)
+        keys = torch.stack([globally_unique_groups(groups), labels_to_bool(labels).long()], dim=1)
+        all_keys = all_gather_rows(keys)[0]
+        sets = self.sets(all_keys[:, 1], all_keys[:, 0])
+        is_local = torch.zeros_like(sets.anchors)
+        is_local[local] = True
+        per_sample, batch_loss = self.compute(all_embeddings, sets._replace(anchors=sets.anchors & is_local))
+        return per_sample[local], batch_loss
 
     def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

@@ -1,0 +1,67 @@
+"""Helper script of tests/test_distributed.py: one RL step on one fixed global batch, 1 or 2 processes.
+
+    python tests/ddp_replay.py OUT.pt DEVICES [overrides...]
+
+Every process generates the same global batch (same weights, same seed) and keeps its share of
+the groups, so a 2-process DDP step and a 1-process step train on exactly the same rollouts.
+Rank 0 saves the logged metrics and the updated policy weights to OUT.pt. The optimizer is
+plain SGD, whose step is proportional to the gradient (Adam's first step is nearly its sign,
+which would hide a wrongly scaled loss).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clipo.config import compose  # noqa: E402
+from clipo.module import ClipoModule  # noqa: E402
+from clipo.registry import VERIFIERS  # noqa: E402
+from clipo.rollout import generate_rollouts  # noqa: E402
+from clipo.train import train  # noqa: E402
+from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
+
+GLOBAL_PROMPTS = 4
+
+
+def replay_share(self: ClipoModule, batch: list[dict], timer, capture):  # noqa: ANN001
+    """Stands in for `ClipoModule._sample_and_verify`: this rank's share of one fixed global batch."""
+    records = [self.trainer.datamodule.train_set[i] for i in range(GLOBAL_PROMPTS)]
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        rollouts = generate_rollouts(self.policy, self.tokenizer, records, self.group_size, self.generation, capture)
+    rewards = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths))
+    share = len(rollouts.responses) // self.trainer.world_size
+    index = torch.arange(share) + self.trainer.global_rank * share
+    return rollouts.select(index), rewards[index]
+
+
+def main() -> None:
+    # Lightning restarts this script for rank 1 with Hydra's run-dir arguments appended: skip them
+    out, devices, *overrides = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.")]
+    devices = int(devices)
+    parallel = ["strategy=ddp", "strategy.process_group_backend=gloo"] if devices > 1 else []
+    cfg = compose(
+        [*TINY_OVERRIDES, "trainer.max_steps=1", "trainer.accelerator=cpu", f"trainer.devices={devices}", *parallel,
+         f"data.prompts_per_step={GLOBAL_PROMPTS // devices}", "data.val=null", "logger=none",
+         "~callbacks.model_checkpoint", "optimizer._target_=torch.optim.SGD", "~optimizer.betas", "optimizer.lr=0.5",
+         "ppo.max_grad_norm=null", "ppo.micro_batch_size=2", *overrides],
+        Path(out).parent / f"run{devices}",
+    )
+    with open_dict(cfg):
+        cfg.verifier = {"name": "parity"}
+    VERIFIERS._entries["parity"] = ParityVerifier
+    ClipoModule._sample_and_verify = replay_share
+    metrics, objects = train(cfg)
+    if objects["trainer"].is_global_zero:
+        torch.save({"metrics": metrics, "weights": objects["module"].policy.state_dict()}, out)
+
+
+if __name__ == "__main__":
+    main()
