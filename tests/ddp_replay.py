@@ -49,7 +49,7 @@ def main() -> None:
     parallel = ["strategy=ddp", "strategy.process_group_backend=gloo"] if devices > 1 else []
     cfg = compose(
         [*TINY_OVERRIDES, "trainer.max_steps=1", "trainer.accelerator=cpu", f"trainer.devices={devices}", *parallel,
-         f"data.prompts_per_step={GLOBAL_PROMPTS // devices}", "data.val=null", "logger=none",
+         f"data.prompts_per_step={GLOBAL_PROMPTS}", "data.val=null", "logger=none",
          "~callbacks.model_checkpoint", "optimizer._target_=torch.optim.SGD", "~optimizer.betas", "optimizer.lr=0.5",
          "ppo.max_grad_norm=null", "ppo.micro_batch_size=2", *overrides],
         Path(out).parent / f"run{devices}",

@@ -1,7 +1,10 @@
-"""Checkpoint and resume: the head, its optimizer, the warm-up counter and the RNG come back."""
+"""Checkpoint and resume: the head, its optimizer, the warm-up counter and the RNG come back;
+checkpoints are written atomically and the final step is always kept."""
 
+import pytest
 import torch
 
+from clipo.checkpointing import AtomicCheckpointIO
 from clipo.train import train
 from tests.conftest import tiny_parity_config as _config
 
@@ -72,8 +75,41 @@ def test_run_killed_mid_training_resumes_exactly(parity_verifier, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = torch.load(killed_dir / "checkpoints" / "last.ckpt", weights_only=True)  # never a half-written file
-    assert 3 <= saved["global_step"] < 6
+    assert 2 <= saved["global_step"] < 6  # last.ckpt follows step_000003.ckpt: the kill may come between them
 
     _, resumed = train(_config(tmp_path / "resumed", *overrides, f"ckpt_path={killed_dir / 'checkpoints' / 'last.ckpt'}"))
     for name, value in _params(full["module"]).items():
         torch.testing.assert_close(_params(resumed["module"])[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_final_step_is_checkpointed_between_periodic_saves(parity_verifier, tmp_path):
+    overrides = ["trainer.max_steps=3", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=2"]
+    train(_config(tmp_path, *overrides))
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step_000002.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_an_interrupted_write_leaves_the_previous_checkpoint(parity_verifier, tmp_path, monkeypatch):
+    overrides = ["data.val=null", "callbacks.model_checkpoint.every_n_train_steps=1"]
+    train(_config(tmp_path, *overrides, "trainer.max_steps=1"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def crash_mid_write(obj, file, *args, **kwargs):  # part of the bytes reach the disk, then the write fails
+        file.write(b"\0" * 1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("clipo.checkpointing.torch.save", crash_mid_write)
+    with pytest.raises(OSError, match="No space left"):  # continue the run in the same folder, as ckpt_path=last does
+        train(_config(tmp_path, *overrides, "trainer.max_steps=2", "ckpt_path=last"))
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "step_000001.ckpt"]  # no partial file
+
+
+def test_atomic_io_replaces_the_target_in_one_step(tmp_path):
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, tmp_path / "a" / "last.ckpt")
+    io.save_checkpoint({"step": 2}, tmp_path / "a" / "last.ckpt")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["last.ckpt"]
+    assert torch.load(tmp_path / "a" / "last.ckpt")["step"] == 2

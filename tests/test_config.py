@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from clipo.config import ConfigError, register_components, validate_config
@@ -89,3 +90,33 @@ def test_all_problems_reported_together(tmp_path):
     overrides = ["data.prompts_per_step=3", "ppo.mini_batch_size=6", "ppo.micro_batch_size=2", "algorithm.kl_estimator=k9"]
     message = _errors(overrides, tmp_path)  # 12 rollouts in groups of 4: only 6 % 4 is wrong
     assert message.count("\n  - ") == 2
+
+
+def test_evaluation_set_without_a_verifier(tmp_path):
+    message = _errors(["~data.val.arith_p1.verifier", "data.val.arith.twins=[arith_p9]"], tmp_path)
+    assert "data.val.arith_p1 has no verifier" in message and "gsm8k" in message
+    assert "data.val.arith.twins names 'arith_p9'" in message
+    assert "data.val.arith.verifier='regex' is not a registered verifier" in _errors(["data.val.arith.verifier=regex"],
+                                                                                     tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for machines without CUDA")
+def test_deepspeed_without_cuda_says_what_to_use(tmp_path):
+    assert "on CPU use strategy=ddp (gloo) or strategy=auto" in _errors(["strategy=deepspeed_zero3"], tmp_path)
+
+
+def test_devices_and_a_train_set_smaller_than_one_step(tmp_path):
+    message = _errors(["trainer.devices=0", "trainer.num_nodes=0", "data.train.size=1"], tmp_path)
+    assert "trainer.devices=0 must be a positive count" in message and "trainer.num_nodes=0" in message
+    assert "data.train.size=1 is smaller than one step's data.prompts_per_step=2" in message
+
+
+def test_global_batches_split_over_processes(tmp_path):
+    message = _errors(["trainer.devices=4", "trainer.num_nodes=2", "data.prompts_per_step=6"], tmp_path)
+    assert "data.prompts_per_step=6 (the global batch) does not split over 8 processes" in message
+    message = _errors(["trainer.devices=2", "ppo.mini_batch_size=4", "ppo.micro_batch_size=4"], tmp_path)
+    assert "ppo.mini_batch_size=4 is not a multiple of rollout.group_size=4 x 2 processes" in message
+    message = _errors(["trainer.devices=2", "data.prompts_per_step=4", "ppo.mini_batch_size=8", "ppo.micro_batch_size=3"],
+                      tmp_path)
+    assert "ppo.micro_batch_size=3 does not divide ppo.mini_batch_size=8 (its 4 rollouts per process)" in message
+    validate_config(compose_config(TINY_OVERRIDES + ["trainer.devices=2", "ppo.micro_batch_size=2"], output_dir=tmp_path))

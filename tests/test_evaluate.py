@@ -10,18 +10,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clipo.config import compose, register_components, validate_config
+from clipo.config import compose, register_components
 from clipo.data import bench_dir
 from clipo.evaluate import evaluate, load_checkpoint_policy, load_policy
 from clipo.evaluation import split_set_spec
 from clipo.models import build_tiny
 from clipo.registry import VERIFIERS
-from tests.conftest import CONFIG_DIR, compose_config
+from tests.conftest import CONFIG_DIR
 
 ROOT = Path(CONFIG_DIR).parent
 BENCHMARKS = sorted(p.stem for p in (Path(CONFIG_DIR) / "benchmark").glob("*.yaml"))
 SUITES = sorted(p.stem for p in (Path(CONFIG_DIR) / "suite").glob("*.yaml"))
-PRESETS = ["track1_grpo", "track1_clipo", "track1_dapo_clipo", "track2_grpo", "track2_clipo", "cpu_demo"]
 TEST_SETS = ["gsm8k", "gsm_symbolic", "gsm_p1", "gsm_p2", "theoremqa", "mmlu2k", "truthfulqa", "commonsense_qa",
              "math", "aime", "aime2025", "amc", "math_perturb_simple", "math_perturb_hard"]
 FAST = ["model=tiny", "max_rows=8", "max_new_tokens=8", "batch_size=64"]
@@ -64,6 +63,12 @@ def test_sampled_arith_twins_report_pass_and_maj(tmp_path):
     assert len(results["gaps"]) == 3 and "acc" in results["average"]
     lines = (tmp_path / "responses.jsonl").read_text().splitlines()
     assert len(lines) == 4 * 4 * 2  # 4 sets x 4 problems x 2 samples
+
+
+def test_set_without_a_verifier_fails_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr("clipo.evaluate.load_policy", lambda cfg: pytest.fail("the model must not load"))
+    with pytest.raises(ValueError, match="arith_p1 name no verifier"):
+        evaluate(compose_eval(["suite=arith", *FAST, "~sets.arith_p1.verifier"], tmp_path))
 
 
 def _assert_same_weights(model, reference):
@@ -126,15 +131,6 @@ def test_every_suite_composes(suite, tmp_path):
     cfg = compose_eval([f"suite={suite}"], tmp_path)
     assert set(cfg.sets) <= set(BENCHMARKS) and len(cfg.sets) >= 4
     OmegaConf.to_container(cfg.sets, resolve=True)
-
-
-@pytest.mark.parametrize("preset", PRESETS)
-def test_experiment_presets_compose_and_validate(preset, tmp_path):
-    cfg = compose_config([f"experiment={preset}"], output_dir=tmp_path)
-    validate_config(cfg)
-    for spec in OmegaConf.to_container(cfg.data.val, resolve=True).values():
-        split_set_spec(spec)
-    assert cfg.task_name == preset
 
 
 def test_script_does_not_shadow_packages_named_evaluate(tmp_path):

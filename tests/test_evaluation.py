@@ -25,7 +25,7 @@ def test_split_set_spec_separates_evaluation_keys():
             "hub": {"source": "hub", "name": "openai/gsm8k"}}
     assert split_set_spec(spec) == ({"source": "parquet", "path": "x.parquet", "max_rows": 8}, "gsm8k", ["p1"])
     assert split_set_spec(spec, use_hub=True) == ({"source": "hub", "name": "openai/gsm8k"}, "gsm8k", ["p1"])
-    assert split_set_spec({"source": "arith", "size": 4}) == ({"source": "arith", "size": 4}, "math", [])
+    assert split_set_spec({"source": "arith", "size": 4}) == ({"source": "arith", "size": 4}, None, [])
     assert "source" in spec and "verifier" in spec, "the caller's spec must not be modified"
 
 

@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import GenerationConfig
 
+from clipo.checkpointing import AtomicCheckpointIO
 from clipo.config import contrastive_mode, register_components
 from clipo.contrastive import ContrastiveObjective
 from clipo.data import PromptDataModule
@@ -135,6 +136,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     no_validation = {} if cfg.data.get("val") else {"limit_val_batches": 0}
+    strategy = build_strategy(cfg)
+    # DeepSpeed writes its own sharded checkpoint folders; every other strategy writes through this
+    plugins = [] if "deepspeed" in str(cfg.strategy.name) else [AtomicCheckpointIO()]
     return instantiate(
-        cfg.trainer, strategy=build_strategy(cfg), callbacks=callbacks, logger=loggers or False, **no_validation
+        cfg.trainer, strategy=strategy, callbacks=callbacks, logger=loggers or False, plugins=plugins, **no_validation
     )

@@ -83,40 +83,64 @@ def validate_config(cfg: DictConfig) -> None:
         )
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
+    problems += _device_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
+def world_size(cfg: DictConfig) -> int | None:
+    """Processes the trainer will start (devices x nodes), or None when only known at run time."""
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if isinstance(devices, int) and devices > 0 and isinstance(nodes, int) and nodes > 0:
+        return devices * nodes
+    return None
+
+
 def _batch_problems(cfg: DictConfig) -> list[str]:
+    """Groups, mini-batches and micro-batches divide evenly, over every process.
+
+    `data.prompts_per_step` and `ppo.mini_batch_size` count the whole step over all processes;
+    `ppo.micro_batch_size` is per process (it bounds one forward pass's memory).
+    """
     problems = []
     group_size = cfg.rollout.group_size
     prompts = cfg.data.prompts_per_step
+    world = world_size(cfg) or 1
     if group_size < 2:
         problems.append(f"rollout.group_size={group_size}: a group needs at least 2 rollouts to compare")
     if prompts < 1:
         problems.append(f"data.prompts_per_step={prompts} must be at least 1")
+    if prompts % world:
+        problems.append(
+            f"data.prompts_per_step={prompts} (the global batch) does not split over {world} processes "
+            f"(trainer.devices x trainer.num_nodes); use a multiple of {world}"
+        )
     rollouts = prompts * group_size
     mini = cfg.ppo.mini_batch_size or rollouts
-    micro = min(cfg.ppo.micro_batch_size or mini, mini)  # a larger micro-batch is the whole mini-batch
-    if mini % group_size:
+    if mini % (group_size * world):
+        where = "" if world == 1 else f" x {world} processes"
         problems.append(
-            f"ppo.mini_batch_size={mini} is not a multiple of rollout.group_size={group_size}; "
-            f"use a multiple such as {group_size * max(1, mini // group_size)} so no group is split across updates"
+            f"ppo.mini_batch_size={mini} is not a multiple of rollout.group_size={group_size}{where}; use a "
+            f"multiple such as {group_size * world * max(1, mini // (group_size * world))} so no group is split "
+            "across updates or processes"
         )
     if rollouts % mini:
         problems.append(
             f"ppo.mini_batch_size={mini} does not divide the {rollouts} rollouts of a step "
             f"(data.prompts_per_step={prompts} x rollout.group_size={group_size})"
         )
-    if mini % micro:
-        problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}")
+    mini_per_process = max(mini // world, 1)
+    micro = min(cfg.ppo.micro_batch_size or mini_per_process, mini_per_process)  # at most the whole mini-batch
+    if mini_per_process % micro:
+        per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
+        problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}")
     if cfg.ppo.epochs < 1:
         problems.append(f"ppo.epochs={cfg.ppo.epochs} must be at least 1")
     return problems
 
 
 def _data_problems(cfg: DictConfig) -> list[str]:
-    problems = []
+    problems = _evaluation_problems(cfg)
     sets = {"train": cfg.data.train, **{f"val.{k}": v for k, v in (cfg.data.get("val") or {}).items()}}
     for name, spec in sets.items():
         path = spec.get("path")
@@ -125,4 +149,54 @@ def _data_problems(cfg: DictConfig) -> list[str]:
                 f"data.{name}.path={path} does not exist; set CLIPO_BENCH_DIR to the folder that holds the "
                 "clipo-bench parquet files, or override the path"
             )
+    return problems
+
+
+def _evaluation_problems(cfg: DictConfig) -> list[str]:
+    """Every validation set names a registered verifier, and its twins are sets of the run."""
+    problems = []
+    val_sets = cfg.data.get("val") or {}
+    for name, spec in val_sets.items():
+        verifier = spec.get("verifier")
+        if verifier is None:
+            problems.append(
+                f"data.val.{name} has no verifier, so nothing can score it; add `verifier:` with one of: "
+                f"{', '.join(VERIFIERS.names())} (configs/benchmark/ has ready set specs)"
+            )
+        elif verifier not in VERIFIERS:
+            problems.append(
+                f"data.val.{name}.verifier={verifier!r} is not a registered verifier; choose one of: "
+                f"{', '.join(VERIFIERS.names())}"
+            )
+        for twin in spec.get("twins") or []:
+            if twin not in val_sets:
+                problems.append(f"data.val.{name}.twins names {twin!r}, which is not a validation set of this run; "
+                                f"add data.val.{twin} or drop it from the twins")
+    return problems
+
+
+def _device_problems(cfg: DictConfig) -> list[str]:
+    """Strategy and device settings that cannot start, and a train set smaller than one global batch."""
+    import torch
+
+    problems = []
+    trainer = cfg.trainer
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if isinstance(devices, int) and devices < 1 and devices != -1:
+        problems.append(f"trainer.devices={devices} must be a positive count, -1 (all) or auto")
+    if isinstance(nodes, int) and nodes < 1:
+        problems.append(f"trainer.num_nodes={nodes} must be at least 1")
+    if str(cfg.strategy.name).startswith("deepspeed") and (
+        trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    ):
+        problems.append(
+            f"strategy={cfg.strategy.name}: Lightning's DeepSpeed strategy runs on CUDA GPUs only, and none is "
+            "available here; on CPU use strategy=ddp (gloo) or strategy=auto"
+        )
+    size = cfg.data.train.get("size")
+    if size is not None and size < cfg.data.prompts_per_step:
+        problems.append(
+            f"data.train.size={size} is smaller than one step's data.prompts_per_step={cfg.data.prompts_per_step}; "
+            "lower prompts_per_step or add data"
+        )
     return problems

@@ -105,6 +105,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, verbose=False)
     specs = {name: split_set_spec(spec, use_hub=cfg.hub) for name, spec in chosen_sets(cfg).items()}
+    unscored = [name for name, (_, kind, _) in specs.items() if kind is None]
+    if unscored:  # before the model loads
+        raise ValueError(f"set(s) {', '.join(unscored)} name no verifier; add `verifier:` (math, choice or gsm8k) "
+                         "to their spec")
     model, tokenizer = load_policy(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model.to(device)

@@ -24,11 +24,10 @@ from clipo.verifiers.numbers import last_number, parse_number
 from clipo.verifiers.text import answer_statement, clean_response, last_boxed, normalize_answer
 
 EVAL_KEYS = ("verifier", "twins", "hub")
-DEFAULT_VERIFIER = "math"
 
 
-def split_set_spec(spec: Mapping, use_hub: bool = False) -> tuple[dict, str, list[str]]:
-    """(dataset kwargs, verifier name, twin set names) of a set spec.
+def split_set_spec(spec: Mapping, use_hub: bool = False) -> tuple[dict, str | None, list[str]]:
+    """(dataset kwargs, verifier name or None when the spec names none, twin set names) of a set spec.
 
     Args:
         spec: e.g. `{"source": "parquet", "path": ".../gsm8k.parquet", "verifier": "gsm8k",
@@ -38,13 +37,13 @@ def split_set_spec(spec: Mapping, use_hub: bool = False) -> tuple[dict, str, lis
     spec = dict(spec)
     if "source" not in spec:
         raise ValueError(f"a set spec needs a 'source' (arith, parquet or hub), got keys {sorted(spec)}")
-    verifier, twins, hub = spec.pop("verifier", DEFAULT_VERIFIER), spec.pop("twins", None), spec.pop("hub", None)
+    verifier, twins, hub = spec.pop("verifier", None), spec.pop("twins", None), spec.pop("hub", None)
     if use_hub:
         if not hub:
             raise ValueError(f"set {spec.get('path', spec['source'])!r} has no hub equivalent; "
                              "evaluate it from its parquet file (hub=false)")
         spec = dict(hub)
-    return spec, str(verifier), [str(t) for t in twins or []]
+    return spec, None if verifier is None else str(verifier), [str(t) for t in twins or []]
 
 
 def eval_generation_config(

@@ -185,7 +185,8 @@ class ClipoModule(L.LightningModule):
         """PPO-style updates: `ppo_epochs` passes over mini-batches, gradient accumulation over micro-batches."""
         optimizer = self.optimizers()
         n = len(rollouts.responses)
-        mini = self.mini_batch_size or n
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        mini = self.mini_batch_size // world_size if self.mini_batch_size else n  # this rank's share of an update
         micro = min(self.micro_batch_size or mini, mini)
         temperature = self.generation.temperature or 1.0
         # Old log-probs cost a forward pass; with one update per batch the current ones (detached) are equal.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -55,6 +56,16 @@ def test_val_loaders_are_ordered_and_unshuffled():
     loaders = datamodule.val_dataloader()
     assert [[r["index"] for b in loader for r in b] for loader in loaders] == [list(range(6)), list(range(5))]
     assert all(r["perturbation"] == "p1" for b in loaders[1] for r in b)
+
+
+def test_val_sets_are_split_across_ranks_without_padding():
+    val = {"a": {"source": "arith", "size": 7, "seed": 5}}
+    shards = []
+    for rank in range(3):
+        datamodule = make(val=val)
+        datamodule.trainer = SimpleNamespace(global_rank=rank, world_size=3)
+        shards.append([r["index"] for batch in datamodule.val_dataloader()[0] for r in batch])
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]]  # every problem exactly once
 
 
 @pytest.mark.parametrize("k", [0, 2, 3, 4, 7])

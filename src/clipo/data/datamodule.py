@@ -5,8 +5,9 @@ tokenizing). The train loader reshuffles every epoch (seeded) and drops the
 remainder; train by `max_steps`. The data position goes into checkpoints
 through `state_dict()`, so a resumed run sees exactly the batches it would have.
 
-Under DDP the ranks split each step themselves (by `trainer.global_rank`), so
-set the Trainer's `use_distributed_sampler=False`.
+`prompts_per_step` is the global batch: under data parallelism each of W ranks takes its own
+`prompts_per_step / W` prompts of the step (by `trainer.global_rank`), so set the Trainer's
+`use_distributed_sampler=False`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from clipo.data.sampler import ResumableBatchSampler
 from clipo.data.sources import build_dataset
@@ -48,7 +49,7 @@ class PromptDataModule(L.LightningDataModule):
     Args:
         train: kwargs of the train set, e.g. `{"source": "arith", "size": 2000}`.
         val: validation sets by name (their order is the loaders' order), or None.
-        prompts_per_step: prompts per train batch (and per validation batch).
+        prompts_per_step: prompts per RL step, over all ranks together.
         seed: shuffling seed of the train loader.
         num_workers: DataLoader workers.
     """
@@ -100,8 +101,7 @@ class PromptDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        self.sampler = ResumableBatchSampler(len(self.train_set), self.prompts_per_step, self.seed, rank, world)
+        self.sampler = ResumableBatchSampler(len(self.train_set), self.prompts_per_rank, self.seed, *self._rank_and_world())
         self.sampler.consumed = self._consumed
         return ResumableLoader(
             self.train_set, batch_sampler=self.sampler, collate_fn=collate_records,
@@ -109,20 +109,36 @@ class PromptDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def val_dataloader(self) -> list[DataLoader]:
+        """One loader per set, in order. Under data parallelism rank r scores problems r, r + W, ...:
+        every problem once, no padding (the metrics' states are sums, added over ranks)."""
         self.setup("validate")
+        rank, world = self._rank_and_world()
         return [
             DataLoader(
-                self.val_sets[name], batch_size=self.val_batch_size, shuffle=False,
-                collate_fn=collate_records, num_workers=self.num_workers,
+                Subset(self.val_sets[name], range(rank, len(self.val_sets[name]), world)),
+                batch_size=self.val_batch_size, shuffle=False, collate_fn=collate_records, num_workers=self.num_workers,
             )  # fmt: skip
             for name in self.val_set_names
         ]
 
+    @property
+    def prompts_per_rank(self) -> int:
+        """This process's share of `prompts_per_step` (the global batch of every rank together)."""
+        world = self._rank_and_world()[1]
+        if self.prompts_per_step % world:
+            raise ValueError(
+                f"prompts_per_step={self.prompts_per_step} does not split evenly over {world} processes; "
+                f"use a multiple of {world}"
+            )
+        return self.prompts_per_step // world
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
     def refill_batch(self) -> list[dict]:
         """One more batch of train prompts (DAPO's dynamic sampling), from a stream of its own
         (another seed), so the main order is untouched; its position is part of the state."""
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = ResumableBatchSampler(len(self.train_set), self.prompts_per_step, self.seed + 7919, rank, world)
+        sampler = ResumableBatchSampler(len(self.train_set), self.prompts_per_rank, self.seed + 7919, *self._rank_and_world())
         epoch, position = divmod(self._refills, sampler.batches_per_epoch)
         self._refills += 1
         return collate_records([self.train_set[i] for i in sampler.epoch_batches(epoch)[position]])
