@@ -78,7 +78,7 @@ def main() -> None:
         generation = time_generation(compose(overrides, Path(out)), args.repeats)
     run = train_and_report(overrides)
     steps = run["history"][1:] or run["history"]
-    phases = {p: median([r.get(f"time/{p}", 0.0) for r in steps]) for p in ("generate", "verify", "contrastive", "update", "step")}
+    phases = {p: median([r.get(f"time/{p}", 0.0) for r in steps]) for p in ("generate", "verify", "contrastive", "logprobs", "update", "step")}
     payload = {"model": args.model, "overrides": overrides, "generation": generation, "median_phase_s": phases,
                "median_train_tokens_per_s": median([r["perf/tokens_per_s"] for r in steps]),
                "peak_rss_mb": run["peak_rss_mb"], "target": "clipo/bare >= 0.9"}

@@ -59,7 +59,7 @@ def test_update_steps_the_optimizer_once_per_mini_batch(tmp_path, extra):
     original_step = optimizer.step
     optimizer.step = lambda *a, **k: (steps.append(1), original_step(*a, **k))
     advantages = torch.randn(8)
-    metrics = module._update_policy(rollouts, advantages, correct)
+    metrics = module._update_policy(rollouts, advantages, correct, *module._old_and_reference_logprobs(rollouts))
     expected = 1 if not extra else 2 * 2  # (8 rollouts / 4 per mini-batch) x 2 epochs
     assert len(steps) == expected
     assert torch.isfinite(metrics["actor/pg_loss"]) and metrics["actor/grad_norm"] > 0
@@ -72,12 +72,12 @@ def test_non_finite_gradient_skips_the_update_and_stops_after_too_many(tmp_path)
     module.manual_backward = lambda loss: (loss * float("nan")).backward()  # poison every gradient
     before = {k: v.clone() for k, v in module.policy.state_dict().items()}
 
-    metrics = module._update_policy(rollouts, torch.randn(8), correct)
+    metrics = module._update_policy(rollouts, torch.randn(8), correct, *module._old_and_reference_logprobs(rollouts))
     assert metrics["numerics/skipped_updates"] == 1 and not torch.isfinite(metrics["actor/grad_norm"])
     assert all(torch.equal(before[k], v) for k, v in module.policy.state_dict().items())  # nothing applied
     assert all(p.grad is None for p in module.policy.parameters())  # and nothing carried over
     with pytest.raises(FloatingPointError, match="2 updates in a row had a non-finite loss or gradient"):
-        module._update_policy(rollouts, torch.randn(8), correct)
+        module._update_policy(rollouts, torch.randn(8), correct, *module._old_and_reference_logprobs(rollouts))
 
 
 def test_loss_mode_update_trains_the_head_with_the_policy(tmp_path):
@@ -86,7 +86,7 @@ def test_loss_mode_update_trains_the_head_with_the_policy(tmp_path):
     module.optimizers = lambda: optimizer
     module.manual_backward = lambda loss: loss.backward()
     head_before = {k: v.detach().clone() for k, v in module.contrastive.named_parameters()}
-    metrics = module._update_policy(rollouts, torch.randn(8), correct)
+    metrics = module._update_policy(rollouts, torch.randn(8), correct, *module._old_and_reference_logprobs(rollouts))
     assert any(not torch.equal(head_before[k], v) for k, v in module.contrastive.named_parameters())
     assert all(p.grad is None for p in module.contrastive.parameters())  # stepped and cleared, nothing piles up
     assert metrics["contrastive/anchor_frac"] > 0

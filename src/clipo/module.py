@@ -104,9 +104,11 @@ class ClipoModule(L.LightningModule):
                 rewards, contrastive_metrics = self._shape_rewards(rollouts, rewards, correct)
                 metrics |= contrastive_metrics
         advantages = self.advantage(rewards, rollouts.groups)
-        with timer("update"):
-            if not (reward_mode and self.contrastive.policy_waits(self.rl_step)):
-                metrics |= self._update_policy(rollouts, advantages, correct)
+        if not (reward_mode and self.contrastive.policy_waits(self.rl_step)):
+            with timer("logprobs"):
+                old_logprobs, ref_logprobs = self._old_and_reference_logprobs(rollouts)
+            with timer("update"):
+                metrics |= self._update_policy(rollouts, advantages, correct, old_logprobs, ref_logprobs)
         self.rl_step += 1
         metrics |= {f"time/{phase}": torch.tensor(s) for phase, s in timer.seconds.items()}
         metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
@@ -181,18 +183,30 @@ class ClipoModule(L.LightningModule):
             self._step_head()
         return rewards + out.bonus.to(rewards.dtype), out.metrics
 
-    def _update_policy(self, rollouts: RolloutBatch, advantages: torch.Tensor, correct: torch.Tensor):
+    def _batch_sizes(self, n: int) -> tuple[int, int]:
+        """(mini, micro): this rank's rollouts per optimizer update and per forward pass."""
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        mini = self.mini_batch_size // world_size if self.mini_batch_size else n  # this rank's share of an update
+        return mini, min(self.micro_batch_size or mini, mini)
+
+    def _old_and_reference_logprobs(self, rollouts: RolloutBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Log-probs [N, T] of the sampling policy (only when there are several updates: with one, the
+        current log-probs, detached, are equal and cost no extra pass) and of the reference (when loaded)."""
+        n = len(rollouts.responses)
+        mini, micro = self._batch_sizes(n)
+        temperature = self.generation.temperature or 1.0
+        single_update = self.ppo_epochs == 1 and mini == n
+        old = None if single_update else self._logprobs(self.policy, rollouts, micro, temperature)
+        ref = None if self.reference is None else self._logprobs(self.reference, rollouts, micro, temperature)
+        return old, ref
+
+    def _update_policy(self, rollouts: RolloutBatch, advantages: torch.Tensor, correct: torch.Tensor,
+                       old_logprobs: torch.Tensor | None, ref_logprobs: torch.Tensor | None):
         """PPO-style updates: `ppo_epochs` passes over mini-batches, gradient accumulation over micro-batches."""
         optimizer = self.optimizers()
         n = len(rollouts.responses)
-        world_size = self.trainer.world_size if self._trainer is not None else 1
-        mini = self.mini_batch_size // world_size if self.mini_batch_size else n  # this rank's share of an update
-        micro = min(self.micro_batch_size or mini, mini)
+        mini, micro = self._batch_sizes(n)
         temperature = self.generation.temperature or 1.0
-        # Old log-probs cost a forward pass; with one update per batch the current ones (detached) are equal.
-        single_update = self.ppo_epochs == 1 and mini == n
-        old_logprobs = None if single_update else self._logprobs(self.policy, rollouts, micro, temperature)
-        ref_logprobs = self._logprobs(self.reference, rollouts, micro, temperature) if self.reference is not None else None
         loss_mode = self.contrastive.enabled and self.contrastive.mode == "loss"
         layer = self.contrastive.layer if loss_mode else None
         history: dict[str, list[torch.Tensor]] = defaultdict(list)

