@@ -26,8 +26,8 @@ LABELS = torch.tensor([1, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1, 1])
 SPLIT = 8
 
 
-def _spawn(worker, tmp_path: Path) -> None:
-    mp.spawn(worker, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
+def _spawn(worker, tmp_path: Path, nprocs: int = 2) -> None:
+    mp.spawn(worker, args=(str(tmp_path / "rendezvous"),), nprocs=nprocs, join=True)
 
 
 @contextmanager
@@ -126,6 +126,51 @@ def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, o
     assert one["metrics"]["actor/grad_norm"] > 0 and one["metrics"]["actor/loss"] != 0
     for name, weight in one["weights"].items():
         torch.testing.assert_close(two["weights"][name], weight, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _zero3_worker(rank: int, rendezvous: str) -> None:
+    import os
+
+    import deepspeed
+    from transformers import GenerationConfig
+
+    from clipo.data import build_dataset
+    from clipo.models import build_tiny
+    from clipo.rollout import generate_rollouts
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    policy, tokenizer = build_tiny(seed=0)
+    reference, _ = build_tiny(seed=0)
+    config = {"train_micro_batch_size_per_gpu": 1, "zero_allow_untested_optimizer": True,
+              "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+    engine, *_ = deepspeed.initialize(model=policy, optimizer=torch.optim.SGD(policy.parameters(), lr=0.0),
+                                      config=config)
+    assert sum(p.numel() for p in engine.module.parameters()) == 0, "ZeRO-3 keeps only shards outside forward"
+    records = list(build_dataset(source="arith", size=2, levels=[0], seed=0))
+    generation = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, top_k=0,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    expected = generate_rollouts(reference, tokenizer, records, 3, generation, capture_layer=-1)
+    torch.manual_seed(0)
+    with gathered_for_generation(SimpleNamespace(zero_stage_3=True, model=engine)):
+        assert sum(p.numel() for p in engine.module.parameters()) == sum(p.numel() for p in reference.parameters())
+        got = generate_rollouts(engine.module, tokenizer, records, 3, generation, capture_layer=-1)
+    assert got.responses == expected.responses
+    torch.testing.assert_close(got.hidden, expected.hidden)
+    # afterwards the weights are shards again and ZeRO's hooks gather them for a forward pass
+    assert sum(p.numel() for p in engine.module.parameters()) == 0
+    ids = tokenizer(["1+1="], return_tensors="pt").input_ids
+    torch.testing.assert_close(engine(input_ids=ids).logits, reference(input_ids=ids).logits)
+    dist.destroy_process_group()
+
+
+def test_zero3_generation_with_gathered_weights_matches_the_full_model(tmp_path):
+    """A real DeepSpeed ZeRO-3 engine on CPU (one gloo process): generation inside the gathered
+    context samples what the unsharded model samples, and the engine is sharded again after."""
+    _spawn(_zero3_worker, tmp_path, nprocs=1)
 
 
 def test_generation_gathers_zero3_weights_once_per_rollout_phase(monkeypatch):
