@@ -5,7 +5,8 @@ Each run is the default training run (same steps, batch, learning rate) in a fre
 its own seed (training problems and sampling differ by seed; the held-out sets do not). Held-out
 accuracy is greedy mean@1 on original arith problems and on their P1 twins (one added clause),
 scored before and after training. Results are saved after every run, so a stopped benchmark
-keeps what it finished; `--resume` skips runs already in the JSON.
+keeps what it finished; `--resume` skips runs already in the JSON (with every run there, it only
+prints the table and redraws the figure).
 
     python benchmarks/learning.py                                   # 3 seeds x {none, infonce}
     python benchmarks/learning.py --seeds 0 1 --val-size 64 trainer.max_steps=8
@@ -56,6 +57,18 @@ def summarise(runs: list[dict]) -> dict:
     return table
 
 
+def paired_differences(runs: list[dict]) -> dict:
+    """infonce minus none on the seeds both finished, per held-out set (after training)."""
+    by_key = {(r["variant"], r["seed"]): r for r in runs}
+    seeds = sorted({seed for variant, seed in by_key if variant == "infonce" and ("none", seed) in by_key})
+    out = {}
+    for label in HELD_OUT:
+        diffs = [by_key["infonce", s][f"{label}_after"] - by_key["none", s][f"{label}_after"] for s in seeds]
+        out[label] = {"seeds": seeds, "per_seed": diffs, "mean": statistics.fmean(diffs) if diffs else float("nan"),
+                      "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
+    return out
+
+
 def markdown(table: dict) -> str:
     lines = ["| variant | seeds | original before | original after | perturbed before | perturbed after "
              "| train acc first 3 | train acc last 3 |", "|---|---|---|---|---|---|---|---|"]
@@ -65,6 +78,36 @@ def markdown(table: dict) -> str:
             "train_acc_first3", "train_acc_last3")]
         lines.append(f"| `loss={variant}` | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown_differences(differences: dict) -> str:
+    return "\n".join(
+        f"infonce - none on {label} after training, paired by seed {row['seeds']}: "
+        f"{row['mean']:+.3f} ± {row['std']:.3f} (per seed {', '.join(f'{d:+.3f}' for d in row['per_seed'])})"
+        for label, row in differences.items()
+    )
+
+
+def plot(runs: list[dict], path: Path) -> Path:
+    """Held-out accuracy before and after training, one dot per seed, a bar for the mean."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 3.2), layout="constrained")
+    for axis, label in zip(figure.subplots(1, 2, sharey=True), HELD_OUT):
+        for offset, variant in enumerate(VARIANTS):
+            rows = [r for r in runs if r["variant"] == variant]
+            for slot, moment in enumerate(("before", "after")):
+                values = [r[f"{label}_{moment}"] for r in rows]
+                x = slot * 3 + offset
+                axis.bar(x, statistics.fmean(values), color=f"C{offset}", alpha=0.35 + 0.4 * slot,
+                         label=f"loss={variant}" if slot else None)
+                axis.scatter([x] * len(values), values, color="black", s=10, zorder=3)
+        axis.set_xticks([0.5, 3.5], ["before", "after"])
+        axis.set_title(f"held-out {HELD_OUT[label]} ({label})")
+    figure.axes[0].set_ylabel("greedy accuracy")
+    figure.axes[0].legend(loc="upper left")
+    figure.savefig(path, dpi=120)
+    return path
 
 
 def main() -> None:
@@ -97,9 +140,10 @@ def main() -> None:
                          **run_in_subprocess(Path(__file__), [*extra, *args.overrides])})
             print(json.dumps(runs[-1]), flush=True)
             table = summarise(runs)
-            save(name, {"model": args.model, "overrides": common, "runs": runs, "summary": table})
-    print("\n" + markdown(summarise(runs)))
-    print(f"\nsaved {saved}")
+            save(name, {"model": args.model, "overrides": common, "runs": runs, "summary": table,
+                        "infonce_minus_none_after": paired_differences(runs)})
+    print("\n" + markdown(summarise(runs)) + "\n\n" + markdown_differences(paired_differences(runs)))
+    print(f"\nsaved {saved} and {plot(runs, saved.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":
