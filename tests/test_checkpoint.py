@@ -62,7 +62,8 @@ def test_run_killed_mid_training_resumes_exactly(parity_verifier, tmp_path):
     import time
     from pathlib import Path
 
-    overrides = ["trainer.max_steps=6", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=1"]
+    overrides = ["trainer.max_steps=6", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=1",
+                 "callbacks.model_checkpoint.save_top_k=-1"]
     _, full = train(_config(tmp_path / "full", *overrides))
 
     killed_dir = tmp_path / "killed"
@@ -84,14 +85,17 @@ def test_run_killed_mid_training_resumes_exactly(parity_verifier, tmp_path):
 
 def test_final_step_is_checkpointed_between_periodic_saves(parity_verifier, tmp_path):
     overrides = ["trainer.max_steps=3", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=2"]
-    train(_config(tmp_path, *overrides))
-    folder = tmp_path / "checkpoints"
+    train(_config(tmp_path / "default", *overrides))  # by default only last.ckpt is kept
+    assert [p.name for p in (tmp_path / "default" / "checkpoints").iterdir()] == ["last.ckpt"]
+    assert torch.load(tmp_path / "default" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    train(_config(tmp_path / "all", *overrides, "callbacks.model_checkpoint.save_top_k=-1"))
+    folder = tmp_path / "all" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step_000002.ckpt"]
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def test_an_interrupted_write_leaves_the_previous_checkpoint(parity_verifier, tmp_path, monkeypatch):
-    overrides = ["data.val=null", "callbacks.model_checkpoint.every_n_train_steps=1"]
+    overrides = ["data.val=null", "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_top_k=-1"]
     train(_config(tmp_path, *overrides, "trainer.max_steps=1"))
     last = tmp_path / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
