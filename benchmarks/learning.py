@@ -110,6 +110,11 @@ def plot(runs: list[dict], path: Path) -> Path:
     return path
 
 
+def save_runs(name: str, model: str, overrides: list[str], runs: list[dict]) -> None:
+    save(name, {"model": model, "overrides": overrides, "runs": runs, "summary": summarise(runs),
+                "infonce_minus_none_after": paired_differences(runs)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2_135m")
@@ -139,9 +144,8 @@ def main() -> None:
             runs.append({"variant": variant, "seed": seed,
                          **run_in_subprocess(Path(__file__), [*extra, *args.overrides])})
             print(json.dumps(runs[-1]), flush=True)
-            table = summarise(runs)
-            save(name, {"model": args.model, "overrides": common, "runs": runs, "summary": table,
-                        "infonce_minus_none_after": paired_differences(runs)})
+            save_runs(name, args.model, common, runs)
+    save_runs(name, args.model, common, runs)
     print("\n" + markdown(summarise(runs)) + "\n\n" + markdown_differences(paired_differences(runs)))
     print(f"\nsaved {saved} and {plot(runs, saved.with_suffix('.png'))}")
 
