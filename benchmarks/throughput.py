@@ -3,11 +3,12 @@
 1. Same model, same prompts, same seed: `clipo.rollout.generate_rollouts` (with the CLIPO
    hidden-state capture on) against `model.generate` alone. Tokens per second counts response
    tokens up to EOS. Target: clipo >= 0.9 of the bare call.
-2. A short training run: median seconds per phase (generate, verify, contrastive, update)
-   and generated tokens per second.
+2. A short training run: median seconds per phase (generate, verify, contrastive, logprobs:
+   old and reference log-probs, update) and generated tokens per second.
 
     python benchmarks/throughput.py --model tiny
     python benchmarks/throughput.py --model smollm2_135m --prompts 8 --group-size 8 --max-new-tokens 64
+    python benchmarks/throughput.py --model smollm2_135m algorithm.kl_coef=0.01   # with the reference pass
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, save, train_and_report  # noqa: E402
+from common import median, save, train_and_report
 
-from clipo.config import compose  # noqa: E402
+from clipo.config import compose
 
 
 def time_generation(cfg, repeats: int) -> dict[str, float]:
@@ -69,10 +70,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. algorithm.kl_coef=0.01 (reference pass)")
     args = parser.parse_args()
     overrides = [f"model={args.model}", f"data.prompts_per_step={args.prompts}", f"rollout.group_size={args.group_size}",
                  f"rollout.max_new_tokens={args.max_new_tokens}", "data.val=null", "~callbacks.model_checkpoint",
-                 "logger=none", f"trainer.max_steps={args.steps}"]
+                 "logger=none", f"trainer.max_steps={args.steps}", *args.overrides]
     import tempfile
     with tempfile.TemporaryDirectory() as out:
         generation = time_generation(compose(overrides, Path(out)), args.repeats)
