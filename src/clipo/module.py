@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import GenerationConfig
 
 from clipo.dapo import overlong_penalty, select_groups
-from clipo.distributed import gathered_for_generation, mean_over_ranks, sum_over_ranks
+from clipo.distributed import gathered_for_generation, mean_over_ranks, sum_over_ranks, world
 from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.policy_loss import StepNormalizer
 from clipo.rng import collect_rng_states, set_rng_states
@@ -185,8 +185,7 @@ class ClipoModule(L.LightningModule):
 
     def _batch_sizes(self, n: int) -> tuple[int, int]:
         """(mini, micro): this rank's rollouts per optimizer update and per forward pass."""
-        world_size = self.trainer.world_size if self._trainer is not None else 1
-        mini = self.mini_batch_size // world_size if self.mini_batch_size else n  # this rank's share of an update
+        mini = self.mini_batch_size // world()[1] if self.mini_batch_size else n  # this rank's share of an update
         return mini, min(self.micro_batch_size or mini, mini)
 
     def _old_and_reference_logprobs(self, rollouts: RolloutBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -246,16 +245,14 @@ class ClipoModule(L.LightningModule):
         average of the ranks' losses is the loss one process would compute on the global batch."""
         mask = mask.bool()
         counts = torch.stack([mask.sum(), mask.any(-1).sum()]).double()
-        world_size = self.trainer.world_size if self._trainer is not None else 1
-        tokens, sequences = (sum_over_ranks(counts).clamp(min=1) / world_size).tolist()
+        tokens, sequences = (sum_over_ranks(counts).clamp(min=1) / world()[1]).tolist()
         return StepNormalizer(tokens=tokens, sequences=sequences, max_len=self.generation.max_new_tokens)
 
     def _step_head(self) -> None:
         """One step of the head's optimizer on its accumulated gradient, averaged across ranks."""
-        if self._trainer is not None and self.trainer.world_size > 1:
-            for param in self.contrastive.parameters():
-                if param.grad is not None:
-                    param.grad = self.trainer.strategy.reduce(param.grad, reduce_op="mean")
+        for param in self.contrastive.parameters():
+            if param.grad is not None:
+                param.grad = mean_over_ranks(param.grad)
         self.head_optimizer.step()
         self.head_optimizer.zero_grad(set_to_none=True)
 

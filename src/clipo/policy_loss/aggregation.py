@@ -37,7 +37,8 @@ class StepNormalizer:
 
         `max_len` defaults to the widest mask's T; pass the generation budget (max new tokens)
         for Dr. GRPO's exact constant. An all-empty step counts as 1 token and 1 sequence (its
-        loss is 0 either way). Under DDP each rank normalises by its own counts.
+        loss is 0 either way). These are one process's counts; under data parallelism the
+        LightningModule adds them over ranks instead (`ClipoModule._step_normalizer`).
         """
         masks = [mask] if isinstance(mask, torch.Tensor) else list(mask)
         if not masks or any(m.dim() != 2 for m in masks):
