@@ -73,7 +73,9 @@ class ContrastiveLoss(nn.Module):
             return self.compute(embeddings, self.sets(labels, groups))
         return self._compute_across_ranks(embeddings, labels, groups)
 
-    def _compute_across_ranks(self, embeddings, labels, groups) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    def _compute_across_ranks(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`cross`/`batch` levels under data parallelism: the candidates are every rank's rollouts.
 
         This rank's anchors are scored against all gathered embeddings (gradient on the local rows
