@@ -120,3 +120,9 @@ def test_global_batches_split_over_processes(tmp_path):
                       tmp_path)
     assert "ppo.micro_batch_size=3 does not divide ppo.mini_batch_size=8 (its 4 rollouts per process)" in message
     validate_config(compose_config(TINY_OVERRIDES + ["trainer.devices=2", "ppo.micro_batch_size=2"], output_dir=tmp_path))
+
+
+def test_loss_mode_needs_whole_groups_in_a_micro_batch(tmp_path):
+    overrides = ["loss=infonce", "contrastive.mode=loss", "ppo.micro_batch_size=2"]  # groups of 4
+    assert "ppo.micro_batch_size=2 splits groups of rollout.group_size=4" in _errors(overrides, tmp_path)
+    validate_config(compose_config(TINY_OVERRIDES + overrides[:1] + ["ppo.micro_batch_size=2"], output_dir=tmp_path))

@@ -134,6 +134,12 @@ def _batch_problems(cfg: DictConfig) -> list[str]:
     if mini_per_process % micro:
         per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
         problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}")
+    elif contrastive_mode(cfg) == "loss" and micro % group_size:
+        # in loss mode the contrastive loss is taken per forward pass: a split group loses its pairs
+        problems.append(
+            f"ppo.micro_batch_size={micro} splits groups of rollout.group_size={group_size}, and contrastive.mode=loss "
+            f"compares rollouts within one forward pass; use a multiple of {group_size}"
+        )
     if cfg.ppo.epochs < 1:
         problems.append(f"ppo.epochs={cfg.ppo.epochs} must be at least 1")
     return problems
