@@ -1,0 +1,93 @@
+"""The batch of rollouts that an engine returns and the update consumes.
+
+Shapes: `B` prompts, `G` rollouts a prompt, `N = B * G`, `P` padded prompt length,
+`T` response length (the longest response in the batch), `D` hidden size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    sequences: torch.Tensor  # [N, P+T] left-padded prompt, then the response (padded after EOS)
+    attention_mask: torch.Tensor  # [N, P+T] 1 on prompt and response tokens (EOS included)
+    response_mask: torch.Tensor  # [N, T] bool, response tokens up to and including EOS
+    prompt_len: int  # P
+    groups: torch.Tensor  # [N] prompt index within the batch: rollouts i*G..i*G+G-1 share one
+    responses: list[str]  # N decoded responses
+    ground_truths: list[str]  # N, repeated per group
+    data_sources: list[str]  # N
+    truncated: torch.Tensor  # [N] bool, no EOS within max_new_tokens
+    hidden: torch.Tensor | None = None  # [N, T, D] captured layer at the positions predicting each token
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def response_ids(self) -> torch.Tensor:  # [N, T]
+        return self.sequences[:, self.prompt_len :]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:  # [N]
+        return self.response_mask.sum(-1)
+
+    def select(self, index: torch.Tensor) -> "RolloutBatch":
+        """The rollouts at `index` (e.g. a mini-batch), sharing the same padding."""
+        pick = index.tolist()
+        return RolloutBatch(
+            sequences=self.sequences[index],
+            attention_mask=self.attention_mask[index],
+            response_mask=self.response_mask[index],
+            prompt_len=self.prompt_len,
+            groups=self.groups[index],
+            responses=[self.responses[i] for i in pick],
+            ground_truths=[self.ground_truths[i] for i in pick],
+            data_sources=[self.data_sources[i] for i in pick],
+            truncated=self.truncated[index],
+            hidden=None if self.hidden is None else self.hidden[index],
+        )
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
+    """[N, T] bool: True up to and including the first EOS of each row (all True if none)."""
+    is_eos = torch.isin(response_ids, torch.tensor(eos_token_ids, device=response_ids.device))
+    ended_before = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    return ~ended_before
+
+
+def pad_time(x: torch.Tensor, left: int, right: int, value: float | bool) -> torch.Tensor:
+    """Pad dimension 1 (time) of an [N, L] or [N, L, D] tensor with `value`."""
+    out = x.new_full((x.shape[0], left + x.shape[1] + right, *x.shape[2:]), value)
+    out[:, left : left + x.shape[1]] = x
+    return out
+
+
+def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """One batch from several (e.g. DAPO refills): prompts re-padded on the left, responses on
+    the right, hidden states padded with zeros; group ids offset so they stay distinct."""
+    if len(batches) == 1:
+        return batches[0]
+    P = max(b.prompt_len for b in batches)
+    T = max(b.response_ids.shape[1] for b in batches)
+
+    def parts(b: RolloutBatch, x: torch.Tensor, value: float) -> torch.Tensor:
+        prompt, response = x[:, : b.prompt_len], x[:, b.prompt_len :]
+        return torch.cat([pad_time(prompt, P - b.prompt_len, 0, value), pad_time(response, 0, T - response.shape[1], value)], 1)
+
+    offsets = torch.cumsum(torch.tensor([0] + [int(b.groups.max()) + 1 for b in batches[:-1]]), 0).tolist()
+    with_hidden = all(b.hidden is not None for b in batches)
+    return RolloutBatch(
+        sequences=torch.cat([parts(b, b.sequences, pad_token_id) for b in batches]),
+        attention_mask=torch.cat([parts(b, b.attention_mask, 0) for b in batches]),
+        response_mask=torch.cat([pad_time(b.response_mask, 0, T - b.response_mask.shape[1], False) for b in batches]),
+        prompt_len=P,
+        groups=torch.cat([b.groups + offset for b, offset in zip(batches, offsets)]),
+        responses=[r for b in batches for r in b.responses],
+        ground_truths=[g for b in batches for g in b.ground_truths],
+        data_sources=[s for b in batches for s in b.data_sources],
+        truncated=torch.cat([b.truncated for b in batches]),
+        hidden=torch.cat([pad_time(b.hidden, 0, T - b.hidden.shape[1], 0.0) for b in batches]) if with_hidden else None,
+    )

@@ -1,0 +1,111 @@
+"""The `hf` rollout engine: transformers `generate` with the KV cache and left padding.
+
+Shapes as in `clipo.rollout.batch`. Representations for CLIPO come from generation itself,
+with no extra forward pass: a forward hook on the chosen layer keeps, at each decoding step,
+the hidden state that predicted the next response token. The training forward
+(`clipo.rollout.forward.forward_responses`) returns the hidden states at the same positions,
+so both paths pool the same thing.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from transformers import GenerationConfig
+
+from clipo.rollout.batch import RolloutBatch, response_mask_from_ids
+
+
+def hidden_layer_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    """The submodule whose output is `hidden_states[layer]` of a HF decoder (L layers, L+1 states).
+
+    0 is the embedding output, k in 1..L-1 decoder layer k's output, L (or -1) the
+    output of the final norm.
+    """
+    decoder = model.get_decoder()
+    num_layers = len(decoder.layers)
+    index = layer % (num_layers + 1)
+    if index == num_layers:
+        return decoder.norm
+    if index == 0:
+        return decoder.embed_tokens
+    return decoder.layers[index - 1]
+
+
+@contextmanager
+def capture_predicting_states(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect, per generation step, the last position's output of `module`: [N, 1, D] each.
+
+    The prefill call contributes the last prompt position (which predicts response token
+    0); each decoding step contributes the state that predicts the following token.
+    """
+    states: list[torch.Tensor] = []
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        states.append(hidden[:, -1:].detach())
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield states
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def generate_rollouts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    records: list[dict],
+    group_size: int,
+    generation: GenerationConfig,
+    capture_layer: int | None = None,
+) -> RolloutBatch:
+    """Sample `group_size` responses for each prompt record (HF `generate`, KV cache, left padding).
+
+    Args:
+        records: B prompt records with `messages`, `ground_truth`, `data_source`.
+        generation: sampling settings (`max_new_tokens`, `temperature`, `top_p`, ...).
+        capture_layer: hidden layer to keep for CLIPO (None: keep nothing).
+    """
+    prompts = [
+        tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in records
+    ]
+    device = next(model.parameters()).device
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    input_ids = encoded.input_ids.repeat_interleave(group_size, dim=0)  # [N, P]
+    prompt_mask = encoded.attention_mask.repeat_interleave(group_size, dim=0)
+
+    was_training = model.training
+    model.eval()  # no dropout while sampling
+    module = hidden_layer_module(model, capture_layer) if capture_layer is not None else None
+    try:
+        if module is None:
+            sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation)
+            states = []
+        else:
+            with capture_predicting_states(module) as states:
+                sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation)
+    finally:
+        model.train(was_training)
+
+    prompt_len = input_ids.shape[1]
+    response_ids = sequences[:, prompt_len:]
+    eos_ids = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
+    response_mask = response_mask_from_ids(response_ids, eos_ids)
+    truncated = ~torch.isin(response_ids, torch.tensor(eos_ids, device=device)).any(-1)
+    hidden = torch.cat(states, dim=1)[:, : response_ids.shape[1]] if states else None  # [N, T, D]
+    return RolloutBatch(
+        sequences=sequences,
+        attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
+        response_mask=response_mask,
+        prompt_len=prompt_len,
+        groups=torch.arange(len(records), device=device).repeat_interleave(group_size),
+        responses=tokenizer.batch_decode(response_ids.masked_fill(~response_mask, tokenizer.pad_token_id), skip_special_tokens=True),
+        ground_truths=[r["ground_truth"] for r in records for _ in range(group_size)],
+        data_sources=[r.get("data_source", "") for r in records for _ in range(group_size)],
+        truncated=truncated,
+        hidden=hidden,
+    )
