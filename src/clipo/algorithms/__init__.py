@@ -1,9 +1,17 @@
-"""Policy-gradient objectives (`algorithm=`), loss aggregation and KL estimators."""
+"""The `algorithm=` options (policy-gradient objectives, one file each), loss aggregation and KL estimators.
 
-from clipo.policy_loss.aggregation import AGGREGATIONS, StepNormalizer, aggregate
-from clipo.policy_loss.algorithms import DAPOLoss, GMPOLoss, GRPOLoss, GSPOLoss
-from clipo.policy_loss.kl import KL_ESTIMATORS, token_kl
-from clipo.policy_loss.objectives import (
+Every option module is imported here so that its registration (ALGORITHMS) never depends on
+what else was imported first.
+"""
+
+from clipo.algorithms.aggregation import AGGREGATIONS, StepNormalizer, aggregate
+from clipo.algorithms.base import PolicyLossBase
+from clipo.algorithms.dapo import DAPOLoss
+from clipo.algorithms.gmpo import GMPOLoss
+from clipo.algorithms.grpo import GRPOLoss
+from clipo.algorithms.gspo import GSPOLoss
+from clipo.algorithms.kl import KL_ESTIMATORS, token_kl
+from clipo.algorithms.objectives import (
     TokenLosses,
     clipped_surrogate,
     gmpo_token_losses,
@@ -18,6 +26,7 @@ __all__ = [
     "GMPOLoss",
     "GRPOLoss",
     "GSPOLoss",
+    "PolicyLossBase",
     "StepNormalizer",
     "TokenLosses",
     "aggregate",
