@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipo.checkpointing import AtomicCheckpointIO
 from clipo.collector import RolloutCollector
-from clipo.config import register_components
+from clipo.config import CONFIG_DIR, register_components
 from clipo.contrastive import ContrastiveMode, ContrastiveObjective
 from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
 from clipo.dapo import DynamicSampling, OverlongShaping
@@ -79,16 +79,23 @@ def rollout_sampling(cfg: DictConfig) -> tuple[Sampling, Sampling]:
     return train, eval_sampling(v.n, v.temperature, v.top_p, v.max_new_tokens or r.max_new_tokens)
 
 
+def build_verifier(name: str) -> Any:
+    """The verifier `name` with the settings of `configs/verifier/<name>.yaml` (not the class defaults)."""
+    path = CONFIG_DIR / "verifier" / f"{name}.yaml"
+    spec = plain(OmegaConf.load(path)) if path.is_file() else {"name": name}
+    return VERIFIERS.build(spec)
+
+
 def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
-    """The training verifier and one per validation set; a kind is built once and shared
-    (the math verifier owns a worker pool)."""
+    """The training verifier (`verifier=`, with its overrides) and one per validation set, each from its
+    config file; a kind is built once and shared (the math verifier owns a worker pool)."""
     train_verifier = VERIFIERS.build(plain(cfg.verifier))
     by_kind = {cfg.verifier.name: train_verifier}
     per_set = {}
     for name, spec in (plain(cfg.data.get("val")) or {}).items():
         kind = split_set_spec(spec)[1]
         if kind not in by_kind:
-            by_kind[kind] = VERIFIERS.build({"name": kind})
+            by_kind[kind] = build_verifier(kind)
         per_set[name] = by_kind[kind]
     return train_verifier, per_set
 

@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from clipo.builders import build_verifier
 from clipo.data import build_dataset
 from clipo.evaluation import (
     SetScores,
@@ -36,7 +37,6 @@ from clipo.evaluation import (
     split_set_spec,
 )
 from clipo.models import load_model
-from clipo.registry import VERIFIERS
 from clipo.rollout import HFEngine
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model.to(device)
     engine = HFEngine(model, tokenizer)
     sampling = eval_sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-    verifiers = {kind: VERIFIERS.build({"name": kind}) for kind in sorted({v for _, v, _ in specs.values()})}
+    verifiers = {kind: build_verifier(kind) for kind in sorted({v for _, v, _ in specs.values()})}
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     per_set, all_scores = {}, {}
