@@ -42,7 +42,7 @@ def test_loss_mode_sends_contrastive_gradient_into_the_policy(tmp_path):
     module, rollouts, correct = _module_and_rollouts(tmp_path, "contrastive.mode=loss")
     layer = module.contrastive.layer
     out = forward_responses(module.policy, rollouts, hidden_layer=layer)
-    c_out = module.contrastive(out.hidden, rollouts.response_mask, correct, rollouts.groups)
+    c_out = module.contrastive(out.hidden, rollouts.hidden_mask, correct, rollouts.groups)
     c_out.batch_loss.backward()
     grads = [p.grad for p in module.policy.get_decoder().layers.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)

@@ -176,7 +176,7 @@ class ClipoModule(L.LightningModule):
 
     def _shape_rewards(self, rollouts: RolloutBatch, rewards: torch.Tensor, correct: torch.Tensor):
         """CLIPO reward mode: bonus from the losses before the head's own optimizer step."""
-        out = self.contrastive(rollouts.hidden, rollouts.response_mask, correct, rollouts.groups)
+        out = self.contrastive(rollouts.hidden, rollouts.hidden_mask, correct, rollouts.groups)
         if self.head_optimizer is not None:
             self.head_optimizer.zero_grad(set_to_none=True)
             out.batch_loss.backward()
@@ -221,7 +221,7 @@ class ClipoModule(L.LightningModule):
                     ref = None if ref_logprobs is None else ref_logprobs[micro_index]
                     loss, step_metrics = self.algorithm(out.logprobs, old, advantages[micro_index], part.response_mask, norm, ref)
                     if loss_mode:
-                        c_out = self.contrastive(out.hidden, part.response_mask, correct[micro_index], part.groups)
+                        c_out = self.contrastive(out.hidden, part.hidden_mask, correct[micro_index], part.groups)
                         loss = loss + c_out.policy_term * len(micro_index) / mini  # coef * batch loss
                         step_metrics |= c_out.metrics
                     self.manual_backward(loss)

@@ -113,7 +113,7 @@ class ContrastiveObjective(nn.Module):
 
         Args:
             hidden: [N, T, D] response-token hidden states of layer `self.layer`.
-            mask: [N, T] True on response tokens.
+            mask: [N, T] True on the rows to pool (`RolloutBatch.hidden_mask`: response tokens 0..L-2).
             labels: [N] verifier labels, bool or 0/1.
             groups: [N] prompt ids.
         """

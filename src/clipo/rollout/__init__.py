@@ -1,7 +1,13 @@
 """Rollouts: the batch an engine returns (`batch`), the engines (`hf_engine`), and the training
 forward over a batch (`forward`)."""
 
-from clipo.rollout.batch import RolloutBatch, concat_rollouts, pad_time, response_mask_from_ids
+from clipo.rollout.batch import (
+    RolloutBatch,
+    concat_rollouts,
+    hidden_mask_from_response,
+    pad_time,
+    response_mask_from_ids,
+)
 from clipo.rollout.forward import ForwardOutput, forward_responses
 from clipo.rollout.hf_engine import capture_predicting_states, generate_rollouts, hidden_layer_module
 
@@ -13,6 +19,7 @@ __all__ = [
     "forward_responses",
     "generate_rollouts",
     "hidden_layer_module",
+    "hidden_mask_from_response",
     "pad_time",
     "response_mask_from_ids",
 ]
