@@ -339,8 +339,8 @@ class ClipoModule(L.LightningModule):
             self._pending_rng = None
 
     def on_fit_start(self) -> None:
-        # After the strategy's set-up: DeepSpeed (and a *-true precision) cast the whole module to
-        # bf16/fp16, the head included. The head and a learned pooler train on their own AdamW at
+        # After the strategy's set-up: DeepSpeed (and a *-true precision) cast every parameter of the
+        # module to bf16/fp16 in place, the head's included. The head and a learned pooler train on their own AdamW at
         # lr 1e-3 / weight decay 0.01, which bf16 weights would round away: cast them back in place
         # (same Parameter objects, so the head optimizer keeps them and its state is made float32).
         self.contrastive.float()
