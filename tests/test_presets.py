@@ -153,3 +153,20 @@ def test_validation_runs_before_training_and_every_k_rl_steps_not_optimizer_upda
     fit = [step for fn, step in schedule.validations if fn == "fit"]
     assert fit == [2, 4]
     assert schedule.validations[0] == ("validate", 0)  # before training (train.py), and once more after it
+
+
+@pytest.mark.parametrize("mode", ["reward", "loss"])
+def test_training_pools_the_response_token_states_in_both_modes(tmp_path, parity_verifier, monkeypatch, mode):
+    """The module hands poolers `hidden_mask` (response tokens 0..L-2), not the response mask: the
+    last row of `hidden` (the last token, which has no state while sampling) is never pooled."""
+    from clipo.contrastive.poolers import MeanPooler
+
+    calls = []
+    pool = MeanPooler.pool
+    monkeypatch.setattr(MeanPooler, "pool", lambda self, hidden, mask: (calls.append(mask), pool(self, hidden, mask))[1])
+    _run(tmp_path, f"contrastive.mode={mode}", "trainer.max_steps=1", "data.val=null")
+    assert calls
+    for mask in calls:
+        assert not mask[:, -1].any()
+        assert torch.equal(mask, mask.cummin(dim=1).values)  # a prefix of each row
+    assert any(int(mask.sum(-1).max()) == mask.shape[1] - 1 for mask in calls)  # a full-length rollout: L-1 rows
