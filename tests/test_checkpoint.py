@@ -14,7 +14,7 @@ def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_resumed_run_matches_an_uninterrupted_one(parity_verifier, tmp_path):
-    overrides = ["trainer.max_steps=3", "data.val=null", "contrastive.head_warmup_steps=1"]
+    overrides = ["trainer.max_steps=3", "data.val=null", "contrastive.head_warmup_steps=2"]  # 1 head-only step
     _, full = train(_config(tmp_path / "full", *overrides))
 
     _config_first = _config(tmp_path / "first", *overrides)

@@ -64,7 +64,7 @@ def test_reward_mode_trains_the_head_and_never_touches_the_policy(tmp_path):
 def test_loss_mode_sends_contrastive_gradient_into_the_policy(tmp_path):
     module, rollouts = _module_and_rollouts(tmp_path, "contrastive.mode=loss")
     out = forward_responses(module.policy, rollouts, hidden_layer=module.updater.hidden_layer)
-    c_out = module.contrastive(out.hidden, rollouts.response_mask, CORRECT, rollouts.groups)
+    c_out = module.contrastive(out.hidden, rollouts.hidden_mask, CORRECT, rollouts.groups)
     c_out.batch_loss.backward()
     grads = [p.grad for p in module.policy.get_decoder().layers.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)

@@ -1,12 +1,15 @@
 import torch
 from transformers import GenerationConfig
 
+import clipo.contrastive  # noqa: F401  (registers the poolers)
 from clipo.models import load_model
+from clipo.registry import POOLERS
 from clipo.rollout import (
     concat_rollouts,
     forward_responses,
     generate_rollouts,
     hidden_layer_module,
+    hidden_mask_from_response,
     response_mask_from_ids,
 )
 
@@ -55,8 +58,55 @@ def test_hidden_states_from_generation_equal_the_training_forward():
         model, _, batch = _tiny_rollouts(layer=layer)
         with torch.no_grad():
             out = forward_responses(model, batch, hidden_layer=layer)
-        mask = batch.response_mask
+        mask = batch.hidden_mask  # the last token of a rollout has no state in generation
         torch.testing.assert_close(batch.hidden[mask], out.hidden[mask], atol=1e-5, rtol=1e-4)
+        assert torch.equal(batch.hidden[:, -1], torch.zeros_like(batch.hidden[:, -1]))
+
+
+def _plain_response_states(model, batch, layer):
+    """Per rollout, hidden_states[layer] of a plain `model(..., output_hidden_states=True)` call on
+    its unpadded prompt + response, at the response tokens 0..L-2 (the official code's positions:
+    the decode steps' states, without the prefill's last prompt position): a list of [L-1, D]."""
+    states = []
+    for i in range(batch.sequences.shape[0]):
+        prompt = batch.sequences[i, : batch.prompt_len][batch.attention_mask[i, : batch.prompt_len].bool()]
+        response = batch.response_ids[i][batch.response_mask[i]]
+        out = model(torch.cat([prompt, response])[None], output_hidden_states=True)
+        start = prompt.shape[0]
+        states.append(out.hidden_states[layer][0, start : start + response.shape[0] - 1])
+    return states
+
+
+def test_mean_pooled_vector_is_the_mean_of_the_response_token_states_of_a_plain_forward():
+    """Both paths (the generation hook, the training forward) pool exactly the official positions."""
+    mean = POOLERS.build({"name": "mean", "hidden_size": 64})
+    for layer in (-1, 1):
+        model, _, batch = _tiny_rollouts(layer=layer)
+        with torch.no_grad():
+            training = forward_responses(model, batch, hidden_layer=layer).hidden
+            expected = torch.stack([s.mean(0) for s in _plain_response_states(model, batch, layer)])
+        lengths = batch.response_lengths
+        assert (lengths > 1).all() and lengths.unique().numel() > 1, "want rollouts of several lengths"
+        assert torch.equal(batch.hidden_mask.sum(-1), lengths - 1)
+        for hidden in (batch.hidden, training):
+            torch.testing.assert_close(mean(hidden, batch.hidden_mask), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_one_token_rollout_pools_to_zeros():
+    model, _, batch = _tiny_rollouts(max_new_tokens=1)
+    assert batch.response_ids.shape[1] == 1 and not batch.hidden_mask.any()
+    with torch.no_grad():
+        training = forward_responses(model, batch, hidden_layer=-1).hidden
+    for name in POOLERS.names():
+        pooler = POOLERS.build({"name": name, "hidden_size": 64})
+        for hidden in (batch.hidden, training):
+            assert torch.equal(pooler(hidden, batch.hidden_mask), torch.zeros(6, 64)), name
+
+
+def test_hidden_mask_is_the_response_mask_shifted_by_one():
+    response_mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    expected = torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(hidden_mask_from_response(response_mask), expected)
 
 
 def test_logprobs_match_a_full_forward_with_log_softmax():

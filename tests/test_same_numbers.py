@@ -4,6 +4,10 @@ The digests were recorded with the RL step as one LightningModule method (before
 collector/updater split) and reproduced after it; they are bit-exact on CPU with one thread
 (conftest), so they are only checked with the torch build they were recorded with. A change
 that alters the numbers on purpose records new digests here and says why in its commit.
+
+Re-recorded on purpose: `reward_epochs` when CLIPO began pooling the official positions (the
+response tokens' own states, not the last prompt state) and counting the head warm-up as verl's
+`critic_warmup` (issue #15).
 """
 
 import hashlib
@@ -20,7 +24,7 @@ CASES = {
     "reward_epochs": (
         ["ppo.mini_batch_size=4", "ppo.micro_batch_size=2", "ppo.epochs=2", "contrastive.head_warmup_steps=1",
          "trainer.max_steps=3", "pooler=attention"],
-        "3f2d66fc5ae54076",
+        "678e327c9cfec78a",
     ),
     # DAPO with dynamic sampling that refills, loss mode (the contrastive term in the policy loss)
     "dapo_loss": (

@@ -105,7 +105,7 @@ class RolloutCollector:
         if self.reward_shaping is not None:
             with timer("contrastive"):
                 shaped, contrastive_metrics = self.reward_shaping(
-                    rollouts.hidden, rollouts.response_mask, correct, rollouts.groups, shaped
+                    rollouts.hidden, rollouts.hidden_mask, correct, rollouts.groups, shaped
                 )
             metrics |= contrastive_metrics
             update_policy = not self.reward_shaping.policy_waits(step)

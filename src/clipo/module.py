@@ -151,6 +151,13 @@ class ClipoModule(L.LightningModule):
             set_rng_states(self._pending_rng)
             self._pending_rng = None
 
+    def on_fit_start(self) -> None:
+        # After the strategy's set-up: DeepSpeed (and a *-true precision) cast every parameter of
+        # the module to bf16/fp16 in place, the head's too. The head and a learned pooler train on
+        # their own AdamW at lr 1e-3 / weight decay 0.01, which bf16 weights would round away: cast
+        # them back in place (same Parameter objects: the head optimizer keeps them, its state is float32).
+        self.contrastive.float()
+
     def on_train_start(self) -> None:
         pending = getattr(self, "_pending_head_state", None)
         if pending is not None and self.head_step.optimizer is not None:

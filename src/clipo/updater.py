@@ -114,7 +114,7 @@ class PolicyUpdater:
                     loss, step_metrics = self.algorithm(out.logprobs, old, advantages[micro_index], part.response_mask, norm, ref)
                     if self.contrastive is not None:
                         term, contrastive_metrics = self.contrastive(
-                            out.hidden, part.response_mask, correct[micro_index], part.groups, len(micro_index), mini
+                            out.hidden, part.hidden_mask, correct[micro_index], part.groups, len(micro_index), mini
                         )
                         loss = loss + term
                         step_metrics |= contrastive_metrics

@@ -125,10 +125,14 @@ def test_loss_none_disables_everything_whatever_the_mode():
 
 
 def test_warmup_holds_the_policy_in_reward_mode_only():
-    objective = make_objective(head_warmup_steps=2)
+    # the official count (verl's critic_warmup <= global_steps, steps from 1): warm-up 3 means the
+    # policy first updates at step 3, i.e. 0-based step 2, after 2 head-only steps
+    objective = make_objective(head_warmup_steps=3)
     assert objective.enabled and objective.mode is ContrastiveMode.REWARD
     assert [objective.policy_waits(s) for s in range(4)] == [True, True, False, False]
-    assert not make_objective(mode="loss", head_warmup_steps=2).policy_waits(0)
+    for warmup in (0, 1):  # both: the policy updates from the first step
+        assert not make_objective(head_warmup_steps=warmup).policy_waits(0)
+    assert not make_objective(mode="loss", head_warmup_steps=3).policy_waits(0)
 
 
 def test_infonce_generator_state_travels_in_the_objective_state_dict():

@@ -94,14 +94,24 @@ def test_heads_whose_weights_were_cast_to_bf16_still_compute_in_float32():
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(3))
 
 
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_bias_free_heads_ignore_the_pooled_norm(name):
+    """The official pooling divides the sum of L-1 decode states by L, clipo by L-1: with bias-free
+    heads (positively homogeneous) the unit embeddings are the same either way."""
+    head = HEADS.build({"name": name, "dim": 8}, in_dim=16)
+    h = torch.randn(5, 16)
+    torch.testing.assert_close(head(h * 6 / 7), head(h))
+
+
 def test_head_structure_and_trainability():
     linear = HEADS.build({"name": "linear", "dim": 8}, in_dim=16)
     assert linear.trainable and [p.shape for p in linear.parameters()] == [(8, 16)]  # bias-free
     mlp = HEADS.build({"name": "mlp", "dim": 8}, in_dim=16)
-    # Linear-ReLU-Linear with biases; hidden width defaults to in_dim
-    assert mlp.trainable and [p.shape for p in mlp.parameters()] == [(16, 16), (16,), (8, 16), (8,)]
+    # Linear-ReLU-Linear without biases (the official head); hidden width defaults to in_dim
+    assert mlp.trainable and [p.shape for p in mlp.parameters()] == [(16, 16), (8, 16)]
+    assert mlp.fc1.bias is None and mlp.fc2.bias is None
     h = torch.randn(3, 16)
-    want = torch.relu(h @ mlp.fc1.weight.T + mlp.fc1.bias) @ mlp.fc2.weight.T + mlp.fc2.bias
+    want = torch.relu(h @ mlp.fc1.weight.T) @ mlp.fc2.weight.T
     torch.testing.assert_close(mlp(h), torch.nn.functional.normalize(want, dim=-1))
     assert HEADS.build({"name": "mlp", "dim": 8, "hidden_dim": 32}, in_dim=16).fc1.out_features == 32
     fixed = HEADS.build({"name": "fixed", "dim": 8}, in_dim=16)

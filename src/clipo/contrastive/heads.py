@@ -47,7 +47,11 @@ class LinearHead(nn.Module):
 
 @HEADS.register("mlp")
 class MLPHead(nn.Module):
-    """Linear-ReLU-Linear (the SimCLR projection head), with biases.
+    """Linear-ReLU-Linear without biases (the SimCLR projection head, as the official code's
+    `Linear(D, D, bias=False)-ReLU-Linear(D, E, bias=False)`).
+
+    Bias-free, the head is positively homogeneous: scaling h scales head(h), so the unit
+    embedding does not depend on the pooled vector's norm (nor on dividing a sum by L or L-1).
 
     Args:
         in_dim: hidden size D.
@@ -62,8 +66,8 @@ class MLPHead(nn.Module):
         hidden_dim = in_dim if hidden_dim is None else hidden_dim
         _check_dims(in_dim, dim)
         _check_dims(in_dim, hidden_dim)
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = nn.Linear(in_dim, hidden_dim, bias=False)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.normalize(_linear_f32(torch.relu(_linear_f32(hidden, self.fc1)), self.fc2), dim=-1)

@@ -52,7 +52,7 @@ class ContrastiveObjective(nn.Module):
             rewards) or LOSS (coef * batch loss added to the policy loss; gradient reaches the policy).
         lam, c, floor: bonus_i = max(c - lam * L_i, floor) for correct rollouts.
         coef: weight of the batch loss in the policy loss (loss mode).
-        head_warmup_steps: steps during which only the head trains (see `policy_waits`).
+        head_warmup_steps: the RL step (from 1) of the first policy update (see `policy_waits`).
     """
 
     def __init__(
@@ -92,8 +92,14 @@ class ContrastiveObjective(nn.Module):
         return self.mode is not ContrastiveMode.OFF
 
     def policy_waits(self, step: int) -> bool:
-        """True while only the head trains (the first `head_warmup_steps` steps in reward mode)."""
-        return self.mode is ContrastiveMode.REWARD and step < self.head_warmup_steps
+        """True while only the head trains.
+
+        `step` counts rollout batches already seen (0 for the first). As the official trainer runs
+        `critic_warmup` (policy update when `critic_warmup <= global_steps`, steps counted from 1),
+        the policy first updates at step `head_warmup_steps` counted from 1: 14 gives 13 head-only
+        steps, 0 and 1 give none.
+        """
+        return self.mode is ContrastiveMode.REWARD and step + 1 < self.head_warmup_steps
 
     def forward(
         self, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
@@ -102,7 +108,7 @@ class ContrastiveObjective(nn.Module):
 
         Args:
             hidden: [N, T, D] response-token hidden states of the captured layer (`rollout.capture_layer`).
-            mask: [N, T] True on response tokens.
+            mask: [N, T] True on the rows to pool (`RolloutBatch.hidden_mask`: response tokens 0..L-2).
             labels: [N] verifier labels, bool or 0/1.
             groups: [N] prompt ids.
         """

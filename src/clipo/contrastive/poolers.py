@@ -1,9 +1,13 @@
 """Poolers (the `pooler=` config group): response-token hidden states -> one vector per rollout.
 
 Shapes: `N` rollouts, `T` response tokens, `D` hidden size. Every pooler maps
-hidden [N, T, D] (any float dtype) and mask [N, T] (True on response tokens, False on padding,
-wherever it sits) to pooled [N, D] in float32, over masked tokens only. A row whose mask is
+hidden [N, T, D] (any float dtype) and mask [N, T] (True on the rows to pool, False elsewhere,
+wherever it sits) to pooled [N, D] in float32, over masked rows only. A row whose mask is
 empty pools to zeros, never NaN.
+
+In training the mask is `RolloutBatch.hidden_mask`: row t of the rollout hidden states is the
+state at response token t, and the rows pooled are tokens 0..L-2 of a length-L rollout (the
+official code's positions; the last token has no state, a length-1 rollout pools to zeros).
 
 Which hidden layer is pooled is not the pooler's choice: `rollout.capture_layer` tells the
 rollout engine (and the training forward in loss mode) which layer to return.

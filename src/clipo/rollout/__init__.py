@@ -2,7 +2,13 @@
 (`hf_engine`: `HFEngine`, registered as `rollout.engine=hf`), and the training forward over a
 batch (`forward`)."""
 
-from clipo.rollout.batch import RolloutBatch, concat_rollouts, pad_time, response_mask_from_ids
+from clipo.rollout.batch import (
+    RolloutBatch,
+    concat_rollouts,
+    hidden_mask_from_response,
+    pad_time,
+    response_mask_from_ids,
+)
 from clipo.rollout.forward import ForwardOutput, forward_responses
 from clipo.rollout.hf_engine import (
     HFEngine,
@@ -24,6 +30,7 @@ __all__ = [
     "generate_rollouts",
     "generation_config",
     "hidden_layer_module",
+    "hidden_mask_from_response",
     "pad_time",
     "response_mask_from_ids",
 ]

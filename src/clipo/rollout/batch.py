@@ -21,7 +21,9 @@ class RolloutBatch:
     responses: list[str]  # N decoded responses
     ground_truths: list[str]  # N, repeated per group
     truncated: torch.Tensor  # [N] bool, no EOS within max_new_tokens
-    hidden: torch.Tensor | None = None  # [N, T, D] captured layer at the positions predicting each token
+    # [N, T, D] captured layer at the response tokens' own positions: row t is the state at response
+    # token t; only rows t <= L-2 of a length-L rollout exist in generation (see `hidden_mask`)
+    hidden: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:  # [N, T]
@@ -30,6 +32,11 @@ class RolloutBatch:
     @property
     def response_lengths(self) -> torch.Tensor:  # [N]
         return self.response_mask.sum(-1)
+
+    @property
+    def hidden_mask(self) -> torch.Tensor:  # [N, T] bool
+        """The rows of `hidden` that poolers use (see `hidden_mask_from_response`)."""
+        return hidden_mask_from_response(self.response_mask)
 
     def select(self, index: torch.Tensor) -> "RolloutBatch":
         """The rollouts at `index` (e.g. a mini-batch), sharing the same padding."""
@@ -52,6 +59,20 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_ids: list[int])
     is_eos = torch.isin(response_ids, torch.tensor(eos_token_ids, device=response_ids.device))
     ended_before = (is_eos.cumsum(-1) - is_eos.long()) > 0
     return ~ended_before
+
+
+def hidden_mask_from_response(response_mask: torch.Tensor) -> torch.Tensor:
+    """[N, T] bool: the hidden-state rows CLIPO pools, the response mask shifted left by one.
+
+    As the official code pools (its SGLang patch averages the decode steps' states and drops the
+    prefill's): the states at response tokens 0..L-2 of a length-L rollout, i.e. those that predict
+    tokens 1..L-1. The last token is never fed back while sampling, so it has no state; a rollout
+    of length 1 has none at all (an empty row, which poolers map to zeros).
+
+    Args:
+        response_mask: [N, T] bool, True on response tokens (a prefix of each row).
+    """
+    return torch.cat([response_mask[:, 1:], response_mask.new_zeros(response_mask.shape[0], 1)], dim=1).bool()
 
 
 def pad_time(x: torch.Tensor, left: int, right: int, value: float | bool) -> torch.Tensor:

@@ -16,7 +16,7 @@ from clipo.rollout.batch import RolloutBatch
 class ForwardOutput:
     logprobs: torch.Tensor  # [n, T] log-prob of each response token
     entropy: torch.Tensor | None  # [n, T] (no grad), when asked for
-    hidden: torch.Tensor | None  # [n, T, D] chosen layer at the predicting positions, when asked for
+    hidden: torch.Tensor | None  # [n, T, D] chosen layer at the response tokens (row t: token t), when asked for
 
 
 def forward_responses(
@@ -55,5 +55,7 @@ def forward_responses(
             entropy = log_normalizer.detach() - (probs * logits).sum(-1)
     hidden = None
     if hidden_layer is not None:
-        hidden = out.hidden_states[hidden_layer][:, P - 1 : P + T - 1]
+        # CLIPO's states: at the response tokens' own positions P..P+T-1 (not the predicting ones),
+        # as generation captures them; poolers read the rows in `rollouts.hidden_mask`
+        hidden = out.hidden_states[hidden_layer][:, P : P + T]
     return ForwardOutput(logprobs=logprobs, entropy=entropy, hidden=hidden)

@@ -2,9 +2,11 @@
 
 Shapes as in `clipo.rollout.batch`. Representations for CLIPO come from generation itself,
 with no extra forward pass: a forward hook on the chosen layer keeps, at each decoding step,
-the hidden state that predicted the next response token. The training forward
-(`clipo.rollout.forward.forward_responses`) returns the hidden states at the same positions,
-so both paths pool the same thing.
+the hidden state at the response token just fed back (the prefill's state, at the last prompt
+position, is dropped, as in the official code's SGLang patch). Row t of `RolloutBatch.hidden` is
+the state at response token t; the training forward (`clipo.rollout.forward.forward_responses`)
+returns the states at the same positions, so both paths pool the same thing
+(`RolloutBatch.hidden_mask`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from transformers import GenerationConfig
 
 from clipo.registry import ENGINES
-from clipo.rollout.batch import RolloutBatch, response_mask_from_ids
+from clipo.rollout.batch import RolloutBatch, pad_time, response_mask_from_ids
 from clipo.rollout.sampling import Sampling
 
 
@@ -38,14 +40,19 @@ def hidden_layer_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
 
 @contextmanager
 def capture_predicting_states(module: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect, per generation step, the last position's output of `module`: [N, 1, D] each.
+    """Collect, per decoding step, the output of `module` at the token fed in: [N, 1, D] each.
 
-    The prefill call contributes the last prompt position (which predicts response token
-    0); each decoding step contributes the state that predicts the following token.
+    The first call (the prefill over the prompt) is skipped; decoding step k feeds response
+    token k-1, so the list ends up holding the states at response tokens 0..T-2 (the T-th
+    token is never fed back).
     """
     states: list[torch.Tensor] = []
+    calls = [0]
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            return  # the prefill: the last prompt position is not a response token's state
         hidden = output[0] if isinstance(output, tuple) else output
         states.append(hidden[:, -1:].detach())
 
@@ -98,7 +105,13 @@ def generate_rollouts(
     eos_ids = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
     response_mask = response_mask_from_ids(response_ids, eos_ids)
     truncated = ~torch.isin(response_ids, torch.tensor(eos_ids, device=device)).any(-1)
-    hidden = torch.cat(states, dim=1)[:, : response_ids.shape[1]] if states else None  # [N, T, D]
+    hidden = None
+    if module is not None:  # [N, T, D]: states at response tokens 0..T-2, then a zero row (no state)
+        n, T = response_ids.shape
+        dtype = next(model.parameters()).dtype
+        empty = torch.zeros(n, 0, model.config.hidden_size, device=device, dtype=dtype)  # T == 1: no decoding step
+        decoded = torch.cat(states, dim=1)[:, : T - 1] if states else empty
+        hidden = pad_time(decoded, 0, T - decoded.shape[1], 0.0)
     return RolloutBatch(
         sequences=sequences,
         attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
