@@ -1,6 +1,7 @@
 """The command line as users type it: `python src/clipo/train.py ...` (subprocesses, tiny model)."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,15 @@ TINY = [
 ]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0"}
+    # a port the OS just handed out, so parallel DDP runs on one machine do not collide
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0", "MASTER_PORT": str(_free_port())}
     command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), *args, f"paths.root_dir={cwd}"]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
