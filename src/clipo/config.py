@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
 
@@ -84,6 +84,8 @@ def validate_config(cfg: DictConfig) -> None:
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
+    problems += _precision_problems(cfg)
+    problems += _model_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -179,6 +181,30 @@ def _evaluation_problems(cfg: DictConfig) -> list[str]:
                 problems.append(f"data.val.{name}.twins names {twin!r}, which is not a validation set of this run; "
                                 f"add data.val.{twin} or drop it from the twins")
     return problems
+
+
+def _model_problems(cfg: DictConfig) -> list[str]:
+    """A hub id or folder that cannot load is named now, not after data and Lightning have started."""
+    from clipo.models import hub_model_problem
+
+    model = cfg.model
+    if OmegaConf.is_missing(model, "name_or_path"):
+        return [f"model={model.name} needs model.name_or_path: a hub id (owner/name) or a local folder"]
+    if model.get("tiny") is not None or model.get("gguf_package") or not model.get("name_or_path"):
+        return []
+    problem = hub_model_problem(str(model.name_or_path))
+    return [problem] if problem else []
+
+
+def _precision_problems(cfg: DictConfig) -> list[str]:
+    """`trainer.precision` is `auto` or one Lightning accepts (checked here, before the model loads)."""
+    from clipo.runtime import PRECISIONS
+
+    precision = cfg.trainer.get("precision", "auto")
+    if str(precision) not in PRECISIONS:
+        return [f"trainer.precision={precision!r} is unknown; choose auto (bf16-mixed where the hardware has native "
+                f"bf16, else 32) or one of: {', '.join(PRECISIONS[1:])}"]
+    return []
 
 
 def _device_problems(cfg: DictConfig) -> list[str]:
