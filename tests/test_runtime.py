@@ -56,8 +56,8 @@ def test_unknown_precision_fails_before_the_model_loads(tmp_path):
 
 
 def test_train_resolves_auto_and_reports_it(parity_verifier, tmp_path, monkeypatch):
-    monkeypatch.setattr("clipo.train.detect_cuda_bf16", lambda: None)
-    monkeypatch.setattr("clipo.train.detect_cpu_flags", lambda: ZEN4)
+    monkeypatch.setattr("clipo.runtime.detect_cuda_bf16", lambda: None)
+    monkeypatch.setattr("clipo.runtime.detect_cpu_flags", lambda: ZEN4)
     _, objects = train_once(tmp_path, "trainer.precision=auto")
     assert objects["trainer"].precision == "bf16-mixed"
     runtime = json.loads((tmp_path / "summary.json").read_text())["runtime"]

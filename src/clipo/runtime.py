@@ -51,6 +51,12 @@ def choose_precision(requested: typing.Any, accelerator: str, cuda_bf16: bool | 
     return Choice("32", "auto: the CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated and slower")
 
 
+def resolve_precision(trainer_cfg: typing.Mapping[str, typing.Any]) -> Choice:
+    """`choose_precision` for this machine, from a `trainer:` config block."""
+    return choose_precision(trainer_cfg.get("precision", "auto"), str(trainer_cfg.get("accelerator", "auto")),
+                            detect_cuda_bf16(), detect_cpu_flags())
+
+
 def detect_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The first processor's feature flags (x86 `flags`, arm `Features`); empty where unreadable."""
     try:

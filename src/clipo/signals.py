@@ -85,7 +85,11 @@ class StopOnSignal(L.Callback):
         self._maybe_stop(trainer)
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self._maybe_stop(trainer)
+        # ranks may hold different numbers of validation batches, so a collective here could hang:
+        # with several processes the stop waits for the next training step (SIGTERM aside: Lightning's
+        # evaluation loop stops on it by itself)
+        if trainer.world_size == 1:
+            self._maybe_stop(trainer)
 
     def _maybe_stop(self, trainer: L.Trainer) -> None:
         # every process stops at the same step (a signal may reach only some), else collectives would hang

@@ -23,7 +23,7 @@ from clipo.builders import build_datamodule, build_module, build_trainer
 from clipo.callbacks import RunSummary, format_summary
 from clipo.console import quiet_third_party_output
 from clipo.config import ConfigError, validate_config
-from clipo.runtime import choose_precision, configure_threads, detect_cpu_flags, detect_cuda_bf16
+from clipo.runtime import configure_threads, resolve_precision
 from clipo.signals import StopOnSignal, StopSignals
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,7 @@ def resolve_runtime(cfg: DictConfig) -> dict[str, Any]:
     """Decide precision and threads from the hardware (before the Trainer is built) and say so."""
     quiet_third_party_output()
     threads = configure_threads()
-    precision = choose_precision(cfg.trainer.get("precision", "auto"), str(cfg.trainer.get("accelerator", "auto")),
-                                 detect_cuda_bf16(), detect_cpu_flags())
+    precision = resolve_precision(cfg.trainer)
     with open_dict(cfg):
         cfg.trainer.precision = precision.value
     log.info("precision %s: %s", precision.value, precision.reason)
