@@ -85,7 +85,6 @@ def validate_config(cfg: DictConfig) -> None:
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     problems += _precision_problems(cfg)
-    problems += _model_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -183,17 +182,20 @@ def _evaluation_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _model_problems(cfg: DictConfig) -> list[str]:
-    """A hub id or folder that cannot load is named now, not after data and Lightning have started."""
+def validate_model_source(cfg: DictConfig) -> None:
+    """A hub id or folder that cannot load is named now, not after data and Lightning have started.
+    Apart from `validate_config` because it looks at this machine (the hub cache, the network),
+    so that configs stay checkable anywhere."""
     from clipo.models import hub_model_problem
 
     model = cfg.model
     if OmegaConf.is_missing(model, "name_or_path"):
-        return [f"model={model.name} needs model.name_or_path: a hub id (owner/name) or a local folder"]
+        raise ConfigError(f"model={model.name} needs model.name_or_path: a hub id (owner/name) or a local folder")
     if model.get("tiny") is not None or model.get("gguf_package") or not model.get("name_or_path"):
-        return []
+        return
     problem = hub_model_problem(str(model.name_or_path))
-    return [problem] if problem else []
+    if problem:
+        raise ConfigError(problem)
 
 
 def _precision_problems(cfg: DictConfig) -> list[str]:

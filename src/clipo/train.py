@@ -22,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 from clipo.builders import build_datamodule, build_module, build_trainer
 from clipo.callbacks import RunSummary, format_summary
 from clipo.console import quiet_third_party_output
-from clipo.config import ConfigError, validate_config
+from clipo.config import ConfigError, validate_config, validate_model_source
 from clipo.runtime import configure_threads, resolve_precision
 from clipo.signals import StopOnSignal, StopSignals
 
@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     interrupted summary.json, and raises SystemExit(128 + signal); a second Ctrl-C exits at once.
     """
     validate_config(cfg)  # before any model or data is loaded
+    validate_model_source(cfg)
     runtime = resolve_runtime(cfg)
     with StopSignals() as stop:
         try:
