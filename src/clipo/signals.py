@@ -78,16 +78,13 @@ class StopOnSignal(L.Callback):
     def __init__(self, stop: StopSignals) -> None:
         self.stop = stop
 
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self._maybe_stop(trainer)  # a signal that came between steps (e.g. during interleaved validation)
-
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self._maybe_stop(trainer)
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         # ranks may hold different numbers of validation batches, so a collective here could hang:
-        # with several processes the stop waits for the next training step (SIGTERM aside: Lightning's
-        # evaluation loop stops on it by itself)
+        # with several processes the stop waits for the next training step's end (SIGTERM aside:
+        # Lightning's evaluation loop stops on it by itself, keeping the last periodic checkpoint)
         if trainer.world_size == 1:
             self._maybe_stop(trainer)
 

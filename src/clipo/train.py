@@ -75,22 +75,23 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
 
     validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
-    val_before, val_after = {}, {}
+    val_before, val_after, metrics = {}, {}, {}
     try:
         if validate and cfg.validation.before_training:
             val_before = _validate(trainer, module, datamodule)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # before validation replaces them
         if validate and stop.signum is None:
             val_after = _validate(trainer, module, datamodule)
     except SIGTERMException:  # Lightning's exit after a stop signal (StopOnSignal has saved the step)
         stop.signum = stop.signum or signal.SIGTERM
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = metrics or {k: float(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if stop.signum is not None:
         _close_verifiers(module)
         if trainer.is_global_zero:
-            log.warning("interrupted by %s at step %d; checkpoint %s; continue with ckpt_path=last (same run folder) "
-                        "or ckpt_path=%s", stop.name, trainer.global_step, checkpoint, checkpoint)
+            log.warning("interrupted by %s at step %d; continue with ckpt_path=%s", stop.name, trainer.global_step,
+                        checkpoint)
             history = summary.history if summary is not None else []
             write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
                                                             "interrupted": True, "signal": stop.name,
