@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clipo.config import ConfigError, validate_config
-from clipo.runtime import cgroup_cpu_limit, choose_precision, choose_threads, detect_cpu_flags
+from clipo.runtime import cgroup_cpu_limit, choose_precision, choose_threads, cpu_processes, detect_cpu_flags
 from tests.conftest import compose_config, tiny_parity_config
 
 ICE_LAKE = frozenset("fpu sse4_2 avx2 avx512f avx512bw avx512vl avx512_vnni".split())  # AVX-512, no bf16
@@ -110,6 +110,16 @@ def test_threads_match_the_usable_cores(env, affinity, quota, expected):
     assert ("OMP_NUM_THREADS" in choice.reason) == ("OMP_NUM_THREADS" in env and env["OMP_NUM_THREADS"].isdigit())
 
 
+def test_cpu_data_parallel_processes_share_the_cores():
+    assert choose_threads({}, 8, None, processes=2).value == 4  # 2 gloo processes: 4 threads each, not 8
+    assert choose_threads({}, 8, 3.0, processes=2).value == 1
+    assert choose_threads({}, 2, None, processes=4).value == 1
+    assert "shared by 2 processes" in choose_threads({}, 8, None, processes=2).reason
+    assert cpu_processes({"accelerator": "cpu", "devices": 2}) == 2
+    assert cpu_processes({"accelerator": "cpu", "devices": 1}) == cpu_processes({"accelerator": "cpu"}) == 1
+    assert cpu_processes({"accelerator": "gpu", "devices": 8}) == 1  # each process drives its own GPU
+
+
 def test_detected_threads_use_affinity_and_cgroup(monkeypatch):
     import clipo.runtime as runtime
 
@@ -119,3 +129,15 @@ def test_detected_threads_use_affinity_and_cgroup(monkeypatch):
     assert runtime.detect_threads().value == 2
     monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
     assert runtime.detect_threads().value == 6
+
+
+def test_train_turns_the_tokenizers_pool_off_and_resolves_auto_first(monkeypatch, tmp_path):
+    import os
+
+    from clipo.train import resolve_runtime
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # train() called from Python, not __main__
+    cfg = compose_config(["model=tiny"], output_dir=tmp_path)
+    runtime = resolve_runtime(cfg)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert cfg.trainer.precision == runtime["precision"] in ("32", "bf16-mixed")

@@ -111,29 +111,44 @@ def _read_quota(folder: Path) -> float | None:
         return None
 
 
-def choose_threads(env: typing.Mapping[str, str], affinity: int, cgroup_limit: float | None) -> Choice:
+def choose_threads(env: typing.Mapping[str, str], affinity: int, cgroup_limit: float | None,
+                   processes: int = 1) -> Choice:
     """torch's intra-op threads: OMP_NUM_THREADS when set, else the cores this process may run on
-    (its CPU affinity, capped by the cgroup quota rounded up)."""
+    (its CPU affinity, capped by the cgroup quota rounded up), shared among `processes` training
+    processes on this machine's CPUs (CPU data parallelism)."""
     omp = env.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:
         return Choice(int(omp), f"OMP_NUM_THREADS={omp}")
     if cgroup_limit is not None and math.ceil(cgroup_limit) < affinity:
-        return Choice(max(1, math.ceil(cgroup_limit)), f"cgroup CPU quota {cgroup_limit:g} CPUs ({affinity} in affinity)")
-    return Choice(max(1, affinity), f"{affinity} CPUs in the process's affinity" + ("" if cgroup_limit is None else
-                                                                                 f", cgroup quota {cgroup_limit:g}"))
+        cores, reason = math.ceil(cgroup_limit), f"cgroup CPU quota {cgroup_limit:g} CPUs ({affinity} in affinity)"
+    else:
+        quota = "" if cgroup_limit is None else f", cgroup quota {cgroup_limit:g}"
+        cores, reason = affinity, f"{affinity} CPUs in the process's affinity{quota}"
+    if processes > 1:
+        reason += f", shared by {processes} processes"
+    return Choice(max(1, cores // max(1, processes)), reason)
 
 
-def detect_threads() -> Choice:
+def detect_threads(processes: int = 1) -> Choice:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return choose_threads(os.environ, affinity, cgroup_cpu_limit())
+    return choose_threads(os.environ, affinity, cgroup_cpu_limit(), processes)
 
 
-def configure_threads() -> Choice:
+def cpu_processes(trainer_cfg: typing.Mapping[str, typing.Any]) -> int:
+    """Training processes that share this machine's CPUs: trainer.devices when training runs on the CPU."""
+    import torch
+
+    accelerator, devices = str(trainer_cfg.get("accelerator", "auto")), trainer_cfg.get("devices", 1)
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    return devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
+
+
+def configure_threads(processes: int = 1) -> Choice:
     """Set torch's thread count to the usable cores; the tokenizers' own pool stays off (it would
     compete with torch's threads for the same cores). Call before any tokenizer is used."""
     import torch
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = detect_threads()
+    threads = detect_threads(processes)
     torch.set_num_threads(threads.value)
     return threads

@@ -23,7 +23,7 @@ from clipo.builders import build_datamodule, build_module, build_trainer
 from clipo.callbacks import RunSummary, format_summary
 from clipo.console import quiet_third_party_output
 from clipo.config import ConfigError, validate_config, validate_model_source
-from clipo.runtime import configure_threads, resolve_precision
+from clipo.runtime import configure_threads, cpu_processes, resolve_precision
 from clipo.signals import StopOnSignal, StopSignals
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def resolve_runtime(cfg: DictConfig) -> dict[str, Any]:
     """Decide precision and threads from the hardware (before the Trainer is built) and say so."""
     quiet_third_party_output()
-    threads = configure_threads()
+    threads = configure_threads(cpu_processes(cfg.trainer))
     precision = resolve_precision(cfg.trainer)
     with open_dict(cfg):
         cfg.trainer.precision = precision.value
