@@ -193,7 +193,7 @@ def validate_model_source(cfg: DictConfig) -> None:
         raise ConfigError(f"model={model.name} needs model.name_or_path: a hub id (owner/name) or a local folder")
     if model.get("tiny") is not None or model.get("gguf_package") or not model.get("name_or_path"):
         return
-    problem = hub_model_problem(str(model.name_or_path))
+    problem = hub_model_problem(str(model.name_or_path), model.get("gguf_file") or "config.json")
     if problem:
         raise ConfigError(problem)
 

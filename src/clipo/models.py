@@ -70,9 +70,10 @@ def load_model(
     return model, tokenizer
 
 
-def hub_model_problem(name_or_path: str) -> str | None:
-    """Why `name_or_path` cannot load, in one line, or None: a missing folder, or a hub id that is not in
-    the local cache while the hub is unreachable (HF_HUB_OFFLINE=1 or no network) or does not know it."""
+def hub_model_problem(name_or_path: str, filename: str = "config.json") -> str | None:
+    """Why `name_or_path` cannot load, in one line, or None: a missing folder, or a hub id whose `filename`
+    is not in the local cache while the hub is unreachable (HF_HUB_OFFLINE=1 or no network) or does not
+    know it."""
     from huggingface_hub import constants, model_info, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
@@ -82,7 +83,7 @@ def hub_model_problem(name_or_path: str) -> str | None:
     if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
         return f"model.name_or_path={name_or_path}: no such folder; {local}"
     try:
-        if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        if isinstance(try_to_load_from_cache(name_or_path, filename), str):
             return None  # cached: loads offline
     except HFValidationError:
         return f"model.name_or_path={name_or_path!r} is neither a folder nor a valid hub id (owner/name)"
