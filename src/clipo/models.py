@@ -81,7 +81,8 @@ def hub_model_problem(name_or_path: str, filename: str = "config.json") -> str |
         return None
     local = "download it where the hub is reachable, or point at a local folder: model.name_or_path=/path/to/folder"
     if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
-        return f"model.name_or_path={name_or_path}: no such folder; {local}"
+        return f"model.name_or_path={name_or_path}: no such folder; point at a folder with the model's files " \
+               "(model.name_or_path=/path/to/folder) or give a hub id (owner/name)"
     try:
         if isinstance(try_to_load_from_cache(name_or_path, filename), str):
             return None  # cached: loads offline
