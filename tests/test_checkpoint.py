@@ -1,12 +1,22 @@
 """Checkpoint and resume: the head, its optimizer, the warm-up counter and the RNG come back;
 checkpoints are written atomically and the final step is always kept."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
 from clipo.checkpointing import AtomicCheckpointIO
 from clipo.train import train
 from tests.conftest import tiny_parity_config as _config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -36,51 +46,143 @@ def test_resumed_run_matches_an_uninterrupted_one(parity_verifier, tmp_path):
     assert rewards(resumed) == rewards(full) and len(rewards(full)) == 4
 
 
-KILLED_RUN = """
-import sys, time
-from pathlib import Path
-sys.path.insert(0, {repo!r})
-from tests.conftest import ParityVerifier, tiny_parity_config
-from clipo.registry import VERIFIERS
+# every step checkpointed, so a SIGKILL finds a recent last.ckpt; the weights do not depend on it
+SIX_STEPS = ["trainer.max_steps=6", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=1",
+             "callbacks.model_checkpoint.save_top_k=-1"]
 
-class SlowParity(ParityVerifier):  # slow enough to be killed mid-run
-    def __call__(self, responses, ground_truths):
-        time.sleep(0.4)
-        return super().__call__(responses, ground_truths)
-
-VERIFIERS.register("parity")(SlowParity)
-from clipo.train import train
-train(tiny_parity_config(Path({out!r}), *{overrides!r}))
-"""
+# no periodic checkpoints: what the stopped runs keep is the stop's own save
+STOP_OVERRIDES = ["trainer.max_steps=6", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=100"]
+SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "clipo", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+         "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "127.0.0.1"}
 
 
-def test_run_killed_mid_training_resumes_exactly(parity_verifier, tmp_path):
-    """SIGKILL after a few steps, resume from last.ckpt: the same weights as a run never stopped."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+@pytest.fixture(scope="module")
+def six_step_run(tmp_path_factory):
+    """The uninterrupted run every stopped-and-resumed run must equal (shared by the tests below)."""
+    from tests.conftest import ParityVerifier
 
-    overrides = ["trainer.max_steps=6", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=1",
-                 "callbacks.model_checkpoint.save_top_k=-1"]
-    _, full = train(_config(tmp_path / "full", *overrides))
+    with pytest.MonkeyPatch.context() as patch:
+        from clipo.registry import VERIFIERS
 
-    killed_dir = tmp_path / "killed"
-    script = KILLED_RUN.format(repo=str(Path(__file__).resolve().parents[1]), out=str(killed_dir), overrides=overrides)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (killed_dir / "checkpoints" / "step_000003.ckpt").exists() and time.time() < deadline:
-        assert process.poll() is None, "the run ended before it could be killed"
+        patch.setitem(VERIFIERS._entries, "parity", ParityVerifier)
+        _, full = train(_config(tmp_path_factory.mktemp("full"), *SIX_STEPS))
+    return _params(full["module"])
+
+
+def _wait_for(condition, run_dir: Path, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert not (run_dir / "exit_code").exists(), f"{run_dir.name} ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what} in {run_dir.name}"
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    saved = torch.load(killed_dir / "checkpoints" / "last.ckpt", weights_only=True)  # never a half-written file
-    assert 2 <= saved["global_step"] < 6  # last.ckpt follows step_000003.ckpt: the kill may come between them
 
-    _, resumed = train(_config(tmp_path / "resumed", *overrides, f"ckpt_path={killed_dir / 'checkpoints' / 'last.ckpt'}"))
-    for name, value in _params(full["module"]).items():
+
+def _steps_scored(run_dir: Path) -> int:
+    path = run_dir / "scored.txt"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _signal(run_dir: Path, signum: int) -> None:
+    _wait_for(lambda: (run_dir / "pid").exists(), run_dir, "its start")
+    os.kill(int((run_dir / "pid").read_text()), signum)
+
+
+@pytest.fixture(scope="module")
+def stopped_runs(tmp_path_factory):
+    """Train runs stopped after two steps, all at once (tests/stoppable_runs.py forks them from one
+    interpreter): `killed` by SIGKILL, one per stop signal, `sigint_twice` with a second Ctrl-C once the
+    first is acknowledged, and `slurm` by SIGUSR1 under SLURM variables with a fake `scontrol` on PATH
+    that records its arguments. Returns the base folder and each run's exit status."""
+    base = tmp_path_factory.mktemp("stopped")
+    (base / "bin").mkdir()
+    (base / "bin" / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {base / 'scontrol.txt'}\n")
+    (base / "bin" / "scontrol").chmod(0o755)
+    slurm_env = {**SLURM, "PATH": f"{base / 'bin'}:{os.environ['PATH']}"}
+    plan = {"killed": (signal.SIGKILL, SIX_STEPS, None), "sigterm": (signal.SIGTERM, STOP_OVERRIDES, None),
+            "sigint": (signal.SIGINT, STOP_OVERRIDES, None), "sigusr1": (signal.SIGUSR1, STOP_OVERRIDES, None),
+            "sigint_twice": (signal.SIGINT, STOP_OVERRIDES, None), "slurm": (signal.SIGUSR1, STOP_OVERRIDES, slurm_env)}
+    runs = [{"out": str(base / name), "overrides": overrides, "env": env} for name, (_, overrides, env) in plan.items()]
+    launcher = subprocess.Popen([sys.executable, str(REPO / "tests" / "stoppable_runs.py"), json.dumps(runs)])
+    try:
+        for name, (signum, _, _) in plan.items():
+            _wait_for(lambda: _steps_scored(base / name) >= 2, base / name, "its second step")
+            _signal(base / name, signum)
+        twice = base / "sigint_twice"
+        _wait_for(lambda: "received SIGINT" in (twice / "output.txt").read_text(), twice, "the first Ctrl-C")
+        _signal(twice, signal.SIGINT)
+        sent = time.time()
+        _wait_for(lambda: (twice / "exit_code").exists(), base, "the second Ctrl-C", 60)
+        forced_exit_s = time.time() - sent
+        launcher.wait(timeout=300)
+    finally:  # a failed wait leaves nothing running
+        for name in plan:
+            if (base / name / "pid").exists() and not (base / name / "exit_code").exists():
+                os.kill(int((base / name / "pid").read_text()), signal.SIGKILL)
+        launcher.kill()
+    codes = {name: int((base / name / "exit_code").read_text()) for name in plan}
+    return base, codes, forced_exit_s
+
+
+def _assert_resumes_to(run_dir: Path, full: dict[str, torch.Tensor], *overrides: str) -> None:
+    _, resumed = train(_config(run_dir, *SIX_STEPS, *overrides))
+    assert resumed["trainer"].global_step == 6
+    for name, value in full.items():
         torch.testing.assert_close(_params(resumed["module"])[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_run_killed_mid_training_resumes_exactly(parity_verifier, six_step_run, stopped_runs, tmp_path):
+    """SIGKILL after a few steps, resume from last.ckpt: the same weights as a run never stopped."""
+    base, codes, _ = stopped_runs
+    killed = base / "killed" / "checkpoints" / "last.ckpt"
+    assert codes["killed"] == -signal.SIGKILL
+    saved = torch.load(killed, weights_only=True)  # never a half-written file
+    assert 1 <= saved["global_step"] < 6  # saved every step; the kill may come during a save
+    _assert_resumes_to(tmp_path / "resumed", six_step_run, f"ckpt_path={killed}")
+
+
+@pytest.mark.parametrize("name", ["sigterm", "sigint", "sigusr1"])
+def test_a_stop_signal_checkpoints_and_resumes_exactly(parity_verifier, six_step_run, stopped_runs, name):
+    base, codes, _ = stopped_runs
+    run_dir, signum = base / name, {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigusr1": signal.SIGUSR1}[name]
+    output = (run_dir / "output.txt").read_text()
+    assert codes[name] == 128 + signum, output[-3000:]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 2 <= saved["global_step"] < 6  # the step the signal came in was finished and saved, no more
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["signal"] == signal.Signals(signum).name
+    assert len(summary["history"]) == saved["global_step"] and summary["checkpoint"].endswith("last.ckpt")
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"]  # no partial file
+    assert "Traceback" not in output
+    _assert_resumes_to(run_dir, six_step_run, "ckpt_path=last")  # in the same run folder, as a user would
+
+
+def test_a_second_ctrl_c_exits_at_once(stopped_runs):
+    base, codes, forced_exit_s = stopped_runs
+    run_dir = base / "sigint_twice"
+    assert codes["sigint_twice"] == 128 + signal.SIGINT
+    assert forced_exit_s < 20  # it did not run the remaining steps (each sleeps 0.4 s, plus a busy machine)
+    assert not (run_dir / "summary.json").exists()
+    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir()] if (run_dir / "checkpoints").exists() else []
+    assert leftovers in ([], ["last.ckpt"]), leftovers  # no partial file; a complete one if the save had finished
+    if leftovers:
+        torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def test_slurm_requeue_signal_saves_at_the_step_end_and_requeues(parity_verifier, six_step_run, stopped_runs,
+                                                                   monkeypatch):
+    """Under SLURM (auto-requeue, Lightning's default) SIGUSR1 ends the step, then Lightning's handler
+    writes its hpc checkpoint and runs `scontrol requeue <job>`; the requeued job, started again with
+    ckpt_path=null, resumes from that checkpoint."""
+    base, codes, _ = stopped_runs
+    run_dir = base / "slurm"
+    assert codes["slurm"] == 128 + signal.SIGUSR1, (run_dir / "output.txt").read_text()[-3000:]
+    assert (base / "scontrol.txt").read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert hpc["global_step"] == last["global_step"] >= 2  # both at the end of the same step
+    for key, value in {**SLURM, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}.items():
+        monkeypatch.setenv(key, value)  # restored afterwards (Lightning's SLURM environment sets MASTER_*)
+    _assert_resumes_to(run_dir, six_step_run)  # no ckpt_path: Lightning finds hpc_ckpt_1.ckpt itself
 
 
 def test_final_step_is_checkpointed_between_periodic_saves(parity_verifier, tmp_path):

@@ -19,9 +19,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     # a port the OS just handed out, so parallel DDP runs on one machine do not collide
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0", "MASTER_PORT": str(_free_port())}
+    base = {"HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0", "MASTER_PORT": str(_free_port())}
+    env = {**os.environ, **base, **(env or {})}
     command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), *args, f"paths.root_dir={cwd}"]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -63,3 +64,17 @@ def test_two_process_ddp_on_cpu_with_gloo(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr
     assert list((tmp_path / "logs" / "train" / "runs").glob("*/checkpoints/last.ckpt"))
+
+
+def test_uncached_hub_model_offline_fails_in_one_line_before_loading(tmp_path):
+    """HF_HUB_OFFLINE=1, an empty cache, a made-up id: one line says what is missing and how to point at a
+    folder, before data, model or Lightning start (no 'Seed set'), and no Hydra traceback advice."""
+    args = [a for a in TINY if not a.startswith("model=")]
+    result = _run("model=hub", "model.name_or_path=made-up-org/no-such-model-1234", *args, cwd=tmp_path,
+                  env={"HF_HOME": str(tmp_path / "hf")})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    [line] = [line for line in output.splitlines() if "made-up-org/no-such-model-1234" in line]
+    assert "is not in the local cache and the hub is unreachable (HF_HUB_OFFLINE=1)" in line
+    assert "model.name_or_path=/path/to/folder" in line
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output and "Seed set" not in output

@@ -70,3 +70,14 @@ def test_dropout_is_off_so_train_and_eval_modes_agree():
     model.eval()
     torch.testing.assert_close(train_logits, model(ids).logits)
     assert model.config.attention_dropout == 0.0
+
+
+def test_hub_model_problem_names_what_is_missing(tmp_path, monkeypatch):
+    from clipo.models import hub_model_problem
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_model_problem(str(tmp_path)) is None  # a local folder is used as it is
+    missing = hub_model_problem(str(tmp_path / "nowhere"))
+    assert "no such folder" in missing and "model.name_or_path=/path/to/folder" in missing
+    offline = hub_model_problem("made-up-org/no-such-model")
+    assert "not in the local cache and the hub is unreachable (HF_HUB_OFFLINE=1)" in offline

@@ -48,5 +48,9 @@ class LastStepCheckpoint(ModelCheckpoint):
     """
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.save_last_now(trainer)
+
+    def save_last_now(self, trainer: L.Trainer) -> None:
+        """Write `last.ckpt` for the current step unless it is written already (a stop signal's save)."""
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

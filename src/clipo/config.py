@@ -76,6 +76,7 @@ def validate_config(cfg: DictConfig) -> None:
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
+    problems += _precision_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -193,6 +194,33 @@ def _evaluation_problems(cfg: DictConfig) -> list[str]:
                 problems.append(f"data.val.{name}.twins names {twin!r}, which is not a validation set of this run; "
                                 f"add data.val.{twin} or drop it from the twins")
     return problems
+
+
+def validate_model_source(cfg: DictConfig) -> None:
+    """A hub id or folder that cannot load is named now, not after data and Lightning have started.
+    Apart from `validate_config` because it looks at this machine (the hub cache, the network),
+    so that configs stay checkable anywhere."""
+    from clipo.models import hub_model_problem
+
+    model = cfg.model
+    if OmegaConf.is_missing(model, "name_or_path"):
+        raise ConfigError(f"model={model.name} needs model.name_or_path: a hub id (owner/name) or a local folder")
+    if model.get("tiny") is not None or model.get("gguf_package") or not model.get("name_or_path"):
+        return
+    problem = hub_model_problem(str(model.name_or_path), model.get("gguf_file") or "config.json")
+    if problem:
+        raise ConfigError(problem)
+
+
+def _precision_problems(cfg: DictConfig) -> list[str]:
+    """`trainer.precision` is `auto` or one Lightning accepts (checked here, before the model loads)."""
+    from clipo.runtime import PRECISIONS
+
+    precision = cfg.trainer.get("precision", "auto")
+    if str(precision) not in PRECISIONS:
+        return [f"trainer.precision={precision!r} is unknown; choose auto (bf16-mixed where the hardware has native "
+                f"bf16, else 32) or one of: {', '.join(PRECISIONS[1:])}"]
+    return []
 
 
 def _device_problems(cfg: DictConfig) -> list[str]:

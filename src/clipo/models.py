@@ -70,6 +70,37 @@ def load_model(
     return model, tokenizer
 
 
+def hub_model_problem(name_or_path: str, filename: str = "config.json") -> str | None:
+    """Why `name_or_path` cannot load, in one line, or None: a missing folder, or a hub id whose `filename`
+    is not in the local cache while the hub is unreachable (HF_HUB_OFFLINE=1 or no network) or does not
+    know it."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    if Path(name_or_path).expanduser().exists():
+        return None
+    local = "download it where the hub is reachable, or point at a local folder: model.name_or_path=/path/to/folder"
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
+        return f"model.name_or_path={name_or_path}: no such folder; point at a folder with the model's files " \
+               "(model.name_or_path=/path/to/folder) or give a hub id (owner/name)"
+    try:
+        if isinstance(try_to_load_from_cache(name_or_path, filename), str):
+            return None  # cached: loads offline
+    except HFValidationError:
+        return f"model.name_or_path={name_or_path!r} is neither a folder nor a valid hub id (owner/name)"
+    if constants.is_offline_mode():
+        return f"model {name_or_path!r} is not in the local cache and the hub is unreachable (HF_HUB_OFFLINE=1); {local}"
+    try:
+        model_info(name_or_path, timeout=10)
+    except RepositoryNotFoundError:
+        return f"model {name_or_path!r} is not in the local cache and the hub has no such model (or it is private: " \
+               f"run `hf auth login`); {local}"
+    except Exception as error:  # no network, DNS, proxy: whatever the HTTP client raises
+        return f"model {name_or_path!r} is not in the local cache and the hub is unreachable " \
+               f"({type(error).__name__}); {local}"
+    return None
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Zero every dropout: the update's log-probs must come from the network that sampled
     (dropout off), while train mode stays on for gradient checkpointing."""

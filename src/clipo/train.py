@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,15 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, open_dict
 
 from clipo.builders import build_datamodule, build_module, build_trainer
 from clipo.callbacks import RunSummary, format_summary
-from clipo.config import ConfigError, validate_config
+from clipo.console import quiet_third_party_output
+from clipo.config import ConfigError, validate_config, validate_model_source
+from clipo.runtime import configure_threads, cpu_processes, resolve_precision
+from clipo.signals import StopOnSignal, StopSignals
 
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
@@ -29,33 +34,86 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validate the config, build every part, fit, export; returns (metrics, objects)."""
+    """Validate the config, build every part, fit, export; returns (metrics, objects).
+
+    A stop signal (SIGTERM, SIGINT, SIGUSR1) ends the current step, writes last.ckpt and an
+    interrupted summary.json, and raises SystemExit(128 + signal); a second Ctrl-C exits at once.
+    """
     validate_config(cfg)  # before any model or data is loaded
+    validate_model_source(cfg)
+    runtime = resolve_runtime(cfg)
+    with StopSignals() as stop:
+        try:
+            return _train(cfg, runtime, stop)
+        except (KeyboardInterrupt, SystemExit):
+            if stop.forced:
+                log.warning("second Ctrl-C: stopped at once (the last complete checkpoint stays)")
+                raise SystemExit(stop.exit_code) from None
+            raise
+
+
+def resolve_runtime(cfg: DictConfig) -> dict[str, Any]:
+    """Decide precision and threads from the hardware (before the Trainer is built) and say so."""
+    quiet_third_party_output()
+    threads = configure_threads(cpu_processes(cfg.trainer))
+    precision = resolve_precision(cfg.trainer)
+    with open_dict(cfg):
+        cfg.trainer.precision = precision.value
+    log.info("precision %s: %s", precision.value, precision.reason)
+    log.info("torch threads %d (%s); tokenizers parallelism off", threads.value, threads.reason)
+    return {"precision": str(precision.value), "precision_reason": precision.reason,
+            "threads": threads.value, "threads_reason": threads.reason}
+
+
+def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg)
     trainer = build_trainer(cfg)
+    trainer.callbacks.append(StopOnSignal(stop))  # last: after the summary has recorded the step
     output_dir = Path(cfg.paths.output_dir)
+    summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
 
     validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
-    val_before = _validate(trainer, module, datamodule) if validate and cfg.validation.before_training else {}
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    val_after = _validate(trainer, module, datamodule) if validate else {}
+    val_before, val_after, metrics = {}, {}, {}
+    try:
+        if validate and cfg.validation.before_training:
+            val_before = _validate(trainer, module, datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # before validation replaces them
+        if validate and stop.signum is None:
+            val_after = _validate(trainer, module, datamodule)
+    except SIGTERMException:  # Lightning's exit after a stop signal (StopOnSignal has saved the step)
+        stop.signum = stop.signum or signal.SIGTERM
+        metrics = metrics or {k: float(v) for k, v in trainer.callback_metrics.items()}
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    if stop.signum is not None:
+        _close_verifiers(module)
+        if trainer.is_global_zero:
+            log.warning("interrupted by %s at step %d; continue with ckpt_path=%s", stop.name, trainer.global_step,
+                        checkpoint)
+            history = summary.history if summary is not None else []
+            write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
+                                                            "interrupted": True, "signal": stop.name,
+                                                            "checkpoint": checkpoint})
+        raise SystemExit(stop.exit_code)
 
     export_dir = export_policy(module, output_dir / "policy") if trainer.is_global_zero else None
-    summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
-    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if summary is not None and trainer.is_global_zero:
         print(format_summary(summary, val_before, val_after, str(output_dir), checkpoint, str(export_dir)))
-    for verifier in {id(v): v for v in [module.verifier, *module.val_verifiers.values()]}.values():
-        verifier.close()
+    _close_verifiers(module)
     metrics |= val_after
     metrics |= {k.replace("val/", "val_before/", 1): v for k, v in val_before.items()}
     if trainer.is_global_zero:
         history = summary.history if summary is not None else []
-        write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history})
+        write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
+                                                        "interrupted": False})
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "summary": summary}
+
+
+def _close_verifiers(module: L.LightningModule) -> None:
+    for verifier in {id(v): v for v in [module.verifier, *module.val_verifiers.values()]}.values():
+        verifier.close()
 
 
 def _validate(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
@@ -92,5 +150,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -1,0 +1,143 @@
+"""Precision and threads decided from the hardware: mocked CPU flags, CUDA capability, cgroups, affinity."""
+
+import json
+
+import pytest
+import torch
+
+from clipo.config import ConfigError, validate_config
+from clipo.runtime import cgroup_cpu_limit, choose_precision, choose_threads, cpu_processes, detect_cpu_flags
+from tests.conftest import compose_config, tiny_parity_config
+
+ICE_LAKE = frozenset("fpu sse4_2 avx2 avx512f avx512bw avx512vl avx512_vnni".split())  # AVX-512, no bf16
+SAPPHIRE_RAPIDS = ICE_LAKE | {"avx512_bf16", "amx_bf16", "amx_tile"}
+ZEN4 = ICE_LAKE | {"avx512_bf16"}
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda_bf16", "flags", "expected"),
+    [
+        ("auto", None, ICE_LAKE, "32"),  # the issue's machine: emulated bf16 is 3x slower than fp32
+        ("auto", None, ZEN4, "bf16-mixed"),
+        ("cpu", None, SAPPHIRE_RAPIDS, "bf16-mixed"),
+        ("auto", None, frozenset({"amx_bf16"}), "bf16-mixed"),
+        ("auto", None, frozenset(), "32"),  # flags unreadable (or an arm CPU without them)
+        ("auto", True, ICE_LAKE, "bf16-mixed"),  # an Ampere+ GPU
+        ("gpu", False, ZEN4, "32"),  # a V100/T4: no bf16, and 16-mixed is never picked
+        ("cpu", True, ICE_LAKE, "32"),  # the CPU was asked for although a GPU is visible
+        ("mps", None, ZEN4, "32"),
+    ],
+)
+def test_auto_precision_follows_the_hardware(accelerator, cuda_bf16, flags, expected):
+    choice = choose_precision("auto", accelerator, cuda_bf16, flags)
+    assert choice.value == expected and choice.value != "16-mixed"
+    assert choice.reason.startswith("auto: ")
+
+
+@pytest.mark.parametrize("requested", ["bf16-mixed", "32", 32, "16-mixed"])
+def test_explicit_precision_wins(requested):
+    assert choose_precision(requested, "auto", None, ICE_LAKE).value == requested
+    assert "explicitly" in choose_precision(requested, "cpu", True, SAPPHIRE_RAPIDS).reason
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16\n\n"
+                       "processor\t: 1\nflags\t\t: fpu\n")
+    assert detect_cpu_flags(cpuinfo) == {"fpu", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert detect_cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_unknown_precision_fails_before_the_model_loads(tmp_path):
+    cfg = compose_config(["model=tiny", "trainer.precision=bf16mixed"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="trainer.precision='bf16mixed' is unknown; choose auto"):
+        validate_config(cfg)
+    validate_config(compose_config(["model=tiny"], output_dir=tmp_path))  # auto is the default and valid
+
+
+def test_train_resolves_auto_and_reports_it(parity_verifier, tmp_path, monkeypatch):
+    monkeypatch.setattr("clipo.runtime.detect_cuda_bf16", lambda: None)
+    monkeypatch.setattr("clipo.runtime.detect_cpu_flags", lambda: ZEN4)
+    _, objects = train_once(tmp_path, "trainer.precision=auto")
+    assert objects["trainer"].precision == "bf16-mixed"
+    runtime = json.loads((tmp_path / "summary.json").read_text())["runtime"]
+    assert runtime["precision"] == "bf16-mixed" and "avx512_bf16" in runtime["precision_reason"]
+    assert runtime["threads"] == torch.get_num_threads() == 1  # conftest sets OMP_NUM_THREADS=1
+
+
+def train_once(tmp_path, *overrides):
+    from clipo.train import train
+
+    return train(tiny_parity_config(tmp_path, "trainer.max_steps=1", "data.val=null", *overrides))
+
+
+def _cgroup(tmp_path, files: dict[str, str], own: str = "0::/\n"):
+    tmp_path.mkdir(parents=True)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "proc_cgroup").write_text(own)
+    return cgroup_cpu_limit(tmp_path / "sys", tmp_path / "proc_cgroup")
+
+
+def test_cgroup_quota_v2_v1_and_none(tmp_path):
+    assert _cgroup(tmp_path / "v2", {"sys/cpu.max": "250000 100000\n"}) == 2.5
+    assert _cgroup(tmp_path / "v2max", {"sys/cpu.max": "max 100000\n"}) is None
+    # v2 inside a nested cgroup: the process's own folder is read first
+    nested = {"sys/cpu.max": "max 100000\n", "sys/job/7/cpu.max": "100000 100000\n"}
+    assert _cgroup(tmp_path / "nested", nested, own="0::/job/7\n") == 1.0
+    v1 = {"sys/cpu/cpu.cfs_quota_us": "300000\n", "sys/cpu/cpu.cfs_period_us": "100000\n"}
+    assert _cgroup(tmp_path / "v1", v1, own="3:cpu,cpuacct:/\n") == 3.0
+    unlimited = {"sys/cpu/cpu.cfs_quota_us": "-1\n", "sys/cpu/cpu.cfs_period_us": "100000\n"}
+    assert _cgroup(tmp_path / "v1none", unlimited, own="3:cpu,cpuacct:/\n") is None
+    assert _cgroup(tmp_path / "nothing", {}) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "affinity", "quota", "expected"),
+    [
+        ({}, 64, 2.0, 2),  # a 2-CPU container on a 64-core host: not 64 threads fighting for 2 CPUs
+        ({}, 64, 2.5, 3),  # a fractional quota rounds up
+        ({}, 4, None, 4),  # taskset / SLURM --cpus-per-task: the affinity
+        ({}, 4, 16.0, 4),  # the smaller of the two
+        ({"OMP_NUM_THREADS": "3"}, 64, 2.0, 3),  # the user's setting wins
+        ({"OMP_NUM_THREADS": "junk"}, 8, None, 8),
+    ],
+)
+def test_threads_match_the_usable_cores(env, affinity, quota, expected):
+    choice = choose_threads(env, affinity, quota)
+    assert choice.value == expected
+    assert ("OMP_NUM_THREADS" in choice.reason) == ("OMP_NUM_THREADS" in env and env["OMP_NUM_THREADS"].isdigit())
+
+
+def test_cpu_data_parallel_processes_share_the_cores():
+    assert choose_threads({}, 8, None, processes=2).value == 4  # 2 gloo processes: 4 threads each, not 8
+    assert choose_threads({}, 8, 3.0, processes=2).value == 1
+    assert choose_threads({}, 2, None, processes=4).value == 1
+    assert "shared by 2 processes" in choose_threads({}, 8, None, processes=2).reason
+    assert cpu_processes({"accelerator": "cpu", "devices": 2}) == 2
+    assert cpu_processes({"accelerator": "cpu", "devices": 1}) == cpu_processes({"accelerator": "cpu"}) == 1
+    assert cpu_processes({"accelerator": "gpu", "devices": 8}) == 1  # each process drives its own GPU
+
+
+def test_detected_threads_use_affinity_and_cgroup(monkeypatch):
+    import clipo.runtime as runtime
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 1.5)
+    assert runtime.detect_threads().value == 2
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
+    assert runtime.detect_threads().value == 6
+
+
+def test_train_turns_the_tokenizers_pool_off_and_resolves_auto_first(monkeypatch, tmp_path):
+    import os
+
+    from clipo.train import resolve_runtime
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # train() called from Python, not __main__
+    cfg = compose_config(["model=tiny"], output_dir=tmp_path)
+    runtime = resolve_runtime(cfg)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    assert cfg.trainer.precision == runtime["precision"] in ("32", "bf16-mixed")
