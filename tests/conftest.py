@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,11 @@ def tiny_parity_config(output_dir: Path, *overrides: str) -> DictConfig:
     with open_dict(cfg):
         cfg.verifier = {"name": "parity"}
     return cfg
+
+
+def free_port() -> int:
+    """A TCP port the OS just handed out, for DDP runs in subprocesses (parallel runs on one
+    machine collide on Lightning's own choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

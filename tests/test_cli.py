@@ -1,10 +1,11 @@
 """The command line as users type it: `python src/clipo/train.py ...` (subprocesses, tiny model)."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -13,15 +14,8 @@ TINY = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    # a port the OS just handed out, so parallel DDP runs on one machine do not collide
-    base = {"HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0", "MASTER_PORT": str(_free_port())}
+    base = {"HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0", "MASTER_PORT": str(free_port())}
     env = {**os.environ, **base, **(env or {})}
     command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), *args, f"paths.root_dir={cwd}"]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from clipo.config import register_components
 from clipo.contrastive.sets import build_sets
 from clipo.distributed import all_gather_rows, gathered_for_generation, globally_unique_groups, sum_over_ranks, world
 from clipo.registry import LOSSES
+from tests.conftest import free_port
 
 REPLAY = Path(__file__).with_name("ddp_replay.py")
 # rank 0 holds groups 0 and 1, rank 1 group 2: unequal row counts exercise the padding
@@ -105,8 +107,9 @@ def test_reinforce_pp_whitens_over_the_global_batch(tmp_path):
 
 def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
     out = tmp_path / f"devices{devices}.pt"
+    env = {**os.environ, "MASTER_PORT": str(free_port())}
     result = subprocess.run([sys.executable, str(REPLAY), str(out), str(devices), *overrides], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return torch.load(out)
 
@@ -129,7 +132,6 @@ def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, o
 
 
 def _zero3_worker(rank: int, rendezvous: str) -> None:
-    import os
 
     import deepspeed
     from transformers import GenerationConfig
