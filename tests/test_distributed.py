@@ -132,7 +132,6 @@ def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, o
 
 
 def _zero3_worker(rank: int, rendezvous: str) -> None:
-
     import deepspeed
     from transformers import GenerationConfig
 
