@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from clipo.config import compose, register_components
 from clipo.data import bench_dir
 from clipo.evaluate import evaluate, load_checkpoint_policy, load_policy
-from clipo.evaluation import split_set_spec
 from clipo.models import build_tiny
 from clipo.registry import VERIFIERS
+from clipo.scoring import split_set_spec
 from tests.conftest import CONFIG_DIR
 
 ROOT = Path(CONFIG_DIR).parent

@@ -16,11 +16,11 @@ from clipo.contrastive import ContrastiveMode, ContrastiveObjective
 from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
 from clipo.dapo import DynamicSampling, OverlongShaping
 from clipo.data import PromptDataModule
-from clipo.evaluation import eval_sampling, split_set_spec
 from clipo.models import load_model
 from clipo.module import ClipoModule
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
 from clipo.rollout.sampling import Sampling
+from clipo.scoring import eval_sampling, split_set_spec
 from clipo.updater import PolicyUpdater
 
 

@@ -28,7 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipo.builders import build_verifier
 from clipo.data import build_dataset
-from clipo.evaluation import (
+from clipo.models import load_model
+from clipo.rollout import HFEngine
+from clipo.scoring import (
     SetScores,
     eval_sampling,
     robustness_table,
@@ -36,8 +38,6 @@ from clipo.evaluation import (
     set_metrics,
     split_set_spec,
 )
-from clipo.models import load_model
-from clipo.rollout import HFEngine
 
 log = logging.getLogger(__name__)
 PERCENT_PREFIXES = ("acc", "pass@", "maj@", "truncated")

@@ -20,7 +20,7 @@ from clipo.distributed import gathered_for_generation, mean_over_ranks
 from clipo.interfaces import RolloutEngine, Verifier
 from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout.sampling import Sampling
-from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, score_batch
+from clipo.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.timing import PhaseTimer
 from clipo.updater import PolicyUpdater
 
