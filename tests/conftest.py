@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import DictConfig, open_dict
 
-from clipo.config import CONFIG_DIR as _CONFIG_DIR
-from clipo.config import compose
+from clipo.compose import CONFIG_DIR as _CONFIG_DIR
+from clipo.compose import compose
 
 CONFIG_DIR = str(_CONFIG_DIR)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
