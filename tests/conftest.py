@@ -53,6 +53,9 @@ class ParityVerifier:
     def __call__(self, responses: list[str], ground_truths: list[str]) -> list[float]:
         return [float(bool(r) and ord(r[0]) % 2 == 0) for r in responses]
 
+    def stats(self) -> dict[str, int]:
+        return {}
+
     def close(self) -> None:
         pass
 
