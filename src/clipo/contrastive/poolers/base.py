@@ -1,4 +1,5 @@
-"""The base of the poolers (the `pooler=` config group, one file per option): response-token hidden states -> one vector per rollout.
+"""The base of the poolers (the `pooler=` config group, one file per option): response-token
+hidden states -> one vector per rollout.
 
 Shapes: `N` rollouts, `T` response tokens, `D` hidden size. Every pooler maps
 hidden [N, T, D] (any float dtype) and mask [N, T] (True on response tokens, False on padding,
