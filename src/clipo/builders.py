@@ -11,22 +11,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipo.checkpointing import AtomicCheckpointIO
 from clipo.collector import RolloutCollector
-from clipo.config import CONFIG_DIR, register_components
+from clipo.compose import CONFIG_DIR
 from clipo.contrastive import ContrastiveMode, ContrastiveObjective
 from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
 from clipo.dapo import DynamicSampling, OverlongShaping
 from clipo.data import PromptDataModule
-from clipo.evaluation import eval_sampling, split_set_spec
 from clipo.models import load_model
 from clipo.module import ClipoModule
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rollout.sampling import Sampling
+from clipo.scoring import eval_sampling, split_set_spec
 from clipo.updater import PolicyUpdater
 
 
 def plain(node: Any) -> Any:
     """A config node as plain Python containers."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The run's resolved config without Hydra's own node: what a checkpoint keeps to know its run."""
+    return plain(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))
 
 
 def build_datamodule(cfg: DictConfig) -> PromptDataModule:
@@ -166,6 +171,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         val_twins=val_twins,
         val_n=cfg.validation.n,
         val_ks=list(cfg.validation.ks),
+        run_config=run_config(cfg),
     )
 
 

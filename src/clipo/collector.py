@@ -152,7 +152,7 @@ class RolloutCollector:
         return rollouts.select(keep), rewards[keep], metrics
 
     def _rollout_metrics(self, rollouts: RolloutBatch, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
-        stats = self.verifier.stats() if hasattr(self.verifier, "stats") else {}
+        stats = self.verifier.stats()
         return {
             "train/reward": rewards.mean(),
             "train/acc": (rewards > 0.5).float().mean(),

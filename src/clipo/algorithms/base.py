@@ -1,8 +1,8 @@
 """What every policy-gradient objective (`algorithm=`) shares: hyper-parameter checks, the KL term, metrics.
 
-One file per option (`grpo.py`, `dapo.py`, `gspo.py`, `gmpo.py`) subclasses `PolicyLossBase`. Shapes: `N` rollouts, `T` response tokens (right-padded; `mask[N, T]` is true on
-response tokens). Log-probabilities are of the sampled tokens. Every algorithm is
-called as
+One file per option (`grpo.py`, `dapo.py`, `gspo.py`, `gmpo.py`) subclasses `PolicyLossBase`.
+Shapes: `N` rollouts, `T` response tokens (right-padded; `mask[N, T]` is true on response tokens).
+Log-probabilities are of the sampled tokens. Every algorithm is called as
 
     loss, metrics = algorithm(logprobs, old_logprobs, advantages, mask, norm, ref_logprobs=None)
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from clipo.ops import masked_mean
 from clipo.algorithms.aggregation import AGGREGATIONS, StepNormalizer, aggregate
 from clipo.algorithms.kl import KL_ESTIMATORS, token_kl
 from clipo.algorithms.objectives import TokenLosses
+from clipo.ops import masked_mean
 
 
 class PolicyLossBase:
