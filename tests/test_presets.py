@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from clipo.config import compose
+from clipo.compose import compose
 from clipo.train import train
 from tests.conftest import tiny_parity_config
 
