@@ -8,7 +8,7 @@ last number or LaTeX expression; `"answer_phrase"` accepts only explicit stateme
 
 Order of work per response, cheapest first, in the trainer's process: keep the last
 `tail_chars` characters (NUL bytes dropped); reject absurd answers (exponent towers,
-factorials of thousands, deep brace nesting) with 0; compare normalised strings; compare
+factorials of thousands, deep brace nesting) and programs (`code_answers.py`) with 0; compare normalised strings; compare
 plain numbers exactly. Only what is left goes to a worker, which runs math-verify under
 the hard time limit. A ground truth that contains `\\boxed{}` (a whole reference
 solution, as in MATH train) is reduced to its last boxed answer.
@@ -21,6 +21,7 @@ from functools import lru_cache
 
 from clipo.registry import VERIFIERS
 from clipo.verifiers.base import Verifier
+from clipo.verifiers.code_answers import code_reason
 from clipo.verifiers.numbers import numbers_equal, parse_number
 from clipo.verifiers.text import (
     DEFAULT_TAIL_CHARS,
@@ -81,7 +82,7 @@ class MathVerifier(Verifier):
         if not spans and self.fallback == "none":
             return 0.0
         answer = text[spans[-1][0] : spans[-1][1]] if spans else text
-        if is_absurd(answer):
+        if is_absurd(answer) or (spans and code_reason(answer) is not None):
             self._counts["rejected"] += 1
             return 0.0
         if spans:

@@ -1,11 +1,15 @@
 """The symbolic part of the `math` verifier; runs only inside pool workers, under their time limit.
 
-math-verify is imported lazily, so the trainer's process never loads it. Two things are
-changed on top of math-verify (both in this worker process only):
+math-verify is imported lazily, so the trainer's process never loads it. Three things are
+changed on top of math-verify (all in this worker process only):
 
 - its plain-expression extractor hands text such as `2/3 + 1` to `sympy.parse_expr`,
   which evaluates Python; here that text (digits and arithmetic signs only) goes to
   math-verify's LaTeX parser instead, so nothing a model writes is ever evaluated;
+- sympy's string parser itself (`parse_expr`, hence `sympify`/`S` of a string, which
+  `eval` it) is replaced by one that refuses, wherever math-verify or latex2sympy could
+  reach it;
+- an answer that is a program (`code_answers.py`), or stands on a line of code, is false;
 - before extraction, the response is tidied for what math-verify misreads: punctuation
   just before a closing math delimiter (`$\\frac{1}{3}.$`) and mixed numbers (`4 4/9`).
 """
@@ -17,12 +21,16 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
+from clipo.verifiers.code_answers import code_reason
 from clipo.verifiers.numbers import numbers_equal, parse_number
 
 _SAFE_EXPR_RE = re.compile(r"[\d.\s+\-*/^()×÷]+")
 _TRAILING_PUNCT_RE = re.compile(r"(?<!\\)\s*[.,;:](\$\$|\$|\\\]|\\\))")
 _MIXED_RE = re.compile(r"(?<![\d.,/\\{$])(-?)(\d{1,6}) (\d{1,6})/(\d{1,6})(?![\d/]|\.\d)(\s*(?:%|percent\b))?")
 _MATHRM_LETTER_RE = re.compile(r"\\mathrm\{([A-Za-z])\}")  # \mathrm{e} is Euler's e, not a unit
+_INT_LITERAL_RE = re.compile(r"[-+]?\d{1,400}")
+_FLOAT_LITERAL_RE = re.compile(r"[-+]?(?:\d{1,400}\.\d{0,400}|\.\d{1,400})(?:[eE][-+]?\d{1,4})?|[-+]?\d{1,400}[eE][-+]?\d{1,4}")
+_NAME_RE = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]{0,40}")
 _mv: Any = None  # the math_verify module, once imported
 
 
@@ -34,6 +42,40 @@ def _expr_via_latex(expr: str) -> Any:
     return _mv.parser.parse_latex_cached(latex)
 
 
+def _literal_only(text: Any, *args: Any, **kwargs: Any) -> Any:
+    """Stands in for sympy's `parse_expr` (which runs `eval`): reads a number literal, refuses the rest.
+
+    latex2sympy turns every number token into `sympy.Number("12.5")`, which goes through
+    `sympify`; digits are read here exactly as sympy's `auto_number` would, without eval.
+    A bare name (sympy's lazily imported modules sympify some) is sympy's object of that
+    name or a Symbol, as parse_expr would return it.
+    """
+    import sympy
+
+    literal = str(text).strip()
+    if _INT_LITERAL_RE.fullmatch(literal):
+        return sympy.Integer(int(literal))
+    if _FLOAT_LITERAL_RE.fullmatch(literal):
+        return sympy.Float(literal, dps=max(15, sum(c.isdigit() for c in literal)))
+    if _NAME_RE.fullmatch(literal):  # sympy's own lazy imports sympify names ("yotta")
+        found = getattr(sympy, literal, None)  # a lookup, as eval would do it, never a call
+        is_sympy = isinstance(found, sympy.Basic) or (isinstance(found, type) and issubclass(found, sympy.Basic))
+        return found if is_sympy else sympy.Symbol(literal)
+    raise ValueError(f"clipo's verifier never evaluates text as Python (got {literal[:60]!r})")
+
+
+def _forbid_string_eval() -> None:
+    import latex2sympy2_extended.latex2sympy2 as l2s
+    import math_verify.parser
+    import sympy.parsing
+    import sympy.parsing.sympy_parser as sympy_parser
+
+    # every name bound to parse_expr (sympify imports it from sympy_parser at each call)
+    for module in (sympy_parser, sympy.parsing, l2s, math_verify.parser):
+        module.parse_expr = _literal_only
+    sympy_parser.eval_expr = _literal_only
+
+
 def _math_verify() -> Any:
     global _mv
     if _mv is None:
@@ -42,6 +84,7 @@ def _math_verify() -> Any:
         import math_verify.parser
 
         math_verify.parser.parse_expr_cached = _expr_via_latex
+        _forbid_string_eval()
         # the time limit is enforced from outside, so math-verify's own must stay off quietly
         math_verify.parser.TIMEOUT_WARNING_SHOWN = math_verify.grader.TIMEOUT_WARNING_SHOWN = True
         _mv = math_verify
@@ -91,8 +134,9 @@ def check_math(response: str, gold: str, anchorless: bool) -> bool:
     process for boxed numbers); everything else by math-verify's `verify`.
     """
     mv = _math_verify()
-    pred = mv.parse(tidy_response(response), _configs(anchorless), parsing_timeout=None)
-    if not pred:
+    text = tidy_response(response)
+    pred = mv.parse(text, _configs(anchorless), parsing_timeout=None)
+    if not pred or _is_program(text, pred[-1]):
         return False
     gold_number = parse_number(gold)
     pred_number = parse_number(pred[-1]) if isinstance(pred[-1], str) else None
@@ -103,6 +147,15 @@ def check_math(response: str, gold: str, anchorless: bool) -> bool:
         if numbers_equal(gold_number, pred_number) or not (gold_number.ambiguous or pred_number.ambiguous):
             return numbers_equal(gold_number, pred_number)
     return bool(mv.verify(list(parse_gold(gold)), pred, timeout_seconds=None, allow_set_relation_comp=True))
+
+
+def _is_program(text: str, matched: Any) -> bool:
+    """True when the extracted answer, or the line it stands on, is code (see `code_answers.py`)."""
+    if not isinstance(matched, str):
+        return False
+    at = text.rfind(matched)
+    line = text[text.rfind("\n", 0, at) + 1 : (text.find("\n", at + len(matched)) + 1 or len(text) + 1) - 1]
+    return code_reason(matched) is not None or (at >= 0 and code_reason(line) is not None)
 
 
 def _percent_factor() -> Any:
