@@ -106,11 +106,12 @@ def test_gsm8k_gives_no_reward_for_programs():
 
 
 def test_worker_never_evaluates_text():
-    # sympy's string parser evals; in a verifier worker it reads number literals only
+    # sympy's string parser evals; in a verifier worker it reads number literals and names only
     script = ("from clipo.verifiers.math_worker import warm_up; warm_up()\n"
               "import sympy\n"
               "assert sympy.Number('2.50') == sympy.Float('2.5') and sympy.Number('7') == 7\n"
-              "for text in ['__import__(\"os\").getpid()', '1 + 1', 'x']:\n"
+              "assert sympy.sympify('x') == sympy.Symbol('x') and sympy.sympify('pi') is sympy.pi\n"
+              "for text in ['__import__(\"os\").getpid()', '1 + 1', '__builtins__', 'x.subs(x, 1)']:\n"
               "    try:\n"
               "        sympy.sympify(text)\n"
               "    except ValueError as exc:\n"
