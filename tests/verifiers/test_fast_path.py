@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -61,3 +63,65 @@ def test_boxed_variable_prefix_against_numeric_gold():
     assert plain_comparison("y=8", "7") == 0.0
     assert plain_comparison("x = 7", "x = 7") == 1.0
     assert plain_comparison("x = 7", "y = 7") is None  # an equation gold: math-verify decides
+
+
+def test_two_stage_parsing_gives_latex2sympys_own_results():
+    # in a fresh process (the patch is global): LL results first, then the patched parser's
+    path = bench_dir() / "test" / "math.parquet"
+    if not path.exists():
+        pytest.skip(f"{path} not found (set CLIPO_BENCH_DIR)")
+    script = f"""
+import pandas as pd
+from sympy import srepr
+import latex2sympy2_extended.latex2sympy2 as l2s
+from clipo.verifiers.math_verifier import gold_answer
+from clipo.verifiers.math_worker import two_stage_parsing
+golds = [gold_answer(str(rm["ground_truth"])) for rm in pd.read_parquet({str(path)!r})["reward_model"]][:200]
+golds += ["x^2 + 3x - 4 = 0", "\\\\sum_{{k=0}}^{{n-1}} F_k F_{{n-k-1}}", "(-\\\\infty, 2] \\\\cup (3, \\\\infty)", "\\\\frac{{1}}{{"]
+def parse_all():
+    out = []
+    for gold in golds:
+        try:
+            out.append(srepr(l2s.latex2sympy(gold, is_real=True, normalization_config=None)))
+        except Exception as exc:
+            out.append(type(exc).__name__)
+    return out
+reference = parse_all()
+two_stage_parsing()
+assert parse_all() == reference
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_numbers_differ_only_where_math_verify_says_unequal():
+    # in a fresh process (math-verify patched as in a worker): math-verify's own verify is the reference
+    path = bench_dir() / "test" / "math.parquet"
+    if not path.exists():
+        pytest.skip(f"{path} not found (set CLIPO_BENCH_DIR)")
+    script = f"""
+import random
+import pandas as pd
+from clipo.verifiers import math_worker as mw
+from clipo.verifiers.math_verifier import gold_answer
+mv = mw._math_verify()
+golds = [gold_answer(str(rm["ground_truth"])) for rm in pd.read_parquet({str(path)!r})["reward_model"]]
+rng = random.Random(1)
+pairs = [(rng.choice(golds), rng.choice(golds)) for _ in range(150)]
+fixed = [("\\\\frac{{\\\\sqrt{{3}}}}{{2}}", "0.8660254"), ("\\\\pi", "3.14159265"), ("2", "\\\\sqrt{{4}}"), ("\\\\sqrt{{2}}", "27648"),
+         ("42\\\\%", "0.42"), ("0.5", "\\\\frac{{1}}{{2}}")]
+pairs += fixed + [("\\\\frac{{7}}{{25}}", "28"), ("\\\\frac{{7}}{{25}}", "28\\\\%"), ("0.28", "28\\\\%")]
+decided = 0
+for gold, answer in pairs:
+    gold_parsed = mw.parse_gold(gold)
+    pred = mv.parse(f"\\\\boxed{{{{{{answer}}}}}}", mw._configs(True), parsing_timeout=None)
+    if pred and mw.numbers_differ(gold_parsed, pred, gold):
+        decided += 1
+        assert not mv.verify(list(gold_parsed), pred, timeout_seconds=None, allow_set_relation_comp=True), (gold, answer)
+assert decided >= 30, decided
+for gold, answer in fixed:
+    pred = mv.parse(f"\\\\boxed{{{{{{answer}}}}}}", mw._configs(True), parsing_timeout=None)
+    assert mw.numbers_differ(mw.parse_gold(gold), pred, gold) == (answer == "27648"), (gold, answer)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

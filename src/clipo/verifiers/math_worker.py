@@ -12,14 +12,18 @@ changed on top of math-verify (all in this worker process only):
 - an answer that is a program (`code_answers.py`), or stands on a line of code, is false;
 - LaTeX that is a plain number or a simple fraction (`-12`, `0.25`, `\\frac{3}{4}`, `3/4`) is
   read directly into the sympy number latex2sympy would build, skipping its ANTLR parser
-  (milliseconds a call, most of a check's time); anything else goes to latex2sympy;
+  (milliseconds a call, most of a check's time); anything else goes to latex2sympy,
+  whose ANTLR parser first runs in SLL mode (ANTLR guarantees the same tree as its
+  default LL mode, or a syntax error, on which the text is parsed again in LL mode);
 - before extraction, the response is tidied for what math-verify misreads: punctuation
   just before a closing math delimiter (`$\\frac{1}{3}.$`) and mixed numbers (`4 4/9`).
 """
 
 from __future__ import annotations
 
+import cmath
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
 from typing import Any
@@ -106,6 +110,30 @@ def _parse_latex_fast_first(latex: str) -> Any:
     return number if number is not None else _parse_latex_cached(latex)
 
 
+def two_stage_parsing() -> None:
+    """latex2sympy parses in ANTLR's SLL mode first (about 2x faster), in LL mode on any error."""
+    import latex2sympy2_extended.latex2sympy2 as l2s
+    from antlr4.atn.PredictionMode import PredictionMode
+
+    converter = l2s._Latex2Sympy
+    create_parser, parse = converter.create_parser, converter.parse
+
+    def create_parser_in_mode(self: Any, latex: str) -> Any:
+        parser = create_parser(self, latex)
+        parser._interp.predictionMode = getattr(self, "_prediction_mode", PredictionMode.LL)
+        return parser
+
+    def parse_sll_then_ll(self: Any, latex: str) -> Any:
+        self._prediction_mode = PredictionMode.SLL
+        try:
+            return parse(self, latex)
+        except Exception:
+            self._prediction_mode = PredictionMode.LL
+            return parse(self, latex)
+
+    converter.create_parser, converter.parse = create_parser_in_mode, parse_sll_then_ll
+
+
 def _math_verify() -> Any:
     global _mv
     if _mv is None:
@@ -118,6 +146,7 @@ def _math_verify() -> Any:
         math_verify.parser.parse_latex_cached = _parse_latex_fast_first
         math_verify.parser.parse_expr_cached = _expr_via_latex
         _forbid_string_eval()
+        two_stage_parsing()
         # the time limit is enforced from outside, so math-verify's own must stay off quietly
         math_verify.parser.TIMEOUT_WARNING_SHOWN = math_verify.grader.TIMEOUT_WARNING_SHOWN = True
         _mv = math_verify
@@ -164,7 +193,9 @@ def check_math(response: str, gold: str, anchorless: bool) -> bool:
     """True when the final answer in `response` equals `gold`.
 
     Plain numbers on both sides are compared by clipo's exact rule (as in the trainer's
-    process for boxed numbers); everything else by math-verify's `verify`.
+    process for boxed numbers); two constant expressions whose values differ by more than
+    0.1% are unequal without `simplify` (`numbers_differ`); everything else goes to
+    math-verify's `verify`.
     """
     mv = _math_verify()
     text = tidy_response(response)
@@ -179,7 +210,40 @@ def check_math(response: str, gold: str, anchorless: bool) -> bool:
         pred_number = replace(pred_number, percent=percent)
         if numbers_equal(gold_number, pred_number) or not (gold_number.ambiguous or pred_number.ambiguous):
             return numbers_equal(gold_number, pred_number)
-    return bool(mv.verify(list(parse_gold(gold)), pred, timeout_seconds=None, allow_set_relation_comp=True))
+    gold_parsed = parse_gold(gold)
+    if numbers_differ(gold_parsed, pred, gold):
+        return False
+    return bool(mv.verify(list(gold_parsed), pred, timeout_seconds=None, allow_set_relation_comp=True))
+
+
+def numbers_differ(gold_parsed: Sequence[Any], pred: Sequence[Any], gold: str) -> bool:
+    """True when gold and answer are each one constant (no symbols, sets, relations,
+    matrices or percentages) and their values differ by more than 0.1%, with unequal
+    strings: math-verify's `verify` would say False, after up to seconds of `simplify`.
+    """
+    import sympy
+
+    strings = [gold, *(x for x in (*gold_parsed, *pred) if isinstance(x, str))]
+    if any("%" in text or "percent" in text for text in strings):
+        return False  # math-verify reads percentages both ways (42% = 0.42 = 42)
+    gold_exprs = [g for g in gold_parsed if not isinstance(g, str)]
+    pred_exprs = [p for p in pred if not isinstance(p, str)]
+    if len(gold_exprs) != 1 or len(pred_exprs) != 1:
+        return False
+    if {g for g in gold_parsed if isinstance(g, str)} & {p for p in pred if isinstance(p, str)}:
+        return False  # math-verify also compares the matched strings
+    values = []
+    for expr in (gold_exprs[0], pred_exprs[0]):
+        if not isinstance(expr, sympy.Expr) or expr.has(sympy.UnevaluatedExpr) or not expr.is_number:
+            return False
+        try:
+            values.append(complex(sympy.N(expr, 30)))
+        except (TypeError, ValueError, OverflowError):
+            return False  # infinities, nan, values that do not evaluate
+    if not all(map(cmath.isfinite, values)):
+        return False
+    gold_value, pred_value = values
+    return abs(gold_value - pred_value) > 1e-3 * max(1.0, abs(gold_value), abs(pred_value))
 
 
 def _is_program(text: str, matched: Any) -> bool:
