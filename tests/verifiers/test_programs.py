@@ -98,6 +98,23 @@ def test_plain_arithmetic_stated_without_a_box_is_accepted(math_verifier):
     assert math_verifier(["The answer is 2**5", "The answer is 2**5 = 32."], ["32", "32"]) == [1.0, 1.0]
 
 
+# Prose around a right answer: words that are also Python keywords, quotes, citations.
+PROSE = [
+    "There are 30 students in the class, so the answer is 30.",
+    "We return to the start: the answer is 30.",
+    'We call it "the total": the answer is 30.',
+    "If n is even we get 30, else 31; here n is even, so the answer is 30.",
+    "See (2) [3], so the answer is 30.",
+    "That is, i.e. the answer is 30.",
+    "For each x in the set we add 1, for 30 in all.",
+]
+
+
+def test_prose_around_a_right_answer_is_no_program(math_verifier, gsm8k_verifier):
+    assert math_verifier(PROSE, ["30"] * len(PROSE)) == [1.0] * len(PROSE)
+    assert gsm8k_verifier(PROSE, ["30"] * len(PROSE)) == [1.0] * len(PROSE)
+
+
 def test_gsm8k_gives_no_reward_for_programs():
     with GSM8KVerifier() as verifier:
         responses = ["\\boxed{(lambda: 42)()}", "The answer is int('42').", "x = [41, 42][1]; the answer is 42",

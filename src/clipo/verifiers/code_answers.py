@@ -17,36 +17,38 @@ from __future__ import annotations
 import builtins
 import re
 
-# Names that are mathematical functions when called without a backslash.
-MATH_FUNCTIONS = frozenset(
-    "abs max min sqrt cbrt exp log ln lg sin cos tan cot sec csc arcsin arccos arctan arccot asin acos atan "
-    "sinh cosh tanh coth arsinh arcosh artanh gcd lcm det tr deg arg sgn sign floor ceil mod binom choose "
-    "erf lim sup inf dim ker rank span var cov".split())
-# Python's builtin callables and sympy/os operations: code when called (`name(`, no space:
-# prose says "the sum (a + b)"; keywords such as `or(` are operators, and the rules below
-# catch the keyword shapes).
+# Python's builtin callables and sympy/os operations are code when called (`name(`, no
+# space: prose says "the sum (a + b)"); `abs`, `max` and `min` are also mathematics.
+# Keywords such as `or(` are operators; the rules below catch the keyword shapes.
 CODE_CALLS = (frozenset(n for n in dir(builtins) if n.islower() and not n.startswith("_"))
               | frozenset("simplify expand factor solve subs evalf sympify nsimplify integrate diff lambdify "
-                          "system popen getpid listdir remove rmdir unlink walk urlopen".split())) - MATH_FUNCTIONS
+                          "system popen getpid listdir remove rmdir unlink walk urlopen".split())) - {"abs", "max", "min"}
+# Quotes are prose's, too ('Answer: "12"'): in a line of prose, strings alone are no sign of code.
+_NOT_IN_PROSE = frozenset({"string literal"})
 
 _RULES: tuple[tuple[str, re.Pattern], ...] = (
     ("dunder name", re.compile(r"__[A-Za-z]")),
     ("lambda", re.compile(r"(?<![\\A-Za-z])lambda\b\s*(?:[A-Za-z_*][\w\s,=*]*)?:")),
     ("import", re.compile(r"(?<![\\\w])(?:import\s+[A-Za-z_]|from\s+[A-Za-z_][\w.]*\s+import\b)")),
-    ("conditional expression", re.compile(r"[\w)\]'\"]\s+if\s+[^\n]*?\s+else\s+[\w(\[\-'\"]")),
+    ("conditional expression", re.compile(r"[\w)\]'\"]\s+if\s+[^\n,.;]*?\s+else\s+[\w(\[\-'\"]")),
     ("comprehension", re.compile(r"[\[({][^\[\](){}\n]*?\S\s+for\s+[A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*\s+in\s")),
     ("attribute access", re.compile(r"(?:(?<![\\\w])(?:[A-Za-z_]\w*|\d+j?\s*)|[)\]'\"])\.[A-Za-z_](?:\w+|\s*\()")),
     ("empty call", re.compile(r"[\w)\]]\(\s*\)")),
-    ("indexing", re.compile(r"[)\]'\"]\s*\[\s*-?\d+\s*\]")),
+    ("indexing", re.compile(r"[)\]'\"]\[\s*-?\d+\s*\]")),
     ("string literal", re.compile(r"[(\[{,:=$]\s*['\"]|^\s*(?:'[^'\n]*'|\"[^\"\n]*\")\s*$")),
     ("code call", re.compile(r"(?<![\\\w])([A-Za-z_]\w*)\(")),
-    ("statement", re.compile(r"(?<![\\\w])(?:def|return|yield|class|exec|eval)\b\s*[\w(]")),
+    ("definition", re.compile(r"(?<![\\\w])(?:def\s+[A-Za-z_]\w*\s*\(|class\s+[A-Za-z_]\w*\s*[:(])")),
 )
 
 
-def code_reason(answer: str) -> str | None:
-    """Which code shape `answer` has (e.g. "lambda", "attribute access"), or None for mathematics."""
+def code_reason(answer: str, in_prose: bool = False) -> str | None:
+    """Which code shape `answer` has (e.g. "lambda", "attribute access"), or None for mathematics.
+
+    `in_prose`: `answer` is a line of prose around the answer, where quotes are no sign of code.
+    """
     for name, pattern in _RULES:
+        if in_prose and name in _NOT_IN_PROSE:
+            continue
         for match in pattern.finditer(answer):
             if name != "code call" or _is_code_call(match.group(1)):
                 return name

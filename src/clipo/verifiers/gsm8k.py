@@ -47,7 +47,7 @@ class GSM8KVerifier(Verifier):
         if boxed is not None or self.fallback == "none":
             return None if boxed is not None and code_reason(boxed) is not None else boxed
         statement = answer_statement(text)
-        if statement is not None and code_reason(statement) is not None:
+        if statement is not None and code_reason(statement, in_prose=True) is not None:
             return None  # a program is no answer (code_answers.py)
         if statement is not None and (statement_number := last_number(statement)) is not None:
             return _as_text(statement_number)
@@ -57,7 +57,7 @@ class GSM8KVerifier(Verifier):
             return None
         number = last_number(text)
         last_line = text.rstrip().rpartition("\n")[2]
-        return _as_text(number) if number is not None and code_reason(last_line) is None else None
+        return _as_text(number) if number is not None and code_reason(last_line, in_prose=True) is None else None
 
     def _precheck(self, response: str, ground_truth: str) -> float:
         self.validate_ground_truth(ground_truth)

@@ -252,7 +252,7 @@ def _is_program(text: str, matched: Any) -> bool:
         return False
     at = text.rfind(matched)
     line = text[text.rfind("\n", 0, at) + 1 : (text.find("\n", at + len(matched)) + 1 or len(text) + 1) - 1]
-    return code_reason(matched) is not None or (at >= 0 and code_reason(line) is not None)
+    return code_reason(matched) is not None or (at >= 0 and code_reason(line, in_prose=True) is not None)
 
 
 def _percent_factor() -> Any:
