@@ -40,12 +40,17 @@ _RULES: tuple[tuple[str, re.Pattern], ...] = (
     ("definition", re.compile(r"(?<![\\\w])(?:def\s+[A-Za-z_]\w*\s*\(|class\s+[A-Za-z_]\w*\s*[:(])")),
 )
 
+# Every rule needs one of these: `_`, `(`, `[`, a quote, `.` before a name, or a keyword.
+_SIGN_RE = re.compile(r"[_(\['\"]|\.[A-Za-z_(]|\b(?:import|lambda|class|def|if|for)\b")
+
 
 def code_reason(answer: str, in_prose: bool = False) -> str | None:
     """Which code shape `answer` has (e.g. "lambda", "attribute access"), or None for mathematics.
 
     `in_prose`: `answer` is a line of prose around the answer, where quotes are no sign of code.
     """
+    if _SIGN_RE.search(answer) is None:
+        return None  # the common case, in one scan: nothing any rule needs
     for name, pattern in _RULES:
         if in_prose and name in _NOT_IN_PROSE:
             continue
