@@ -9,8 +9,9 @@ ones (another problem's answer, or the number off by one), in three response sty
 batch, so no worker cache has seen its responses (ground truths repeat, as a group's
 samples share one). Ground truths come from the paper's sets under `CLIPO_BENCH_DIR`
 (default `<repo>/../shared/data/clipo-bench`) when present, synthetic otherwise. Reports
-the median over repeats (pool start-up excluded: it is paid once per run) and saves JSON
-under benchmarks/results/.
+the median over repeats (pool start-up excluded: it is paid once per run), and the CPU
+time a check costs (trainer process and workers together), which machine load does not
+inflate as it does wall time; saves JSON under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -79,17 +80,35 @@ def batch(truths: list[str], seed: int) -> list[str]:
     return [STYLES[i % 3].format(a) for i, a in enumerate(answers)]
 
 
+def cpu_seconds(verifier) -> float:
+    """CPU time used so far by this process and the verifier's worker processes (Linux /proc)."""
+    total = time.process_time()
+    pool = verifier._pool_holder.get("pool")
+    for worker in pool._workers if pool is not None else []:
+        try:
+            fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+    return total
+
+
 def measure(verifier, truths: list[str], repeats: int, seed: int) -> dict:
     verifier(batch(truths[:8], seed), truths[:8])  # start and warm the pool: once per training run
-    rates = []
+    rates, cpu_per_check = [], []
     for repeat in range(repeats):
         rng = random.Random(seed + 1 + repeat)
         sample = [rng.choice(truths) for _ in truths]
         responses = batch(sample, seed + 100 + repeat)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds(verifier)
         verifier(responses, sample)
         rates.append(len(responses) / (time.perf_counter() - start))
-    return {"median_per_s": statistics.median(rates), "runs_per_s": rates, "stats": verifier.stats()}
+        cpu_per_check.append((cpu_seconds(verifier) - cpu_start) / len(responses))
+    # On a loaded machine wall time says more about the other jobs; CPU time per check
+    # does not, and 2 / (CPU s per check) is what 2 idle cores would sustain.
+    cpu = statistics.median(cpu_per_check)
+    return {"median_per_s": statistics.median(rates), "runs_per_s": rates, "cpu_ms_per_check": 1000 * cpu,
+            "two_idle_cores_per_s": 2 / cpu if cpu > 0 else float("nan"), "stats": verifier.stats()}
 
 
 def main() -> None:
@@ -109,7 +128,8 @@ def main() -> None:
         results["gsm8k"] = {"source": gsm_source, **measure(verifier, gsm_truths, args.repeats, seed=3)}
     for name in ("math", "gsm8k"):
         print(f"{name}: {results[name]['median_per_s']:.0f} verifications/s (median of {args.repeats}, "
-              f"batch {args.batch}, {results[name]['source']})")
+              f"batch {args.batch}, {results[name]['source']}); {results[name]['cpu_ms_per_check']:.2f} CPU ms "
+              f"a check, i.e. {results[name]['two_idle_cores_per_s']:.0f}/s on 2 idle cores")
     out = REPO / "benchmarks" / "results" / "verifier_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
