@@ -11,8 +11,9 @@ Order of work per response, cheapest first, in the trainer's process: keep the l
 factorials of thousands, deep brace nesting) and programs (`code_answers.py`) with 0;
 compare normalised strings; compare plain numbers exactly (a boxed answer, or the `$X$`
 of a response that ends "the answer is $X$." with no other math). Only what is left goes
-to a worker, which runs math-verify under the hard time limit. A ground truth that contains `\\boxed{}` (a whole reference
-solution, as in MATH train) is reduced to its last boxed answer.
+to a worker, which runs math-verify under the hard time limit. A ground truth that
+contains `\\boxed{}` (a whole reference solution, as in MATH train) is reduced to its last
+boxed answer.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def stated_math_answer(text: str) -> str | None:
     Only then does math-verify's extraction surely take X (its answer-phrase patterns,
     rightmost math region first); anything less plain is left to math-verify itself.
     """
-    if text.count("$") != 2 or any(mark in text for mark in _OTHER_MATH_MARKS) or len(_ANSWER_WORD_RE.findall(text)) != 1:
+    if text.count("$") != 2 or any(mark in text for mark in _OTHER_MATH_MARKS):
+        return None
+    if len(_ANSWER_WORD_RE.findall(text)) != 1:
         return None
     match = _STATED_RE.search(text)
     return match.group(1) if match else None

@@ -1,20 +1,21 @@
 """The symbolic part of the `math` verifier; runs only inside pool workers, under their time limit.
 
-math-verify is imported lazily, so the trainer's process never loads it. Three things are
-changed on top of math-verify (all in this worker process only):
+math-verify is imported lazily, so the trainer's process never loads it. What is changed
+on top of math-verify (in this worker process only):
 
 - its plain-expression extractor hands text such as `2/3 + 1` to `sympy.parse_expr`,
   which evaluates Python; here that text (digits and arithmetic signs only) goes to
   math-verify's LaTeX parser instead, so nothing a model writes is ever evaluated;
 - sympy's string parser itself (`parse_expr`, hence `sympify`/`S` of a string, which
-  `eval` it) is replaced by one that refuses, wherever math-verify or latex2sympy could
-  reach it;
+  `eval` it) is replaced, wherever math-verify or latex2sympy could reach it, by one that
+  reads number literals and bare names and refuses everything else;
 - an answer that is a program (`code_answers.py`), or stands on a line of code, is false;
 - LaTeX that is a plain number or a simple fraction (`-12`, `0.25`, `\\frac{3}{4}`, `3/4`) is
   read directly into the sympy number latex2sympy would build, skipping its ANTLR parser
   (milliseconds a call, most of a check's time); anything else goes to latex2sympy,
   whose ANTLR parser first runs in SLL mode (ANTLR guarantees the same tree as its
   default LL mode, or a syntax error, on which the text is parsed again in LL mode);
+- two constants whose values differ by more than 0.1% are unequal without `simplify`;
 - before extraction, the response is tidied for what math-verify misreads: punctuation
   just before a closing math delimiter (`$\\frac{1}{3}.$`) and mixed numbers (`4 4/9`).
 """
@@ -41,8 +42,8 @@ _NAME_RE = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]{0,40}")
 _LATEX_NUMBER_RE = re.compile(r"-?\d{1,50}(?:\.\d{1,50})?")
 _LATEX_FRACTION_RE = re.compile(r"(?P<sign>-?)(?:\\frac\{(?P<num>-?\d{1,50})\}\{(?P<den>\d{1,50})\}|"
                                 r"(?P<num2>-?\d{1,50})/(?P<den2>\d{1,50}))")
-_mv: Any = None
-_parse_latex_cached: Any = None  # math-verify's own, once imported  # the math_verify module, once imported
+_mv: Any = None  # the math_verify module, once imported
+_parse_latex_cached: Any = None  # math-verify's own parse_latex_cached, once imported
 
 
 def _expr_via_latex(expr: str) -> Any:
