@@ -3,7 +3,8 @@
 The answer is the number in the last `\\boxed{}`; without one, `fallback` decides:
 `"last_number"` (default) takes an explicit statement ("The answer is 1,200 dollars.",
 "#### 72"), else the last number in the response; `"answer_phrase"` takes only
-statements; `"none"` scores unboxed responses 0. Values are compared exactly as
+statements; `"none"` scores unboxed responses 0. An answer that is a program
+(`code_answers.py`) scores 0. Values are compared exactly as
 fractions (decimals to 6 places), never evaluated: pure string work, no worker needed.
 A ground truth that is a word (e.g. `NaN`) is compared as a case-insensitive string.
 """
@@ -14,6 +15,7 @@ import re
 
 from clipo.registry import VERIFIERS
 from clipo.verifiers.base import Verifier
+from clipo.verifiers.code_answers import code_reason
 from clipo.verifiers.numbers import PlainNumber, last_number, numbers_equal, parse_number
 from clipo.verifiers.text import DEFAULT_TAIL_CHARS, answer_statement, clean_response, last_boxed, normalize_answer
 
@@ -43,8 +45,10 @@ class GSM8KVerifier(Verifier):
         text = clean_response(response, self.tail_chars)
         boxed = last_boxed(text)
         if boxed is not None or self.fallback == "none":
-            return boxed
+            return None if boxed is not None and code_reason(boxed) is not None else boxed
         statement = answer_statement(text)
+        if statement is not None and code_reason(statement, in_prose=True) is not None:
+            return None  # a program is no answer (code_answers.py)
         if statement is not None and (statement_number := last_number(statement)) is not None:
             return _as_text(statement_number)
         if statement is not None and _WORD_RE.fullmatch(statement):
@@ -52,7 +56,8 @@ class GSM8KVerifier(Verifier):
         if self.fallback == "answer_phrase":
             return None
         number = last_number(text)
-        return _as_text(number) if number is not None else None
+        last_line = text.rstrip().rpartition("\n")[2]
+        return _as_text(number) if number is not None and code_reason(last_line, in_prose=True) is None else None
 
     def _precheck(self, response: str, ground_truth: str) -> float:
         self.validate_ground_truth(ground_truth)

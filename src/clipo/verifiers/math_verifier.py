@@ -8,10 +8,12 @@ last number or LaTeX expression; `"answer_phrase"` accepts only explicit stateme
 
 Order of work per response, cheapest first, in the trainer's process: keep the last
 `tail_chars` characters (NUL bytes dropped); reject absurd answers (exponent towers,
-factorials of thousands, deep brace nesting) with 0; compare normalised strings; compare
-plain numbers exactly. Only what is left goes to a worker, which runs math-verify under
-the hard time limit. A ground truth that contains `\\boxed{}` (a whole reference
-solution, as in MATH train) is reduced to its last boxed answer.
+factorials of thousands, deep brace nesting) and programs (`code_answers.py`) with 0;
+compare normalised strings; compare plain numbers exactly (a boxed answer, or the `$X$`
+of a response that ends "the answer is $X$." with no other math). Only what is left goes
+to a worker, which runs math-verify under the hard time limit. A ground truth that
+contains `\\boxed{}` (a whole reference solution, as in MATH train) is reduced to its last
+boxed answer.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from functools import lru_cache
 
 from clipo.registry import VERIFIERS
 from clipo.verifiers.base import Verifier
+from clipo.verifiers.code_answers import code_reason
 from clipo.verifiers.numbers import numbers_equal, parse_number
 from clipo.verifiers.text import (
     DEFAULT_TAIL_CHARS,
@@ -42,6 +45,14 @@ _POW = r"\d+\s*\^\s*\{?\s*\(?\s*"
 _ABSURD_RE = re.compile(rf"(?:{_POW}){{3}}|{_POW}{_POW}\d{{3}}|\d{{4,}}\s*!|\^\s*\{{?\s*\d{{5,}}|\d{{300}}")
 
 
+_VARIABLE_PREFIX_RE = re.compile(r"[A-Za-z]\s*=\s*(?=\S)")
+# The stated-answer fast path reads only plain numbers, the forms math-verify keeps as written.
+_STRICT_NUMBER_RE = re.compile(r"-?\d{1,50}(?:\.\d{1,50})?|-?\\[dt]?frac\{\d{1,50}\}\{\d{1,50}\}|-?\d{1,50}/\d{1,50}")
+_STATED_RE = re.compile(r"(?i:answer)[^$\n]{0,50}?(?<![\d\\])\$([^$\n]{1,200})\$[\s.]*$")
+_ANSWER_WORD_RE = re.compile(r"(?i:answer)")
+_OTHER_MATH_MARKS = ("\\$", "\\boxed", "\\fbox", "\\(", "\\[")
+
+
 def is_absurd(answer: str) -> bool:
     """True for answers that are never real and would only burn a worker's time limit."""
     return brace_depth(answer) > MAX_BRACE_DEPTH or _ABSURD_RE.search(answer) is not None
@@ -52,6 +63,39 @@ def gold_answer(ground_truth: str) -> str:
     """The answer part of a ground truth: its last boxed answer if it has one, else itself."""
     boxed = last_boxed(ground_truth) if "\\boxed" in ground_truth or "\\fbox" in ground_truth else None
     return (boxed if boxed is not None else ground_truth).strip().strip("$").strip()
+
+
+def plain_comparison(answer: str, gold: str, numbers: bool = True) -> float | None:
+    """The score when no symbolic work is needed (equal normalised strings; with `numbers`,
+    two plain numbers, also `x = 3` against a numeric gold), else None: a worker decides.
+    """
+    if normalize_answer(answer) == normalize_answer(gold):
+        return 1.0
+    gold_number = parse_number(gold) if numbers else None
+    if gold_number is None:
+        return None
+    if "=" not in gold and (prefix := _VARIABLE_PREFIX_RE.match(answer)) is not None:
+        answer = answer[prefix.end():]  # `x = 7` is the answer 7 (as math-verify reads it)
+    pred_number = parse_number(answer)
+    if pred_number is None:
+        return None
+    if numbers_equal(gold_number, pred_number) or not (gold_number.ambiguous or pred_number.ambiguous):
+        return float(numbers_equal(gold_number, pred_number))
+    return None
+
+
+def stated_math_answer(text: str) -> str | None:
+    """X in a response that ends "... the answer is $X$." and has no other math or answer phrase.
+
+    Only then does math-verify's extraction surely take X (its answer-phrase patterns,
+    rightmost math region first); anything less plain is left to math-verify itself.
+    """
+    if text.count("$") != 2 or any(mark in text for mark in _OTHER_MATH_MARKS):
+        return None
+    if len(_ANSWER_WORD_RE.findall(text)) != 1:
+        return None
+    match = _STATED_RE.search(text)
+    return match.group(1) if match else None
 
 
 @VERIFIERS.register("math")
@@ -81,20 +125,23 @@ class MathVerifier(Verifier):
         if not spans and self.fallback == "none":
             return 0.0
         answer = text[spans[-1][0] : spans[-1][1]] if spans else text
-        if is_absurd(answer):
+        if is_absurd(answer) or (spans and code_reason(answer) is not None):
             self._counts["rejected"] += 1
             return 0.0
         if spans:
-            if normalize_answer(answer) == normalize_answer(gold):
-                self._counts["fast_path"] += 1
-                return 1.0
-            gold_number, pred_number = parse_number(gold), parse_number(answer)
-            if gold_number is not None and pred_number is not None and len(spans) == 1:
-                if numbers_equal(gold_number, pred_number) or not (gold_number.ambiguous or pred_number.ambiguous):
-                    self._counts["fast_path"] += 1
-                    return float(numbers_equal(gold_number, pred_number))
+            decided = plain_comparison(answer, gold, numbers=len(spans) == 1)
             if self.fallback == "none":
                 text = f"\\boxed{{{answer}}}"
+        else:
+            stated = stated_math_answer(text)
+            if stated is not None and code_reason(stated) is not None:
+                self._counts["rejected"] += 1
+                return 0.0
+            strict = stated is not None and _STRICT_NUMBER_RE.fullmatch(stated) is not None
+            decided = None if stated is None else plain_comparison(stated, gold, numbers=strict)
+        if decided is not None:
+            self._counts["fast_path"] += 1
+            return decided
         return ("check", text, gold, self.fallback == "last_number")
 
     def validate_ground_truth(self, ground_truth: str) -> None:

@@ -11,6 +11,12 @@ its threads loaded). Unlike multiprocessing's `spawn`, this does not re-import t
 caller's `__main__` in each worker, so a training script or notebook needs no
 `if __name__ == "__main__"` guard and workers import only math-verify (~0.5 s to start).
 Tasks and results travel as pickled messages over the worker's stdin/stdout pipes.
+
+Workers stay alive between calls and take tasks in chunks (one message carries many
+checks; results stream back one by one), so a cheap check costs no round trip of its
+own. The time limit still holds per check: each result restarts the clock for the next
+check of the chunk. A worker that overruns is killed and replaced; the check it was on
+reports "timeout" and the rest of its chunk goes back to the queue, to run elsewhere.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from typing import Any
 
 # How long a fresh worker may take to import its libraries before the pool gives up.
 START_TIMEOUT_S = 120.0
+# Checks in one message to a worker: a share of what is left (smaller near the end, so
+# that all workers finish together), between MIN_CHUNK and MAX_CHUNK.
+MIN_CHUNK, MAX_CHUNK = 4, 32
 _WORKER_CMD = "from clipo.verifiers.pool import _worker_main; _worker_main()"
 
 
@@ -43,16 +52,16 @@ def _worker_main() -> None:
     channel_out.send(("ready", None, None))
     while True:
         try:
-            task = channel_in.recv()
+            chunk = channel_in.recv()
         except (EOFError, OSError):
             return
-        if task is None:
+        if chunk is None:
             return
-        index, args = task
-        try:
-            channel_out.send((index, "ok", fn(*args)))
-        except Exception as exc:  # a crash in one check must not end the worker
-            channel_out.send((index, "error", f"{type(exc).__name__}: {exc}"[:300]))
+        for index, args in chunk:
+            try:
+                channel_out.send((index, "ok", fn(*args)))
+            except Exception as exc:  # a crash in one check must not end the worker
+                channel_out.send((index, "error", f"{type(exc).__name__}: {exc}"[:300]))
 
 
 class _Worker:
@@ -65,7 +74,8 @@ class _Worker:
         self.process.stdout.close()
         self.started = time.monotonic()
         self.ready = False
-        self.task: tuple[int, float] | None = None  # (index, deadline)
+        self.chunk: deque[int] = deque()  # indices sent and not yet answered, in order
+        self.deadline = 0.0  # when the check at chunk[0] must be answered
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -95,25 +105,27 @@ class WorkerPool:
 
     def map(self, tasks: Sequence[tuple]) -> list[tuple[str, Any]]:
         """Run every task; each result is ("ok", value), ("error", message) or ("timeout", None)."""
-        pending = deque(enumerate(tasks))
+        pending = deque(range(len(tasks)))
         results: list[tuple[str, Any] | None] = [None] * len(tasks)
-        while pending or any(w.task for w in self._workers):
+        while pending or any(w.chunk for w in self._workers):
             for worker in self._workers:
-                if worker.ready and worker.task is None and pending:
-                    index, args = pending.popleft()
+                if worker.ready and not worker.chunk and pending:
+                    size = min(MAX_CHUNK, max(MIN_CHUNK, -(-len(pending) // (2 * len(self._workers)))), len(pending))
+                    chunk = [pending.popleft() for _ in range(size)]
                     try:
-                        worker.send_conn.send((index, args))
+                        worker.send_conn.send([(index, tasks[index]) for index in chunk])
                     except OSError:  # the worker just died; _reap replaces it
-                        pending.appendleft((index, args))
+                        pending.extendleft(reversed(chunk))
                         continue
-                    worker.task = (index, time.monotonic() + self.timeout)
+                    worker.chunk.extend(chunk)
+                    worker.deadline = time.monotonic() + self.timeout
             wait([w.conn for w in self._workers], timeout=max(self._next_deadline() - time.monotonic(), 0.0))
             self._collect(results)
-            self._reap(results)
+            self._reap(results, pending)
         return results  # type: ignore[return-value]
 
     def _next_deadline(self) -> float:
-        deadlines = [w.task[1] for w in self._workers if w.task]
+        deadlines = [w.deadline for w in self._workers if w.chunk]
         deadlines += [w.started + START_TIMEOUT_S for w in self._workers if not w.ready]
         return min(deadlines, default=time.monotonic() + 1.0)
 
@@ -126,15 +138,16 @@ class WorkerPool:
                     break  # the worker died; _reap replaces it
                 if index == "ready":
                     worker.ready = True
-                elif worker.task and worker.task[0] == index:
+                elif worker.chunk and worker.chunk[0] == index:
                     results[index] = (status, payload)
-                    worker.task = None
+                    worker.chunk.popleft()
+                    worker.deadline = time.monotonic() + self.timeout  # the next check starts now
 
-    def _reap(self, results: list) -> None:
-        """Kill and replace workers that overran, died, or never started."""
+    def _reap(self, results: list, pending: deque[int]) -> None:
+        """Kill and replace workers that overran, died, or never started; requeue their unstarted checks."""
         now = time.monotonic()
         for slot, worker in enumerate(self._workers):
-            overran = worker.task is not None and now > worker.task[1]
+            overran = bool(worker.chunk) and now > worker.deadline
             died = not worker.alive()
             if not worker.ready and (died or now > worker.started + START_TIMEOUT_S):
                 self.close()
@@ -142,8 +155,10 @@ class WorkerPool:
                                    f"{START_TIMEOUT_S:.0f} s; run `python -c '{_WORKER_CMD}' {self._fn_path}` "
                                    "to see its error (is math-verify installed?)")
             if overran or died:
-                if worker.task is not None:
-                    results[worker.task[0]] = ("timeout", None) if overran else ("error", "worker process died")
+                if worker.chunk:
+                    current = worker.chunk.popleft()
+                    results[current] = ("timeout", None) if overran else ("error", "worker process died")
+                    pending.extendleft(reversed(worker.chunk))
                 worker.kill()
                 self._workers[slot] = _Worker(self._fn_path)
 
