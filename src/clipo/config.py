@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.rewards import reward_config_problems
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -81,11 +82,19 @@ def validate_config(cfg: DictConfig) -> None:
             f"contrastive.mode={mode} needs a contrastive loss, but loss=none (plain RLVR) is selected; "
             "pick a loss (e.g. loss=infonce) or drop contrastive.mode"
         )
+    problems += _reward_problems(cfg)
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _reward_problems(cfg: DictConfig) -> list[str]:
+    """`reward_funcs` import and `reward_weights` match them (the user's modules are imported here)."""
+    funcs, weights = cfg.get("reward_funcs", ["verifier"]), cfg.get("reward_weights")
+    plain = [OmegaConf.to_object(x) if isinstance(x, (DictConfig, ListConfig)) else x for x in (funcs, weights)]
+    return reward_config_problems(*plain)
 
 
 def world_size(cfg: DictConfig) -> int | None:
