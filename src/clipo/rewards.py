@@ -146,6 +146,7 @@ class RewardScores:
     weights: torch.Tensor  # [F]
     scores: torch.Tensor  # [N, F] float32; NaN where a function returned None
     correct: torch.Tensor  # [N] bool: the verifier's score > 0.5
+    prompts: list[str]  # N prompt texts the functions saw
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per function
     logged: dict[str, list[float]] = field(default_factory=dict)  # values passed to `log_metric`
     extra: dict[str, list[Any]] = field(default_factory=dict)  # N-long columns passed to `log_extra`
@@ -158,7 +159,8 @@ class RewardScores:
     def select(self, index: torch.Tensor) -> RewardScores:
         pick = index.tolist()
         extra = {k: [v[i] for i in pick] for k, v in self.extra.items()}
-        return RewardScores(self.names, self.weights, self.scores[index], self.correct[index], self.seconds, self.logged, extra)
+        return RewardScores(self.names, self.weights, self.scores[index], self.correct[index],
+                            [self.prompts[i] for i in pick], self.seconds, self.logged, extra)
 
 
 def concat_scores(parts: Sequence[RewardScores]) -> RewardScores:
@@ -175,7 +177,7 @@ def concat_scores(parts: Sequence[RewardScores]) -> RewardScores:
     columns = dict.fromkeys(k for part in parts for k in part.extra)
     extra = {k: [x for p in parts for x in p.extra.get(k, [None] * len(p.correct))] for k in columns}
     return RewardScores(first.names, first.weights, torch.cat([p.scores for p in parts]),
-                        torch.cat([p.correct for p in parts]), seconds, logged, extra)
+                        torch.cat([p.correct for p in parts]), [x for p in parts for x in p.prompts], seconds, logged, extra)
 
 
 def repeat_columns(records: Sequence[dict], group_size: int) -> dict[str, list[Any]]:
@@ -254,7 +256,8 @@ def score_rollouts(
     verifier = [f.name for f in functions].index(VERIFIER)
     extra = {k: v for k, v in extra.items() if len(v) == n}  # a column not one per rollout cannot be shown
     weights = torch.tensor([f.weight for f in functions], dtype=torch.float32)
-    return RewardScores([f.name for f in functions], weights, scores, scores[:, verifier] > 0.5, seconds, logged, extra)
+    names = [f.name for f in functions]
+    return RewardScores(names, weights, scores, scores[:, verifier] > 0.5, list(prompts), seconds, logged, extra)
 
 
 def reward_metrics(scores: RewardScores) -> dict[str, torch.Tensor]:
