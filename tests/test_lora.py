@@ -1,0 +1,98 @@
+"""LoRA: which parameters train, the disabled adapter is the base model exactly, exports load."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from clipo.models import apply_lora, is_adapter, load_model, save_merged
+from clipo.rollout import forward_responses, generate_rollouts
+
+RECORDS = [{"messages": [{"role": "user", "content": "1+2="}], "ground_truth": "3", "data_source": "arith"},
+           {"messages": [{"role": "user", "content": "7-5="}], "ground_truth": "2", "data_source": "arith"}]
+
+
+def perturb_adapter(model: torch.nn.Module) -> None:
+    """LoRA starts as the identity (B = 0); give B values so the adapted model differs from the base."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+@pytest.fixture
+def base_and_lora():
+    base, tokenizer = load_model("tiny", tiny={}, seed=3)
+    lora = apply_lora(copy.deepcopy(base), rank=4, alpha=8)
+    perturb_adapter(lora)
+    return base, lora, tokenizer
+
+
+def rollouts_of(model, tokenizer):
+    sampling = GenerationConfig(do_sample=True, max_new_tokens=6, eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    return generate_rollouts(model, tokenizer, RECORDS, 2, sampling)
+
+
+def test_only_adapter_parameters_train():
+    base, _ = load_model("tiny", tiny={}, seed=3)
+    lora = apply_lora(base, rank=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    # 2 layers x (q_proj, v_proj) x (lora_A, lora_B)
+    assert len(trainable) == 8 and all("lora_" in n and ("q_proj" in n or "v_proj" in n) for n in trainable)
+    assert is_adapter(lora) and not is_adapter(load_model("tiny", tiny={})[0])
+    all_linear = apply_lora(load_model("tiny", tiny={})[0], rank=2, alpha=4)
+    names = {n.split(".")[-4] for n, p in all_linear.named_parameters() if p.requires_grad}
+    assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # no lm_head
+
+
+def test_bad_targets_and_rank_say_what_to_use():
+    with pytest.raises(ValueError, match="use all-linear or names among .*q_proj"):
+        apply_lora(load_model("tiny", tiny={})[0], rank=4, alpha=8, target_modules=["qkv"])
+    with pytest.raises(ValueError, match="lora_rank must be >= 1"):
+        apply_lora(load_model("tiny", tiny={})[0], rank=-1, alpha=8)
+
+
+def test_disabled_adapter_gives_the_base_models_logprobs_exactly(base_and_lora):
+    base, lora, tokenizer = base_and_lora
+    rollouts = rollouts_of(lora, tokenizer)
+    with torch.no_grad():
+        expected = forward_responses(base, rollouts).logprobs
+        adapted = forward_responses(lora, rollouts).logprobs
+        with lora.disable_adapter():
+            reference = forward_responses(lora, rollouts).logprobs
+        after = forward_responses(lora, rollouts).logprobs
+    torch.testing.assert_close(reference, expected, rtol=0, atol=0)
+    assert (adapted - expected).abs().max() > 1e-3  # the adapter does change the model
+    torch.testing.assert_close(after, adapted, rtol=0, atol=0)  # and is back on after the context
+
+
+def test_merged_export_loads_with_plain_transformers_and_matches(base_and_lora, tmp_path):
+    _, lora, tokenizer = base_and_lora
+    lora.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    save_merged(lora, tokenizer, tmp_path / "merged")
+    assert is_adapter(lora) and any("lora_" in n for n, _ in lora.named_parameters())  # merged a copy
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    rollouts = rollouts_of(lora, tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_responses(merged, rollouts).logprobs,
+                                   forward_responses(lora, rollouts).logprobs, rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_export_loads_onto_the_base_with_peft(base_and_lora, tmp_path):
+    from peft import PeftModel
+
+    base, lora, tokenizer = base_and_lora
+    lora.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "adapter")
+    rollouts = rollouts_of(lora, tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_responses(loaded, rollouts).logprobs,
+                                   forward_responses(lora, rollouts).logprobs, rtol=0, atol=0)
