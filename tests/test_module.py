@@ -27,7 +27,8 @@ def test_reward_mode_trains_the_head_and_never_touches_the_policy(tmp_path):
     module, rollouts, correct = _module_and_rollouts(tmp_path)
     head_before = {k: v.detach().clone() for k, v in module.contrastive.named_parameters()}
     rewards = correct.float()
-    shaped, metrics = module._shape_rewards(rollouts, rewards, correct)
+    shaped, out = module._shape_rewards(rollouts, rewards, correct)
+    metrics = out.metrics
 
     assert all(p.grad is None for p in module.policy.parameters()), "reward mode sent gradient into the policy"
     assert any(not torch.equal(head_before[k], v) for k, v in module.contrastive.named_parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,8 @@ from clipo.evaluation import eval_generation_config, split_set_spec
 from clipo.models import load_model
 from clipo.module import ClipoModule
 from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.rewards import build_reward_functions
+from clipo.rollout_log import RolloutLog
 
 
 def plain(node: Any) -> Any:
@@ -37,11 +40,12 @@ def build_datamodule(cfg: DictConfig) -> PromptDataModule:
 
 
 def build_models(cfg: DictConfig, algorithm: Any) -> tuple[Any, Any, Any]:
-    """(policy, tokenizer, reference); the reference is loaded only when the KL term is on."""
+    """(policy, tokenizer, reference); the reference is loaded only when the KL term is on, and never
+    with LoRA (the reference is then the policy with its adapter disabled)."""
     model_cfg = plain(cfg.model)
     policy, tokenizer = load_model(**model_cfg, seed=cfg.seed)
     reference = None
-    if algorithm.uses_reference:
+    if algorithm.uses_reference and not model_cfg.get("lora_rank"):
         reference, _ = load_model(**{**model_cfg, "gradient_checkpointing": False}, seed=cfg.seed)
     return policy, tokenizer, reference
 
@@ -94,6 +98,15 @@ def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     return train_verifier, per_set
 
 
+def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
+    """`<run dir>/rollouts.jsonl` every `logging.rollouts_every_n_steps` RL steps (0: none)."""
+    log = cfg.get("logging") or {}
+    every = log.get("rollouts_every_n_steps", 1)
+    if not every:
+        return None
+    return RolloutLog(Path(cfg.paths.output_dir) / "rollouts.jsonl", every, log.get("rollouts_max_rows_per_step", 64))
+
+
 def build_module(cfg: DictConfig) -> ClipoModule:
     register_components()
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))
@@ -106,6 +119,8 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         tokenizer=tokenizer,
         reference=reference,
         verifier=verifier,
+        reward_functions=build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier),
+        rollout_log=build_rollout_log(cfg),
         val_verifiers=val_verifiers,
         val_twins=val_twins,
         val_n=cfg.validation.n,

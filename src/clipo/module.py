@@ -21,9 +21,21 @@ from transformers import GenerationConfig
 from clipo.dapo import overlong_penalty, select_groups
 from clipo.distributed import gathered_for_generation, mean_over_ranks, sum_over_ranks, world
 from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, score_batch
+from clipo.models import is_adapter
 from clipo.policy_loss import StepNormalizer
+from clipo.rewards import (
+    RewardFunction,
+    RewardScores,
+    concat_scores,
+    repeat_columns,
+    reward_metrics,
+    score_rollouts,
+    verifier_reward,
+)
 from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout import RolloutBatch, concat_rollouts, forward_responses, generate_rollouts
+from clipo.rollout_log import RolloutLog, rollout_rows
+from clipo.steps import RLStepCounter
 
 
 class PhaseTimer:
@@ -64,12 +76,18 @@ class ClipoModule(L.LightningModule):
         val_twins: dict[str, list[str]] | None = None,
         val_n: int = 1,
         val_ks: list[int] | None = None,
+        reward_functions: list[RewardFunction] | None = None,
+        rollout_log: RolloutLog | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.strict_loading = False  # the frozen reference is not stored in checkpoints
         self.policy, self.tokenizer, self.reference = policy, tokenizer, reference
         self.verifier, self.advantage, self.algorithm = verifier, advantage, algorithm
+        # the verifier alone (weight 1) unless the run lists its own reward functions
+        self.reward_functions = reward_functions or [RewardFunction("verifier", verifier_reward(verifier), 1.0)]
+        self.rollout_log = rollout_log
+        self.step_counter = RLStepCounter()  # global_step counts RL steps, not optimizer updates
         self.contrastive = contrastive
         self.generation, self.val_generation = generation, val_generation
         self.optimizer_factory, self.head_optimizer_factory = optimizer, head_optimizer
@@ -90,20 +108,26 @@ class ClipoModule(L.LightningModule):
 
     # ---- the RL step -------------------------------------------------------------------
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
+        with self.step_counter.step(self._trainer):
+            self._rl_step(batch)
+
+    def _rl_step(self, batch: list[dict]) -> None:
         timer = PhaseTimer()
         reward_mode = self.contrastive.enabled and self.contrastive.mode == "reward"
-        rollouts, rewards = self._sample_and_verify(batch, timer, capture=self.contrastive.layer if reward_mode else None)
-        metrics = self._rollout_metrics(rollouts, rewards)
+        rollouts, scores = self._sample_and_verify(batch, timer, capture=self.contrastive.layer if reward_mode else None)
+        metrics = self._rollout_metrics(rollouts, scores)
         if getattr(self.algorithm, "dynamic_sampling", False):
-            rollouts, rewards, dapo_metrics = self._keep_informative_groups(rollouts, rewards, len(batch), timer)
+            rollouts, scores, dapo_metrics = self._keep_informative_groups(rollouts, scores, len(batch), timer)
             metrics |= dapo_metrics
-        correct = rewards > 0.5
-        rewards = rewards + self._overlong_penalty(rollouts)
+        correct = scores.correct.to(self.device)  # CLIPO's positives: the verifier's, never the summed reward
+        rewards = scores.total.to(self.device) + self._overlong_penalty(rollouts)
+        contrastive_out = None
         with timer("contrastive"):
             if reward_mode:
-                rewards, contrastive_metrics = self._shape_rewards(rollouts, rewards, correct)
-                metrics |= contrastive_metrics
+                rewards, contrastive_out = self._shape_rewards(rollouts, rewards, correct)
+                metrics |= contrastive_out.metrics
         advantages = self.advantage(rewards, rollouts.groups)
+        self._log_rollouts(rollouts, scores, rewards, advantages, contrastive_out)
         if not (reward_mode and self.contrastive.policy_waits(self.rl_step)):
             with timer("logprobs"):
                 old_logprobs, ref_logprobs = self._old_and_reference_logprobs(rollouts)
@@ -126,33 +150,40 @@ class ClipoModule(L.LightningModule):
         return dict(zip(keys, values))
 
     def _sample_and_verify(self, batch: list[dict], timer: PhaseTimer, capture: int | None):
+        """Rollouts of the prompts and their reward scores (each function timed as its own phase)."""
         with timer("generate"), gathered_for_generation(self.trainer.strategy):
             rollouts = generate_rollouts(self.policy, self.tokenizer, batch, self.group_size, self.generation, capture)
-        with timer("verify"):
-            rewards = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths), device=self.device)
+        texts = [self.tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in batch]
+        ids = rollouts.response_ids.masked_fill(~rollouts.response_mask, -1).tolist()  # one transfer, then per row
+        completion_ids = [[t for t in row if t >= 0] for row in ids]
+        prompts = [text for text in texts for _ in range(self.group_size)]
+        scores = score_rollouts(self.reward_functions, prompts, rollouts.responses, completion_ids,
+                                repeat_columns(batch, self.group_size), trainer_state=self._trainer)
+        for name, seconds in scores.seconds.items():
+            timer.seconds["verify" if name == "verifier" else f"reward/{name}"] += seconds
         timer.generated_tokens += int(rollouts.response_lengths.sum())
-        return rollouts, rewards
+        return rollouts, scores
 
-    def _keep_informative_groups(self, rollouts: RolloutBatch, rewards: torch.Tensor, target: int, timer: PhaseTimer):
-        """DAPO dynamic sampling: drop groups whose rewards do not vary, refill from further prompts."""
+    def _keep_informative_groups(self, rollouts: RolloutBatch, scores: RewardScores, target: int, timer: PhaseTimer):
+        """DAPO dynamic sampling: drop groups whose summed rewards do not vary, refill from further prompts."""
         limit = self.algorithm.max_refill_batches
         refills = 0
-        selection = select_groups(rewards, rollouts.groups, target, refills, limit)
+        selection = select_groups(scores.total.to(self.device), rollouts.groups, target, refills, limit)
         while selection.need_more:
             more = self.trainer.datamodule.refill_batch()
             capture = None if rollouts.hidden is None else self.contrastive.layer
-            more_rollouts, more_rewards = self._sample_and_verify(more, timer, capture)
+            more_rollouts, more_scores = self._sample_and_verify(more, timer, capture)
             rollouts = concat_rollouts([rollouts, more_rollouts], self.tokenizer.pad_token_id)
-            rewards = torch.cat([rewards, more_rewards])
+            scores = concat_scores([scores, more_scores])
             refills += 1
-            selection = select_groups(rewards, rollouts.groups, target, refills, limit)
+            selection = select_groups(scores.total.to(self.device), rollouts.groups, target, refills, limit)
         keep = selection.keep.nonzero().squeeze(-1)
         metrics = {
             "dapo/refills": torch.tensor(float(refills)),
             "dapo/limit_hit": torch.tensor(float(selection.limit_hit)),
             "dapo/informative_group_frac": torch.tensor(selection.num_informative / target),
         }
-        return rollouts.select(keep), rewards[keep], metrics
+        return rollouts.select(keep), scores.select(keep.cpu()), metrics
 
     def _overlong_penalty(self, rollouts: RolloutBatch) -> torch.Tensor | float:
         """DAPO's soft overlong punishment, when the algorithm configures a buffer."""
@@ -162,12 +193,14 @@ class ClipoModule(L.LightningModule):
         lengths = rollouts.response_lengths
         return overlong_penalty(lengths, self.generation.max_new_tokens, buffer, self.algorithm.overlong_penalty)
 
-    def _rollout_metrics(self, rollouts: RolloutBatch, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _rollout_metrics(self, rollouts: RolloutBatch, scores: RewardScores) -> dict[str, torch.Tensor]:
+        rewards = scores.total  # the weighted sum of the reward functions
         grouped = rewards.view(-1, self.group_size)
         stats = self.verifier.stats() if hasattr(self.verifier, "stats") else {}
         return {
+            **reward_metrics(scores),
             "train/reward": rewards.mean(),
-            "train/acc": (rewards > 0.5).float().mean(),
+            "train/acc": scores.correct.float().mean(),
             "train/zero_var_group_frac": (grouped.std(-1, unbiased=False) == 0).float().mean(),
             "train/response_len": rollouts.response_lengths.float().mean(),
             "train/truncation_rate": rollouts.truncated.float().mean(),
@@ -181,7 +214,19 @@ class ClipoModule(L.LightningModule):
             self.head_optimizer.zero_grad(set_to_none=True)
             out.batch_loss.backward()
             self._step_head()
-        return rewards + out.bonus.to(rewards.dtype), out.metrics
+        return rewards + out.bonus.to(rewards.dtype), out
+
+    def _log_rollouts(self, rollouts: RolloutBatch, scores: RewardScores, shaped: torch.Tensor,
+                      advantages: torch.Tensor, contrastive_out: Any) -> None:
+        """Rows of this RL step (numbered as its logged metrics: steps done, this one included) into
+        rollouts.jsonl and the W&B / TensorBoard loggers; rank 0 logs its own rollouts."""
+        step = self.rl_step + 1
+        if self.rollout_log is None or not self.rollout_log.due(step) or not self.trainer.is_global_zero:
+            return
+        loss = None if contrastive_out is None else contrastive_out.per_sample.detach()
+        bonus = None if contrastive_out is None else contrastive_out.bonus
+        rows = rollout_rows(step, rollouts, scores, shaped, advantages, loss, bonus, self.rollout_log.max_rows_per_step)
+        self.rollout_log.write(rows, self.trainer.loggers, step)
 
     def _batch_sizes(self, n: int) -> tuple[int, int]:
         """(mini, micro): this rank's rollouts per optimizer update and per forward pass."""
@@ -196,7 +241,12 @@ class ClipoModule(L.LightningModule):
         temperature = self.generation.temperature or 1.0
         single_update = self.ppo_epochs == 1 and mini == n
         old = None if single_update else self._logprobs(self.policy, rollouts, micro, temperature)
-        ref = None if self.reference is None else self._logprobs(self.reference, rollouts, micro, temperature)
+        ref = None
+        if self.reference is not None:
+            ref = self._logprobs(self.reference, rollouts, micro, temperature)
+        elif self.algorithm.uses_reference and is_adapter(self.policy):
+            with self.policy.disable_adapter():  # LoRA: the reference is the base model, no second copy
+                ref = self._logprobs(self.policy, rollouts, micro, temperature)
         return old, ref
 
     def _update_policy(self, rollouts: RolloutBatch, advantages: torch.Tensor, correct: torch.Tensor,
@@ -313,9 +363,14 @@ class ClipoModule(L.LightningModule):
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        # the frozen reference, and a LoRA policy's frozen base, come from the model files, not checkpoints
+        frozen = {f"policy.{n}" for n, p in self.policy.named_parameters() if not p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.") and k not in frozen
+        }
         checkpoint["clipo"] = {
             "rl_step": self.rl_step,
+            "optimizer_updates": self.step_counter.state_dict(),
             "skipped_updates": self.skipped_updates,
             "rng": collect_rng_states(),
             "head_optimizer": None if self.head_optimizer is None else self.head_optimizer.state_dict(),
@@ -325,6 +380,7 @@ class ClipoModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("clipo", {})
         self.rl_step = state.get("rl_step", 0)
+        self.step_counter.load_state_dict(state.get("optimizer_updates", {}))
         self.skipped_updates = state.get("skipped_updates", 0)
         self._pending_rng = state.get("rng")
         self._pending_head_state = state.get("head_optimizer")

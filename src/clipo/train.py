@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from clipo.builders import build_datamodule, build_module, build_trainer
 from clipo.callbacks import RunSummary, format_summary
 from clipo.config import ConfigError, validate_config
+from clipo.models import is_adapter, save_merged
 
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
@@ -43,7 +44,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     val_after = _validate(trainer, module, datamodule) if validate else {}
 
-    export_dir = export_policy(module, output_dir / "policy") if trainer.is_global_zero else None
+    merge = bool(cfg.get("export", {}).get("merge", False))
+    export_dir = export_policy(module, output_dir / "policy", merge) if trainer.is_global_zero else None
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if summary is not None and trainer.is_global_zero:
@@ -71,11 +73,14 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def export_policy(module: L.LightningModule, target: Path) -> Path:
-    """The final policy as a `save_pretrained` folder, the contrastive head beside it."""
+def export_policy(module: L.LightningModule, target: Path, merge: bool = False) -> Path:
+    """The final policy as a `save_pretrained` folder (a LoRA adapter in PEFT's format, plus a merged
+    model in `policy_merged/` when `merge`), the contrastive head beside it."""
     target.mkdir(parents=True, exist_ok=True)
     module.policy.save_pretrained(target)
     module.tokenizer.save_pretrained(target)
+    if merge and is_adapter(module.policy):
+        save_merged(module.policy, module.tokenizer, target.parent / f"{target.name}_merged")
     if module.contrastive.head is not None:
         torch.save(module.contrastive.state_dict(), target.parent / "contrastive_head.pt")
     return target
