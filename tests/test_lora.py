@@ -96,3 +96,58 @@ def test_adapter_export_loads_onto_the_base_with_peft(base_and_lora, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(forward_responses(loaded, rollouts).logprobs,
                                    forward_responses(lora, rollouts).logprobs, rtol=0, atol=0)
+
+
+LORA = ["model.lora_rank=4", "model.lora_alpha=8", "data.val=null", "optimizer.lr=1e-2"]
+
+
+def test_lora_run_trains_only_adapter_and_head_with_the_base_as_reference(parity_verifier, tmp_path, monkeypatch):
+    from clipo.train import train
+    from tests.conftest import tiny_parity_config
+
+    loads = []
+    import clipo.builders
+
+    monkeypatch.setattr(clipo.builders, "load_model", lambda **kw: loads.append(kw) or load_model(**kw))
+    cfg = tiny_parity_config(tmp_path, *LORA, "algorithm.kl_coef=0.1", "export.merge=true")
+    initial = apply_lora(load_model("tiny", tiny={}, seed=0)[0], rank=4, alpha=8)
+    before = {k: v.detach().clone() for k, v in initial.named_parameters()}
+    metrics, objects = train(cfg)
+    module = objects["module"]
+    assert len(loads) == 1 and module.reference is None  # KL on, yet no second model
+    assert metrics["actor/kl"] > 0  # the adapter moved away from the base within 2 steps
+    changed = {k for k, v in module.policy.named_parameters() if not torch.equal(before[k], v.detach())}
+    assert changed and all("lora_" in k for k in changed), sorted(changed)[:3]
+    from clipo.builders import build_contrastive
+
+    fresh = dict(build_contrastive(cfg, hidden_size=64).named_parameters())  # the head as it started (seeded)
+    assert any(not torch.equal(fresh[k], v.detach()) for k, v in module.contrastive.named_parameters())
+    # the checkpoint holds the adapter (not the frozen base), the head and both optimizers
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    policy_keys = [k for k in saved["state_dict"] if k.startswith("policy.")]
+    assert policy_keys and all("lora_" in k for k in policy_keys)
+    assert any(k.startswith("contrastive.") for k in saved["state_dict"]) and saved["clipo"]["head_optimizer"]
+    assert len(saved["optimizer_states"]) == 1
+    # exports: the adapter in PEFT's format, and a merged model that plain transformers loads
+    assert (tmp_path / "policy" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "policy_merged")
+    rollouts = rollouts_of(module.policy, module.tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(forward_responses(merged, rollouts).logprobs,
+                                   forward_responses(module.policy, rollouts).logprobs, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_resume_is_exact(parity_verifier, tmp_path):
+    from clipo.train import train
+    from tests.conftest import tiny_parity_config
+
+    overrides = [*LORA, "trainer.max_steps=3"]
+    _, full = train(tiny_parity_config(tmp_path / "full", *overrides))
+    first = tiny_parity_config(tmp_path / "first", *overrides)
+    first.trainer.max_steps = 2
+    train(first)
+    checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    _, resumed = train(tiny_parity_config(tmp_path / "resumed", *overrides, f"ckpt_path={checkpoint}"))
+    expected = dict(full["module"].named_parameters())
+    for name, value in resumed["module"].named_parameters():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)

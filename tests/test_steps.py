@@ -91,3 +91,20 @@ def test_validation_interval_counts_rl_steps(tmp_path):
                   num_sanity_val_steps=0, limit_val_batches=1)
     assert trainer.global_step == 4 and module.steps_seen == [0, 1, 2, 3]
     assert module.validated_at == [2, 4]  # after RL steps 2 and 4 (global_step would read 4 and 8 without the counter)
+
+
+def test_train_max_steps_3_with_2_updates_a_step_makes_3_rl_steps(parity_verifier, tmp_path):
+    from clipo.train import train
+    from tests.conftest import tiny_parity_config
+
+    # 2 prompts x 4 rollouts = 8 rollouts a step; mini-batches of 4 -> 2 optimizer updates a step
+    cfg = tiny_parity_config(tmp_path, "trainer.max_steps=3", "ppo.mini_batch_size=4", "data.val=null",
+                             "callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_top_k=-1")
+    _, objects = train(cfg)
+    module, trainer = objects["module"], objects["trainer"]
+    assert trainer.global_step == module.rl_step == 3 and module.step_counter.updates == 6
+    assert [row["step"] for row in objects["summary"].history] == [1.0, 2.0, 3.0]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.ckpt"))
+    assert names == ["step_000001.ckpt", "step_000002.ckpt", "step_000003.ckpt"]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 3 and saved["clipo"]["optimizer_updates"] == {"updates": 6}

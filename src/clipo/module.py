@@ -363,10 +363,13 @@ class ClipoModule(L.LightningModule):
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the frozen reference, and a LoRA policy's frozen base, come from the model files, not checkpoints
-        frozen = {f"policy.{n}" for n, p in self.policy.named_parameters() if not p.requires_grad}
+        # the frozen reference, and a LoRA policy's frozen base (tied weights included), come from the
+        # model files, not checkpoints: a policy with frozen weights keeps only its trainable ones
+        trainable = {f"policy.{n}" for n, p in self.policy.named_parameters() if p.requires_grad}
+        partly_frozen = any(not p.requires_grad for p in self.policy.parameters())
         checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.") and k not in frozen
+            k: v for k, v in checkpoint["state_dict"].items()
+            if not k.startswith("reference.") and not (partly_frozen and k.startswith("policy.") and k not in trainable)
         }
         checkpoint["clipo"] = {
             "rl_step": self.rl_step,
