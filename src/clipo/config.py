@@ -83,6 +83,7 @@ def validate_config(cfg: DictConfig) -> None:
             "pick a loss (e.g. loss=infonce) or drop contrastive.mode"
         )
     problems += _reward_problems(cfg)
+    problems += _logging_and_lora_problems(cfg)
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
@@ -95,6 +96,26 @@ def _reward_problems(cfg: DictConfig) -> list[str]:
     funcs, weights = cfg.get("reward_funcs", ["verifier"]), cfg.get("reward_weights")
     plain = [OmegaConf.to_object(x) if isinstance(x, (DictConfig, ListConfig)) else x for x in (funcs, weights)]
     return reward_config_problems(*plain)
+
+
+def _logging_and_lora_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    log = cfg.get("logging") or {}
+    every, rows = log.get("rollouts_every_n_steps", 1), log.get("rollouts_max_rows_per_step", 64)
+    if not isinstance(every, int) or every < 0:
+        problems.append(f"logging.rollouts_every_n_steps={every} must be an integer >= 0 (0 turns rollout logs off)")
+    if not isinstance(rows, int) or rows < 1:
+        problems.append(f"logging.rollouts_max_rows_per_step={rows} must be an integer >= 1")
+    rank, alpha = cfg.model.get("lora_rank", 0), cfg.model.get("lora_alpha", 16)
+    targets = cfg.model.get("lora_target_modules", "all-linear")
+    if not isinstance(rank, int) or rank < 0:
+        problems.append(f"model.lora_rank={rank} must be an integer >= 0 (0: full fine-tuning, e.g. 16 for LoRA)")
+    elif rank and (not isinstance(alpha, (int, float)) or alpha <= 0):
+        problems.append(f"model.lora_alpha={alpha} must be > 0 (commonly 2 x lora_rank)")
+    elif rank and not (targets == "all-linear" or isinstance(targets, ListConfig) and len(targets) > 0):
+        problems.append(f"model.lora_target_modules={targets} must be all-linear or a list of module names, "
+                        "e.g. [q_proj,k_proj,v_proj,o_proj]")
+    return problems
 
 
 def world_size(cfg: DictConfig) -> int | None:
