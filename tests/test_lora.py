@@ -151,3 +151,18 @@ def test_lora_resume_is_exact(parity_verifier, tmp_path):
     expected = dict(full["module"].named_parameters())
     for name, value in resumed["module"].named_parameters():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_merged_weights_for_an_inference_engine_match_the_merged_export(base_and_lora, tmp_path):
+    from clipo.models import merged_weights
+
+    base, lora, tokenizer = base_and_lora
+    before = {k: v.clone() for k, v in lora.state_dict().items()}
+    weights = merged_weights(lora)
+    exported = AutoModelForCausalLM.from_pretrained(save_merged(lora, tokenizer, tmp_path / "merged")).state_dict()
+    assert set(weights) == set(base.state_dict()) == set(exported)  # the plain model's names
+    for name, value in exported.items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-6, atol=1e-6, msg=name)
+    assert all(torch.equal(before[k], v) for k, v in lora.state_dict().items())  # the model is unchanged
+    assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"],
+                           base.state_dict()["model.layers.0.self_attn.q_proj.weight"])

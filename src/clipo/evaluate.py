@@ -35,7 +35,7 @@ from clipo.evaluation import (
     set_metrics,
     split_set_spec,
 )
-from clipo.models import load_model
+from clipo.models import is_adapter, load_model
 from clipo.registry import VERIFIERS
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def load_checkpoint_policy(model: torch.nn.Module, path: Path) -> None:
     if not policy:
         raise ValueError(f"{path} has no `policy.` weights in its state_dict; is it a clipo training checkpoint?")
     missing, unexpected = model.load_state_dict(policy, strict=False)
+    if is_adapter(model):  # a LoRA checkpoint holds the adapter only; the frozen base comes from the model files
+        missing = [k for k in missing if "lora_" in k]
     if missing or unexpected:
         raise ValueError(f"{path} does not fit model={model.config.model_type} ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected weights, e.g. {(missing + unexpected)[:3]}); "

@@ -119,6 +119,29 @@ def save_merged(model: torch.nn.Module, tokenizer: Any, target: Path) -> Path:
     return target
 
 
+@torch.no_grad()
+def merged_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a LoRA model with its adapter merged, under the plain model's names (what an
+    inference engine such as vLLM loads: `W + scaling * B @ A` per adapted layer), computed without
+    changing the model. A model without adapter gives its own state dict."""
+    if not is_adapter(model):
+        return dict(model.state_dict())
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    merged = {
+        f"{name}.weight": module.get_base_layer().weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
+        for name, module in base.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    weights = {}
+    for key, value in base.state_dict().items():
+        if "lora_" not in key:
+            plain = key.replace(".base_layer.", ".")
+            weights[plain] = merged.get(plain, value)
+    return weights
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Zero every dropout: the update's log-probs must come from the network that sampled
     (dropout off), while train mode stays on for gradient checkpointing."""
