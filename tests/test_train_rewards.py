@@ -62,6 +62,7 @@ def test_weighted_rewards_and_rollout_rows_agree_with_the_logged_step(parity_ver
         for r in step:
             total = r["rewards"]["verifier"] + 0.5 * r["rewards"]["brevity"] + 2.0 * (r["rewards"]["even_only"] or 0.0)
             assert r["shaped_reward"] == pytest.approx(total + r["bonus"], abs=1e-6)
+            assert r["rewards"]["brevity"] == pytest.approx(-r["length"] / 10)  # completion_ids: the response, no padding
             assert r["prompt"].endswith("assistant\n") and r["ground_truth"] and isinstance(r["advantage"], float)
 
 

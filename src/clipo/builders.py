@@ -19,7 +19,7 @@ from clipo.evaluation import eval_generation_config, split_set_spec
 from clipo.models import load_model
 from clipo.module import ClipoModule
 from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
-from clipo.rewards import build_reward_functions
+from clipo.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rollout_log import RolloutLog
 
 
@@ -98,6 +98,12 @@ def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     return train_verifier, per_set
 
 
+def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
+    """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`)."""
+    functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier)
+    return RewardScorer(functions, chat_prompt(tokenizer))
+
+
 def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
     """`<run dir>/rollouts.jsonl` every `logging.rollouts_every_n_steps` RL steps (0: none)."""
     log = cfg.get("logging") or {}
@@ -119,7 +125,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         tokenizer=tokenizer,
         reference=reference,
         verifier=verifier,
-        reward_functions=build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier),
+        rewards=build_rewards(cfg, verifier, tokenizer),
         rollout_log=build_rollout_log(cfg),
         val_verifiers=val_verifiers,
         val_twins=val_twins,

@@ -23,15 +23,7 @@ from clipo.distributed import gathered_for_generation, mean_over_ranks, sum_over
 from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.models import is_adapter
 from clipo.policy_loss import StepNormalizer
-from clipo.rewards import (
-    RewardFunction,
-    RewardScores,
-    concat_scores,
-    repeat_columns,
-    reward_metrics,
-    score_rollouts,
-    verifier_reward,
-)
+from clipo.rewards import RewardScorer, RewardScores, build_reward_functions, chat_prompt, concat_scores, reward_metrics
 from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout import RolloutBatch, concat_rollouts, forward_responses, generate_rollouts
 from clipo.rollout_log import RolloutLog, rollout_rows
@@ -76,7 +68,7 @@ class ClipoModule(L.LightningModule):
         val_twins: dict[str, list[str]] | None = None,
         val_n: int = 1,
         val_ks: list[int] | None = None,
-        reward_functions: list[RewardFunction] | None = None,
+        rewards: RewardScorer | None = None,
         rollout_log: RolloutLog | None = None,
     ) -> None:
         super().__init__()
@@ -84,8 +76,8 @@ class ClipoModule(L.LightningModule):
         self.strict_loading = False  # the frozen reference is not stored in checkpoints
         self.policy, self.tokenizer, self.reference = policy, tokenizer, reference
         self.verifier, self.advantage, self.algorithm = verifier, advantage, algorithm
-        # the verifier alone (weight 1) unless the run lists its own reward functions
-        self.reward_functions = reward_functions or [RewardFunction("verifier", verifier_reward(verifier), 1.0)]
+        # the verifier and the run's own reward functions (`reward_funcs`); the verifier alone by default
+        self.rewards = rewards or RewardScorer(build_reward_functions(["verifier"], None, verifier), chat_prompt(tokenizer))
         self.rollout_log = rollout_log
         self.step_counter = RLStepCounter()  # global_step counts RL steps, not optimizer updates
         self.contrastive = contrastive
@@ -153,12 +145,7 @@ class ClipoModule(L.LightningModule):
         """Rollouts of the prompts and their reward scores (each function timed as its own phase)."""
         with timer("generate"), gathered_for_generation(self.trainer.strategy):
             rollouts = generate_rollouts(self.policy, self.tokenizer, batch, self.group_size, self.generation, capture)
-        texts = [self.tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in batch]
-        ids = rollouts.response_ids.masked_fill(~rollouts.response_mask, -1).tolist()  # one transfer, then per row
-        completion_ids = [[t for t in row if t >= 0] for row in ids]
-        prompts = [text for text in texts for _ in range(self.group_size)]
-        scores = score_rollouts(self.reward_functions, prompts, rollouts.responses, completion_ids,
-                                repeat_columns(batch, self.group_size), trainer_state=self._trainer)
+        scores = self.rewards(batch, rollouts, self.group_size, trainer_state=self._trainer)
         for name, seconds in scores.seconds.items():
             timer.seconds["verify" if name == "verifier" else f"reward/{name}"] += seconds
         timer.generated_tokens += int(rollouts.response_lengths.sum())

@@ -272,3 +272,33 @@ def reward_metrics(scores: RewardScores) -> dict[str, torch.Tensor]:
         metrics[f"reward/{name}/mean"], metrics[f"reward/{name}/std"] = mean, std
     metrics |= {name: torch.tensor(sum(v) / len(v)) for name, v in scores.logged.items()}
     return metrics
+
+
+class RewardScorer:
+    """Scores a batch of rollouts with the reward functions, giving each TRL's keywords.
+
+    Args:
+        functions: from `build_reward_functions` (the verifier among them).
+        prompt_text: a prompt record -> the text the policy saw (its chat template applied).
+    """
+
+    def __init__(self, functions: Sequence[RewardFunction], prompt_text: Callable[[dict], str]) -> None:
+        self.functions, self.prompt_text = list(functions), prompt_text
+
+    def __call__(self, records: Sequence[dict], rollouts: Any, group_size: int, trainer_state: Any = None) -> RewardScores:
+        """Scores of `rollouts` (a `RolloutBatch`: `group_size` rollouts per record, in order)."""
+        texts = [self.prompt_text(record) for record in records]
+        prompts = [text for text in texts for _ in range(group_size)]
+        ids = rollouts.response_ids.masked_fill(~rollouts.response_mask, -1).tolist()  # one transfer, then per row
+        completion_ids = [[t for t in row if t >= 0] for row in ids]
+        return score_rollouts(self.functions, prompts, rollouts.responses, completion_ids,
+                              repeat_columns(records, group_size), trainer_state)
+
+
+def chat_prompt(tokenizer: Any) -> Callable[[dict], str]:
+    """A record's prompt text as the engines build it: its messages with the generation prompt."""
+
+    def prompt_text(record: dict) -> str:
+        return tokenizer.apply_chat_template(record["messages"], add_generation_prompt=True, tokenize=False)
+
+    return prompt_text
