@@ -120,13 +120,16 @@ def test_lora_run_trains_only_adapter_and_head_with_the_base_as_reference(parity
     assert changed and all("lora_" in k for k in changed), sorted(changed)[:3]
     from clipo.builders import build_contrastive
 
-    fresh = dict(build_contrastive(cfg, hidden_size=64).named_parameters())  # the head as it started (seeded)
+    from clipo.contrastive import ContrastiveMode
+
+    fresh = build_contrastive(cfg, ContrastiveMode.REWARD, hidden_size=64)  # the head as it started (seeded)
+    fresh = dict(fresh.named_parameters())
     assert any(not torch.equal(fresh[k], v.detach()) for k, v in module.contrastive.named_parameters())
     # the checkpoint holds the adapter (not the frozen base), the head and both optimizers
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     policy_keys = [k for k in saved["state_dict"] if k.startswith("policy.")]
     assert policy_keys and all("lora_" in k for k in policy_keys)
-    assert any(k.startswith("contrastive.") for k in saved["state_dict"]) and saved["clipo"]["head_optimizer"]
+    assert any(k.startswith("contrastive.") for k in saved["state_dict"]) and saved["clipo"]["head_pooler_optimizer"]
     assert len(saved["optimizer_states"]) == 1
     # exports: the adapter in PEFT's format, and a merged model that plain transformers loads
     assert (tmp_path / "policy" / "adapter_config.json").is_file()

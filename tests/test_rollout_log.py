@@ -22,7 +22,7 @@ def batch(responses: list[str], lengths: list[int]) -> RolloutBatch:
     return RolloutBatch(
         sequences=torch.zeros(n, 2 + t, dtype=torch.long), attention_mask=torch.ones(n, 2 + t, dtype=torch.long),
         response_mask=mask, prompt_len=2, groups=torch.arange(n) // 2, responses=responses,
-        ground_truths=["4"] * n, data_sources=["arith"] * n, truncated=torch.tensor(lengths) == t,
+        ground_truths=["4"] * n, truncated=torch.tensor(lengths) == t,
     )
 
 
