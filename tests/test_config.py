@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clipo.config import ConfigError, register_components, validate_config
-from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.config import ConfigError, validate_config
+from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config
 
 REGISTERED_GROUPS = {

@@ -7,10 +7,10 @@ import torch
 from omegaconf import OmegaConf
 
 from clipo.algorithms import StepNormalizer
-from clipo.config import CONFIG_DIR, register_components
+from clipo.compose import CONFIG_DIR
 from clipo.interfaces import AdvantageEstimator, ContrastiveLoss, Head, PolicyLoss, Pooler, RolloutEngine, Verifier
 from clipo.models import build_tiny
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rollout import RolloutBatch, Sampling
 
 register_components()

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from clipo.report import main
-from clipo.reporting.rollouts import extremes, load_rollouts, step_summary
+from clipo.multirun.rollouts import extremes, load_rollouts, step_summary
 from clipo.rewards import RewardScores
 from clipo.rollout import RolloutBatch
 from clipo.rollout_log import RolloutLog, markdown_rows, publish, rollout_rows

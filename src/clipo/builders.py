@@ -13,24 +13,29 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipo.checkpointing import AtomicCheckpointIO
 from clipo.collector import RolloutCollector
-from clipo.config import register_components
+from clipo.compose import CONFIG_DIR
 from clipo.contrastive import ContrastiveMode, ContrastiveObjective
 from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
 from clipo.dapo import DynamicSampling, OverlongShaping
 from clipo.data import PromptDataModule
-from clipo.evaluation import eval_sampling, split_set_spec
 from clipo.models import is_adapter, load_model
 from clipo.module import ClipoModule
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rewards import RewardScorer, build_reward_functions, chat_prompt
-from clipo.rollout_log import RolloutLog
 from clipo.rollout.sampling import Sampling
+from clipo.rollout_log import RolloutLog
+from clipo.scoring import eval_sampling, split_set_spec
 from clipo.updater import PolicyUpdater
 
 
 def plain(node: Any) -> Any:
     """A config node as plain Python containers."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The run's resolved config without Hydra's own node: what a checkpoint keeps to know its run."""
+    return plain(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))
 
 
 def build_datamodule(cfg: DictConfig) -> PromptDataModule:
@@ -84,16 +89,23 @@ def rollout_sampling(cfg: DictConfig) -> tuple[Sampling, Sampling]:
     return train, eval_sampling(v.n, v.temperature, v.top_p, v.max_new_tokens or r.max_new_tokens)
 
 
+def build_verifier(name: str) -> Any:
+    """The verifier `name` with the settings of `configs/verifier/<name>.yaml` (not the class defaults)."""
+    path = CONFIG_DIR / "verifier" / f"{name}.yaml"
+    spec = plain(OmegaConf.load(path)) if path.is_file() else {"name": name}
+    return VERIFIERS.build(spec)
+
+
 def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
-    """The training verifier and one per validation set; a kind is built once and shared
-    (the math verifier owns a worker pool)."""
+    """The training verifier (`verifier=`, with its overrides) and one per validation set, each from its
+    config file; a kind is built once and shared (the math verifier owns a worker pool)."""
     train_verifier = VERIFIERS.build(plain(cfg.verifier))
     by_kind = {cfg.verifier.name: train_verifier}
     per_set = {}
     for name, spec in (plain(cfg.data.get("val")) or {}).items():
         kind = split_set_spec(spec)[1]
         if kind not in by_kind:
-            by_kind[kind] = VERIFIERS.build({"name": kind})
+            by_kind[kind] = build_verifier(kind)
         per_set[name] = by_kind[kind]
     return train_verifier, per_set
 
@@ -185,6 +197,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         val_twins=val_twins,
         val_n=cfg.validation.n,
         val_ks=list(cfg.validation.ks),
+        run_config=run_config(cfg),
     )
 
 

@@ -164,7 +164,7 @@ class RolloutCollector:
         return rollouts.select(keep.to(rollouts.sequences.device)), scores.select(keep), metrics
 
     def _rollout_metrics(self, rollouts: RolloutBatch, scores: RewardScores) -> dict[str, torch.Tensor]:
-        stats = self.verifier.stats() if hasattr(self.verifier, "stats") else {}
+        stats = self.verifier.stats()
         rewards = scores.total
         return {
             **reward_metrics(scores),

@@ -8,46 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clipo.algorithms.kl import KL_ESTIMATORS
 from clipo.contrastive.mode import ContrastiveMode
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rewards import reward_config_problems
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message lists every problem found."""
-
-
-def compose(overrides: list[str] | None = None, output_dir: Path | None = None, config_name: str = "train") -> DictConfig:
-    """Compose `configs/<config_name>.yaml` without the command line (tests, notebooks, benchmarks),
-    with the Hydra runtime set as in a real run, so `${hydra:...}` interpolations resolve."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.paths.output_dir = str(output_dir)
-    HydraConfig().set_config(cfg)
-    return cfg
-
-
-def register_components() -> None:
-    """Import every option module so that each registry is complete."""
-    import clipo.advantages  # noqa: F401
-    import clipo.contrastive  # noqa: F401
-    import clipo.rollout  # noqa: F401
-    import clipo.algorithms  # noqa: F401
-    import clipo.verifiers  # noqa: F401
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -57,9 +57,11 @@ class RolloutEngine(Protocol):
 
 @runtime_checkable
 class Verifier(Protocol):
-    """Rewards: one score in [0, 1] per response (1 = correct); `close` frees workers."""
+    """Rewards: one score in [0, 1] per response (1 = correct); `stats` counters to log; `close` frees workers."""
 
     def __call__(self, responses: list[str], ground_truths: list[str]) -> list[float]: ...
+
+    def stats(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
 

@@ -18,10 +18,10 @@ from clipo.contrastive import ContrastiveObjective
 from clipo.contrastive.steps import HeadStep
 from clipo.distributed import gathered_for_generation, mean_over_ranks
 from clipo.interfaces import RolloutEngine, Verifier
-from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout.sampling import Sampling
 from clipo.rollout_log import RolloutLog, rollout_rows
+from clipo.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.steps import RLStepCounter
 from clipo.timing import PhaseTimer
 from clipo.updater import PolicyUpdater
@@ -38,6 +38,8 @@ class ClipoModule(L.LightningModule):
         reference: the frozen reference model, when the loss has a KL term.
         rollout_log: where rollouts are logged (`logging.rollouts_*`), or None.
         val_verifiers, val_twins, val_n, val_ks: validation sets' verifiers, twins, samples and k's.
+        run_config: the resolved config, saved in every checkpoint (so `evaluate.py ckpt_path=...`
+            rebuilds the right model without `model=`).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ClipoModule(L.LightningModule):
         val_twins: dict[str, list[str]] | None = None,
         val_n: int = 1,
         val_ks: list[int] | None = None,
+        run_config: dict | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -64,6 +67,7 @@ class ClipoModule(L.LightningModule):
         self.policy, self.tokenizer, self.reference = policy, tokenizer, reference
         self.collector, self.updater, self.contrastive, self.head_step = collector, updater, contrastive, head_step
         self.optimizer_factory, self.engine, self.val_sampling = optimizer, engine, val_sampling
+        self.run_config = run_config or {}
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
         self.step_counter = RLStepCounter()  # global_step counts RL steps, not optimizer updates
         self.rollout_log = rollout_log
@@ -165,6 +169,7 @@ class ClipoModule(L.LightningModule):
             "skipped_updates": self.updater.skipped_updates,
             "rng": collect_rng_states(),
             "head_pooler_optimizer": None if head_optimizer is None else head_optimizer.state_dict(),
+            "config": self.run_config,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

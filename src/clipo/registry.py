@@ -60,3 +60,12 @@ POOLERS = Registry("pooler")
 HEADS = Registry("head")
 LOSSES = Registry("contrastive loss")
 ENGINES = Registry("rollout engine")
+
+
+def register_components() -> None:
+    """Import every option module so that each registry is complete."""
+    import clipo.advantages  # noqa: F401
+    import clipo.algorithms  # noqa: F401
+    import clipo.contrastive  # noqa: F401
+    import clipo.rollout  # noqa: F401
+    import clipo.verifiers  # noqa: F401

@@ -13,7 +13,7 @@ Writes, into the multirun folder (or `--out`):
 `python -m clipo.report <run>` works on one run folder too.
 
 A run without summary.json (it crashed, or still runs) is reported from the last values in
-its CSV log; the `metrics_from` column says which. The parts live in `clipo.reporting`.
+its CSV log; the `metrics_from` column says which. The parts live in `clipo.multirun`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipo.reporting.plots import CONTRASTIVE_PANELS, REWARD_PANELS, plot_curves, plot_robustness_gap
-from clipo.reporting.rollouts import ROLLOUTS_FILE, load_rollouts, rollouts_markdown
-from clipo.reporting.runs import NoRunsError, find_runs, load_history, load_runs
-from clipo.reporting.tables import (
+from clipo.multirun.plots import CONTRASTIVE_PANELS, REWARD_PANELS, plot_curves, plot_robustness_gap
+from clipo.multirun.rollouts import ROLLOUTS_FILE, load_rollouts, rollouts_markdown
+from clipo.multirun.runs import NoRunsError, find_runs, load_history, load_runs
+from clipo.multirun.tables import (
     choice_columns,
     headline_columns,
     markdown_table,

@@ -5,7 +5,7 @@ Every `logging.rollouts_every_n_steps` RL steps (0: never) the step's first
 JSON object each: step, index, group, prompt, response, ground truth, each reward function's score
 (None where it did not apply), verifier correctness, contrastive loss and bonus (None when the
 step computed none), shaped reward, advantage, length, truncated, and any `log_extra` column of
-a reward function. `clipo.reporting.rollouts` reads the file back; `python -m clipo.report <run>`
+a reward function. `clipo.multirun.rollouts` reads the file back; `python -m clipo.report <run>`
 summarises it. Under data parallelism rank 0 writes its own rollouts.
 
 Shapes: `N` rollouts of the step.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipo.reporting.tables import markdown_table
+from clipo.multirun.tables import markdown_table
 from clipo.rollout_log import flat_row
 
 ROLLOUTS_FILE = "rollouts.jsonl"

@@ -5,7 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clipo.evaluation import (
+from clipo.models import build_tiny_tokenizer
+from clipo.rollout import generation_config
+from clipo.scoring import (
     SetMetrics,
     SetScores,
     answer_extractor,
@@ -15,8 +17,6 @@ from clipo.evaluation import (
     set_metrics,
     split_set_spec,
 )
-from clipo.models import build_tiny_tokenizer
-from clipo.rollout import generation_config
 from clipo.verifiers import GSM8KVerifier, MathVerifier
 
 
