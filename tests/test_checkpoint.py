@@ -24,15 +24,17 @@ def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_resumed_run_matches_an_uninterrupted_one(parity_verifier, tmp_path):
-    overrides = ["trainer.max_steps=3", "data.val=null", "contrastive.head_warmup_steps=2"]  # 1 head-only step
+    # max_steps counts RL steps: 1 head-only step (warm-up 2: the policy first updates at RL step 2)
+    # + 3 policy updates
+    overrides = ["trainer.max_steps=4", "data.val=null", "contrastive.head_warmup_steps=2"]
     _, full = train(_config(tmp_path / "full", *overrides))
 
     _config_first = _config(tmp_path / "first", *overrides)
-    _config_first.trainer.max_steps = 2  # the first run stops after step 2 (1 head-only + 1 policy update)
+    _config_first.trainer.max_steps = 2  # the first run stops after RL step 2 (1 head-only + 1 policy update)
     _, first = train(_config_first)
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
     saved = torch.load(checkpoint, weights_only=False)
-    assert saved["clipo"]["rl_step"] == 3 and saved["clipo"]["head_pooler_optimizer"] is not None
+    assert saved["clipo"]["rl_step"] == saved["global_step"] == 2 and saved["clipo"]["head_pooler_optimizer"] is not None
 
     _, resumed = train(_config(tmp_path / "resumed", *overrides, f"ckpt_path={checkpoint}"))
     full_module, resumed_module = full["module"], resumed["module"]

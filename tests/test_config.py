@@ -146,3 +146,25 @@ def test_loss_mode_needs_whole_groups_in_a_micro_batch(tmp_path):
     overrides = ["loss=infonce", "contrastive.mode=loss", "ppo.micro_batch_size=2"]  # groups of 4
     assert "ppo.micro_batch_size=2 splits groups of rollout.group_size=4" in _errors(overrides, tmp_path)
     validate_config(compose_config(TINY_OVERRIDES + overrides[:1] + ["ppo.micro_batch_size=2"], output_dir=tmp_path))
+
+
+def test_reward_funcs_that_do_not_import_fail_before_the_model_loads(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text("def brevity(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose_config(TINY_OVERRIDES + ["reward_funcs=[verifier,my_rewards:brevity]", "reward_weights=[1.0,0.5]"],
+                         output_dir=tmp_path)
+    validate_config(cfg)
+    text = _errors(["reward_funcs=[verifier,my_rewardz:brevity]"], tmp_path)
+    assert "module 'my_rewardz' does not import" in text
+    text = _errors(["reward_funcs=[verifier,my_rewards:brevity]", "reward_weights=[1.0]"], tmp_path)
+    assert "reward_weights=[1.0] needs one number per reward_funcs entry (2" in text
+
+
+def test_rollout_log_and_lora_settings_are_checked(tmp_path):
+    text = _errors(["logging.rollouts_every_n_steps=-1", "logging.rollouts_max_rows_per_step=0"], tmp_path)
+    assert "logging.rollouts_every_n_steps=-1 must be an integer >= 0" in text
+    assert "logging.rollouts_max_rows_per_step=0 must be an integer >= 1" in text
+    assert "model.lora_rank=-2 must be an integer >= 0" in _errors(["model.lora_rank=-2"], tmp_path)
+    assert "model.lora_alpha=0 must be > 0" in _errors(["model.lora_rank=8", "model.lora_alpha=0"], tmp_path)
+    text = _errors(["model.lora_rank=8", "model.lora_target_modules=qkv"], tmp_path)
+    assert "model.lora_target_modules=qkv must be all-linear or a list" in text

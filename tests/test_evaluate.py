@@ -162,3 +162,19 @@ def test_script_does_not_shadow_packages_named_evaluate(tmp_path):
                          check=False)
     assert out.stdout.strip().endswith("OK"), out.stdout + out.stderr
     assert "task_name: evaluate" in out.stdout  # Hydra printed the composed config
+
+
+def test_lora_checkpoint_is_loaded_onto_the_adapted_model(tmp_path):
+    from clipo.models import apply_lora
+
+    trained = apply_lora(build_tiny(seed=0)[0], rank=4, alpha=8)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.1)
+    adapter = {f"policy.{k}": v for k, v in trained.named_parameters() if v.requires_grad}  # as training saves it
+    torch.save({"state_dict": adapter}, tmp_path / "last.ckpt")
+    cfg = compose_eval(["suite=arith", *FAST, "max_rows=2", f"ckpt_path={tmp_path / 'last.ckpt'}",
+                        "model.lora_rank=4", "model.lora_alpha=8"], tmp_path / "run")
+    model, _ = load_policy(cfg)
+    _assert_same_weights(model, trained)

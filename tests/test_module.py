@@ -50,7 +50,8 @@ def test_reward_mode_trains_the_head_and_never_touches_the_policy(tmp_path):
     module, rollouts = _module_and_rollouts(tmp_path)
     head_before = {k: v.detach().clone() for k, v in module.contrastive.named_parameters()}
     rewards = CORRECT.float()
-    shaped, metrics = module.collector.reward_shaping(rollouts.hidden, rollouts.response_mask, CORRECT, rollouts.groups, rewards)
+    shaped, out = module.collector.reward_shaping(rollouts.hidden, rollouts.response_mask, CORRECT, rollouts.groups, rewards)
+    metrics = out.metrics
 
     assert all(p.grad is None for p in module.policy.parameters()), "reward mode sent gradient into the policy"
     assert any(not torch.equal(head_before[k], v) for k, v in module.contrastive.named_parameters())

@@ -127,15 +127,15 @@ def test_updates_per_rl_step_follow_the_rollout_counted_mini_batch(tmp_path, par
     # Track II: mini-batch = the whole 16 rollouts -> 1 update
     schedule, objects = _run(
         tmp_path, "data.prompts_per_step=4", "rollout.group_size=4", f"ppo.mini_batch_size={mini}",
-        "ppo.micro_batch_size=4", f"trainer.max_steps={2 * updates}", "data.val=null", "loss=none",
+        "ppo.micro_batch_size=4", "trainer.max_steps=2", "data.val=null", "loss=none",
     )
     assert schedule.updates == [updates, updates]
-    assert objects["trainer"].global_step == 2 * updates  # Lightning's step counts optimizer updates
+    assert objects["trainer"].global_step == 2  # trainer steps count RL steps, whatever the updates per step
 
 
 def test_the_policy_first_changes_at_the_step_the_official_trainer_updates(tmp_path, parity_verifier):
     # critic_warmup=3: verl updates the actor when 3 <= global_steps (from 1): steps 1-2 head only
-    schedule, objects = _run(tmp_path, "contrastive.head_warmup_steps=3", "trainer.max_steps=2", "data.val=null")
+    schedule, objects = _run(tmp_path, "contrastive.head_warmup_steps=3", "trainer.max_steps=4", "data.val=null")
     assert schedule.policy_changed == [False, False, True, True]
     assert schedule.updates == [0, 0, 1, 1]
     assert objects["module"].head_step.optimizer.state_dict()["state"][0]["step"] == 4  # the head trained every step
@@ -146,7 +146,7 @@ def test_validation_runs_before_training_and_every_k_rl_steps_not_optimizer_upda
     # would have put them after RL steps 1, 2, 3, 4)
     schedule, _ = _run(
         tmp_path, "data.prompts_per_step=2", "rollout.group_size=2", "ppo.mini_batch_size=2", "ppo.micro_batch_size=2",
-        "rollout.max_new_tokens=4", "trainer.max_steps=8", "trainer.val_check_interval=2",
+        "rollout.max_new_tokens=4", "trainer.max_steps=4", "trainer.val_check_interval=2",
         "validation.before_training=true", "validation.max_new_tokens=2", "loss=none",
     )
     assert schedule.updates == [2, 2, 2, 2]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -16,10 +18,12 @@ from clipo.contrastive import ContrastiveMode, ContrastiveObjective
 from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
 from clipo.dapo import DynamicSampling, OverlongShaping
 from clipo.data import PromptDataModule
-from clipo.models import load_model
+from clipo.models import is_adapter, load_model
 from clipo.module import ClipoModule
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
+from clipo.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rollout.sampling import Sampling
+from clipo.rollout_log import RolloutLog
 from clipo.scoring import eval_sampling, split_set_spec
 from clipo.updater import PolicyUpdater
 
@@ -46,11 +50,12 @@ def build_datamodule(cfg: DictConfig) -> PromptDataModule:
 
 
 def build_models(cfg: DictConfig, algorithm: Any) -> tuple[Any, Any, Any]:
-    """(policy, tokenizer, reference); the reference is loaded only when the KL term is on."""
+    """(policy, tokenizer, reference); the reference is loaded only when the KL term is on, and never
+    with LoRA (the updater then takes the policy with its adapter disabled, see `build_updater`)."""
     model_cfg = plain(cfg.model)
     policy, tokenizer = load_model(**model_cfg, seed=cfg.seed)
     reference = None
-    if algorithm.uses_reference:
+    if algorithm.uses_reference and not model_cfg.get("lora_rank"):
         reference, _ = load_model(**{**model_cfg, "gradient_checkpointing": False}, seed=cfg.seed)
     return policy, tokenizer, reference
 
@@ -105,14 +110,30 @@ def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     return train_verifier, per_set
 
 
+def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
+    """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`)."""
+    functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier)
+    return RewardScorer(functions, chat_prompt(tokenizer))
+
+
+def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
+    """`<run dir>/rollouts.jsonl` every `logging.rollouts_every_n_steps` RL steps (0: none)."""
+    log = cfg.get("logging") or {}
+    every = log.get("rollouts_every_n_steps", 1)
+    if not every:
+        return None
+    return RolloutLog(Path(cfg.paths.output_dir) / "rollouts.jsonl", every, log.get("rollouts_max_rows_per_step", 64))
+
+
 def build_collector(
-    cfg: DictConfig, engine: Any, verifier: Any, sampling: Sampling, mode: ContrastiveMode,
+    cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, mode: ContrastiveMode,
     objective: ContrastiveObjective, head_step: HeadStep, pad_token_id: int,
 ) -> RolloutCollector:
     s = cfg.sampling
     return RolloutCollector(
         engine=engine,
         verifier=verifier,
+        rewards=rewards,
         advantage=ADVANTAGES.build(plain(cfg.advantage)),
         sampling=sampling,
         group_size=cfg.rollout.group_size,
@@ -129,6 +150,8 @@ def build_updater(
     objective: ContrastiveObjective, head_step: HeadStep,
 ) -> PolicyUpdater:
     loss_mode = mode is ContrastiveMode.LOSS
+    # LoRA with a KL term: the reference is the policy with its adapter disabled (no second model)
+    base_reference = reference is None and algorithm.uses_reference and is_adapter(policy)
     return PolicyUpdater(
         policy=policy,
         algorithm=algorithm,
@@ -139,7 +162,8 @@ def build_updater(
         micro_batch_size=cfg.ppo.micro_batch_size,
         max_grad_norm=cfg.ppo.max_grad_norm,
         max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
-        reference=reference,
+        reference=policy if base_reference else reference,
+        reference_context=policy.disable_adapter if base_reference else nullcontext,
         contrastive=ContrastiveLossTerm(objective, head_step) if loss_mode else None,
         hidden_layer=cfg.rollout.capture_layer if loss_mode else None,
     )
@@ -160,13 +184,15 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         policy=policy,
         tokenizer=tokenizer,
         reference=reference,
-        collector=build_collector(cfg, engine, verifier, sampling, mode, objective, head_step, tokenizer.pad_token_id),
+        collector=build_collector(cfg, engine, verifier, build_rewards(cfg, verifier, tokenizer), sampling, mode,
+                                  objective, head_step, tokenizer.pad_token_id),
         updater=build_updater(cfg, policy, algorithm, reference, sampling, mode, objective, head_step),
         contrastive=objective,
         head_step=head_step,
         optimizer=instantiate(cfg.optimizer),
         engine=engine,
         val_sampling=val_sampling,
+        rollout_log=build_rollout_log(cfg),
         val_verifiers=val_verifiers,
         val_twins=val_twins,
         val_n=cfg.validation.n,

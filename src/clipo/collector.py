@@ -1,6 +1,6 @@
 """The first half of an RL step: prompts -> one scored, shaped batch with advantages.
 
-    engine.generate -> verifier rewards -> [dynamic sampling: drop zero-variance groups, refill]
+    engine.generate -> rewards (verifier + reward_funcs) -> [dynamic sampling: drop zero-variance groups, refill]
     -> [overlong shaping] -> [CLIPO reward shaping] -> advantage estimator -> CollectedBatch
 
 Each bracketed stage is an optional part, present or None as the builders decided from the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -19,6 +19,7 @@ from clipo.contrastive.steps import ContrastiveRewardShaping
 from clipo.dapo import DynamicSampling, OverlongShaping, select_groups
 from clipo.groups import group_stats
 from clipo.interfaces import AdvantageEstimator, RolloutEngine, Verifier
+from clipo.rewards import RewardScorer, RewardScores, concat_scores, reward_metrics
 from clipo.rollout.batch import RolloutBatch, concat_rollouts
 from clipo.rollout.sampling import Sampling
 from clipo.timing import PhaseTimer
@@ -29,12 +30,15 @@ class CollectedBatch:
     """What the updater consumes: the rollouts and everything derived from their scores."""
 
     rollouts: RolloutBatch
-    rewards: torch.Tensor  # [N] the verifier's rewards
-    correct: torch.Tensor  # [N] bool, rewards > 0.5 (the contrastive labels)
+    rewards: torch.Tensor  # [N] the reward functions' weighted sum (the verifier alone by default)
+    correct: torch.Tensor  # [N] bool, the verifier's score > 0.5 (the contrastive labels), never the sum's
     shaped_rewards: torch.Tensor  # [N] rewards after overlong and CLIPO shaping (what advantages see)
     advantages: torch.Tensor  # [N] float32
     update_policy: bool = True  # False during CLIPO's head warm-up
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars
+    scores: RewardScores | None = None  # each reward function's scores [N, F], for the rollout log
+    contrastive_loss: torch.Tensor | None = None  # [N] CLIPO's L_i in reward mode
+    bonus: torch.Tensor | None = None  # [N] CLIPO's reward bonus in reward mode
 
 
 class RolloutCollector:
@@ -42,7 +46,8 @@ class RolloutCollector:
 
     Args:
         engine: the rollout engine (`rollout.engine`).
-        verifier: the training reward.
+        verifier: the training verifier (its correctness labels the contrastive sets).
+        rewards: the verifier and the run's own reward functions, summed with weights (`reward_funcs`).
         advantage: the advantage estimator.
         sampling: the engine's sampling settings for training rollouts.
         group_size: rollouts per prompt.
@@ -57,6 +62,7 @@ class RolloutCollector:
         self,
         engine: RolloutEngine,
         verifier: Verifier,
+        rewards: RewardScorer,
         advantage: AdvantageEstimator,
         sampling: Sampling,
         group_size: int,
@@ -66,7 +72,7 @@ class RolloutCollector:
         overlong: OverlongShaping | None = None,
         reward_shaping: ContrastiveRewardShaping | None = None,
     ) -> None:
-        self.engine, self.verifier, self.advantage = engine, verifier, advantage
+        self.engine, self.verifier, self.rewards, self.advantage = engine, verifier, rewards, advantage
         self.sampling, self.group_size, self.pad_token_id = sampling, group_size, pad_token_id
         self.capture_layer = capture_layer
         self.dynamic_sampling, self.overlong, self.reward_shaping = dynamic_sampling, overlong, reward_shaping
@@ -82,6 +88,7 @@ class RolloutCollector:
         refill: Callable[[], list[dict]],
         timer: PhaseTimer,
         generation_context: Callable[[], AbstractContextManager] = nullcontext,
+        trainer_state: Any = None,
     ) -> CollectedBatch:
         """One step's batch from the prompt `records`.
 
@@ -91,73 +98,80 @@ class RolloutCollector:
             refill: draws more prompts (dynamic sampling's refills).
             timer: phase timings and generated tokens are added to it.
             generation_context: entered around each generation (e.g. ZeRO-3's weight gathering).
+            trainer_state: handed to the reward functions (TRL's `trainer_state`), e.g. the Lightning trainer.
         """
-        rollouts, rewards = self._generate_and_score(records, timer, generation_context)
-        metrics = self._rollout_metrics(rollouts, rewards)
+        rollouts, scores = self._generate_and_score(records, timer, generation_context, trainer_state)
+        metrics = self._rollout_metrics(rollouts, scores)
         if self.dynamic_sampling is not None:
-            rollouts, rewards, dapo_metrics = self._keep_informative_groups(
-                rollouts, rewards, len(records), refill, timer, generation_context
+            rollouts, scores, dapo_metrics = self._keep_informative_groups(
+                rollouts, scores, len(records), refill, timer, generation_context, trainer_state
             )
             metrics |= dapo_metrics
-        correct = rewards > 0.5
+        device = rollouts.sequences.device
+        rewards, correct = scores.total.to(device), scores.correct.to(device)
         shaped = rewards if self.overlong is None else rewards + self.overlong(rollouts.response_lengths)
-        update_policy = True
+        update_policy, contrastive = True, None
         if self.reward_shaping is not None:
             with timer("contrastive"):
-                shaped, contrastive_metrics = self.reward_shaping(
+                shaped, contrastive = self.reward_shaping(
                     rollouts.hidden, rollouts.hidden_mask, correct, rollouts.groups, shaped
                 )
-            metrics |= contrastive_metrics
+            metrics |= contrastive.metrics
             update_policy = not self.reward_shaping.policy_waits(step)
         advantages = self.advantage(shaped, rollouts.groups)
         metrics["train/shaped_reward"] = shaped.mean()
-        return CollectedBatch(rollouts, rewards, correct, shaped, advantages, update_policy, metrics)
+        loss, bonus = (None, None) if contrastive is None else (contrastive.per_sample.detach(), contrastive.bonus)
+        return CollectedBatch(rollouts, rewards, correct, shaped, advantages, update_policy, metrics, scores, loss, bonus)
 
     def _generate_and_score(
-        self, records: list[dict], timer: PhaseTimer, generation_context: Callable[[], AbstractContextManager]
-    ) -> tuple[RolloutBatch, torch.Tensor]:
+        self, records: list[dict], timer: PhaseTimer, generation_context: Callable[[], AbstractContextManager],
+        trainer_state: Any,
+    ) -> tuple[RolloutBatch, RewardScores]:
         with timer("generate"), generation_context():
             rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
-        with timer("verify"):
-            scores = self.verifier(rollouts.responses, rollouts.ground_truths)
-            rewards = torch.tensor(scores, device=rollouts.sequences.device)
+        scores = self.rewards(records, rollouts, self.group_size, trainer_state)
+        for name, seconds in scores.seconds.items():  # each function is a phase of its own
+            timer.seconds["verify" if name == "verifier" else f"reward/{name}"] += seconds
         timer.generated_tokens += int(rollouts.response_lengths.sum())
-        return rollouts, rewards
+        return rollouts, scores
 
     def _keep_informative_groups(
         self,
         rollouts: RolloutBatch,
-        rewards: torch.Tensor,
+        scores: RewardScores,
         target: int,
         refill: Callable[[], list[dict]],
         timer: PhaseTimer,
         generation_context: Callable[[], AbstractContextManager],
-    ) -> tuple[RolloutBatch, torch.Tensor, dict[str, torch.Tensor]]:
-        """DAPO dynamic sampling: drop groups whose rewards do not vary, refill from further prompts."""
+        trainer_state: Any,
+    ) -> tuple[RolloutBatch, RewardScores, dict[str, torch.Tensor]]:
+        """DAPO dynamic sampling: drop groups whose summed rewards do not vary, refill from further prompts."""
         limit = self.dynamic_sampling.max_refill_batches
         refills = 0
-        selection = select_groups(rewards, rollouts.groups, target, refills, limit)
+        selection = select_groups(scores.total, rollouts.groups.cpu(), target, refills, limit)
         while selection.need_more:
-            more_rollouts, more_rewards = self._generate_and_score(refill(), timer, generation_context)
+            more_rollouts, more_scores = self._generate_and_score(refill(), timer, generation_context, trainer_state)
             rollouts = concat_rollouts([rollouts, more_rollouts], self.pad_token_id)
-            rewards = torch.cat([rewards, more_rewards])
+            scores = concat_scores([scores, more_scores])
             refills += 1
-            selection = select_groups(rewards, rollouts.groups, target, refills, limit)
-        keep = selection.keep.nonzero().squeeze(-1)
+            selection = select_groups(scores.total, rollouts.groups.cpu(), target, refills, limit)
+        keep = selection.keep.nonzero().squeeze(-1)  # on the CPU, as the scores are
         metrics = {
             "dapo/refills": torch.tensor(float(refills)),
             "dapo/limit_hit": torch.tensor(float(selection.limit_hit)),
             "dapo/informative_group_frac": torch.tensor(selection.num_informative / target),
         }
-        return rollouts.select(keep), rewards[keep], metrics
+        return rollouts.select(keep.to(rollouts.sequences.device)), scores.select(keep), metrics
 
-    def _rollout_metrics(self, rollouts: RolloutBatch, rewards: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _rollout_metrics(self, rollouts: RolloutBatch, scores: RewardScores) -> dict[str, torch.Tensor]:
         stats = self.verifier.stats()
+        rewards = scores.total
         return {
+            **reward_metrics(scores),
             "train/reward": rewards.mean(),
-            "train/acc": (rewards > 0.5).float().mean(),
+            "train/acc": scores.correct.float().mean(),
             # groups of the first sampled batch without reward variance (before any filtering)
-            "train/zero_var_group_frac": group_stats(rewards, rollouts.groups).zero_variance_fraction,
+            "train/zero_var_group_frac": group_stats(rewards, rollouts.groups.cpu()).zero_variance_fraction,
             "train/response_len": rollouts.response_lengths.float().mean(),
             "train/truncation_rate": rollouts.truncated.float().mean(),
             **{f"verifier/{k}": torch.tensor(float(v)) for k, v in stats.items()},

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clipo.algorithms.kl import KL_ESTIMATORS
 from clipo.contrastive.mode import ContrastiveMode
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
+from clipo.rewards import reward_config_problems
 
 
 class ConfigError(ValueError):
@@ -43,12 +44,41 @@ def validate_config(cfg: DictConfig) -> None:
     except ValueError as error:
         problems.append(str(error))
     problems += _sampling_problems(cfg)
+    problems += _reward_problems(cfg)
+    problems += _logging_and_lora_problems(cfg)
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     problems += _precision_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _reward_problems(cfg: DictConfig) -> list[str]:
+    """`reward_funcs` import and `reward_weights` match them (the user's modules are imported here)."""
+    funcs, weights = cfg.get("reward_funcs", ["verifier"]), cfg.get("reward_weights")
+    plain = [OmegaConf.to_object(x) if isinstance(x, (DictConfig, ListConfig)) else x for x in (funcs, weights)]
+    return reward_config_problems(*plain)
+
+
+def _logging_and_lora_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    log = cfg.get("logging") or {}
+    every, rows = log.get("rollouts_every_n_steps", 1), log.get("rollouts_max_rows_per_step", 64)
+    if not isinstance(every, int) or every < 0:
+        problems.append(f"logging.rollouts_every_n_steps={every} must be an integer >= 0 (0 turns rollout logs off)")
+    if not isinstance(rows, int) or rows < 1:
+        problems.append(f"logging.rollouts_max_rows_per_step={rows} must be an integer >= 1")
+    rank, alpha = cfg.model.get("lora_rank", 0), cfg.model.get("lora_alpha", 16)
+    targets = cfg.model.get("lora_target_modules", "all-linear")
+    if not isinstance(rank, int) or rank < 0:
+        problems.append(f"model.lora_rank={rank} must be an integer >= 0 (0: full fine-tuning, e.g. 16 for LoRA)")
+    elif rank and (not isinstance(alpha, (int, float)) or alpha <= 0):
+        problems.append(f"model.lora_alpha={alpha} must be > 0 (commonly 2 x lora_rank)")
+    elif rank and not (targets == "all-linear" or isinstance(targets, ListConfig) and len(targets) > 0):
+        problems.append(f"model.lora_target_modules={targets} must be all-linear or a list of module names, "
+                        "e.g. [q_proj,k_proj,v_proj,o_proj]")
+    return problems
 
 
 def _contrastive_mode(cfg: DictConfig) -> ContrastiveMode | None:

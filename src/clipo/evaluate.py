@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipo.builders import build_verifier
 from clipo.data import build_dataset
-from clipo.models import load_model
+from clipo.models import is_adapter, load_model
 from clipo.rollout import HFEngine
 from clipo.scoring import (
     SetScores,
@@ -85,6 +85,8 @@ def load_checkpoint_policy(model: torch.nn.Module, path: Path, checkpoint: dict 
     if not policy:
         raise ValueError(f"{path} has no `policy.` weights in its state_dict; is it a clipo training checkpoint?")
     missing, unexpected = model.load_state_dict(policy, strict=False)
+    if is_adapter(model):  # a LoRA checkpoint holds the adapter only; the frozen base comes from the model files
+        missing = [k for k in missing if "lora_" in k]
     if missing or unexpected:
         raise ValueError(f"{path} does not fit model={model.config.model_type} ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected weights, e.g. {(missing + unexpected)[:3]}); "

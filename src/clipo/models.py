@@ -44,11 +44,15 @@ def load_model(
     gradient_checkpointing: bool = False,
     attn_implementation: str | None = "sdpa",
     seed: int = 0,
+    lora_rank: int = 0,
+    lora_alpha: float = 16,
+    lora_target_modules: str | list[str] = "all-linear",
 ) -> tuple[torch.nn.Module, Any]:
     """Load a causal LM and its tokenizer from a `model=` config.
 
     Exactly one source is used: `tiny` (random init), `gguf_package` (a GGUF file inside
-    an installed pip package) or `name_or_path` (hub id or local folder).
+    an installed pip package) or `name_or_path` (hub id or local folder). `lora_rank > 0`
+    wraps the model in a LoRA adapter (`apply_lora`).
     """
     if tiny is not None:
         model, tokenizer = build_tiny(seed=seed, **tiny)
@@ -67,6 +71,8 @@ def load_model(
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # generation turns the cache back on per call
+    if lora_rank:
+        model = apply_lora(model, lora_rank, lora_alpha, lora_target_modules)
     return model, tokenizer
 
 
@@ -99,6 +105,72 @@ def hub_model_problem(name_or_path: str, filename: str = "config.json") -> str |
         return f"model {name_or_path!r} is not in the local cache and the hub is unreachable " \
                f"({type(error).__name__}); {local}"
     return None
+
+
+def apply_lora(
+    model: torch.nn.Module, rank: int, alpha: float, target_modules: str | list[str] = "all-linear"
+) -> torch.nn.Module:
+    """Wrap `model` in a PEFT LoRA adapter (verl's names: `lora_rank`, `lora_alpha`, `target_modules`).
+
+    Only the adapter trains; the base weights are frozen, and `with model.disable_adapter():`
+    computes the base model (the KL reference, with no second copy in memory). `all-linear` adapts
+    every linear layer but the output head. Dropout stays off, as for the full model.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    if rank < 1 or alpha <= 0:
+        raise ValueError(f"model.lora_rank must be >= 1 (0 turns LoRA off) and model.lora_alpha > 0, got {rank}, {alpha}")
+    targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none",
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:  # e.g. a target name that matches no layer
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"model.lora_target_modules={target_modules!r}: {error}; use all-linear or names among "
+                         f"{names}") from error
+
+
+def is_adapter(model: torch.nn.Module) -> bool:
+    """True for a PEFT model (`apply_lora`)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def save_merged(model: torch.nn.Module, tokenizer: Any, target: Path) -> Path:
+    """Save a LoRA model with its adapter merged into the weights, as a plain transformers folder.
+
+    The merge runs on a copy (`merge_and_unload` rewrites the layers), so the model keeps training.
+    """
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    target.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@torch.no_grad()
+def merged_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a LoRA model with its adapter merged, under the plain model's names (what an
+    inference engine such as vLLM loads: `W + scaling * B @ A` per adapted layer), computed without
+    changing the model. A model without adapter gives its own state dict."""
+    if not is_adapter(model):
+        return dict(model.state_dict())
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    merged = {
+        f"{name}.weight": module.get_base_layer().weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
+        for name, module in base.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    weights = {}
+    for key, value in base.state_dict().items():
+        if "lora_" not in key:
+            plain = key.replace(".base_layer.", ".")
+            weights[plain] = merged.get(plain, value)
+    return weights
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

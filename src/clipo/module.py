@@ -13,14 +13,16 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from clipo.collector import RolloutCollector
+from clipo.collector import CollectedBatch, RolloutCollector
 from clipo.contrastive import ContrastiveObjective
 from clipo.contrastive.steps import HeadStep
 from clipo.distributed import gathered_for_generation, mean_over_ranks
 from clipo.interfaces import RolloutEngine, Verifier
 from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout.sampling import Sampling
+from clipo.rollout_log import RolloutLog, rollout_rows
 from clipo.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
+from clipo.steps import RLStepCounter
 from clipo.timing import PhaseTimer
 from clipo.updater import PolicyUpdater
 
@@ -34,6 +36,7 @@ class ClipoModule(L.LightningModule):
         optimizer: partial optimizer of the policy.
         engine, val_sampling: how validation generates.
         reference: the frozen reference model, when the loss has a KL term.
+        rollout_log: where rollouts are logged (`logging.rollouts_*`), or None.
         val_verifiers, val_twins, val_n, val_ks: validation sets' verifiers, twins, samples and k's.
         run_config: the resolved config, saved in every checkpoint (so `evaluate.py ckpt_path=...`
             rebuilds the right model without `model=`).
@@ -51,6 +54,7 @@ class ClipoModule(L.LightningModule):
         engine: RolloutEngine,
         val_sampling: Sampling,
         reference: torch.nn.Module | None = None,
+        rollout_log: RolloutLog | None = None,
         val_verifiers: dict[str, Verifier] | None = None,
         val_twins: dict[str, list[str]] | None = None,
         val_n: int = 1,
@@ -65,6 +69,8 @@ class ClipoModule(L.LightningModule):
         self.optimizer_factory, self.engine, self.val_sampling = optimizer, engine, val_sampling
         self.run_config = run_config or {}
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
+        self.step_counter = RLStepCounter()  # global_step counts RL steps, not optimizer updates
+        self.rollout_log = rollout_log
         self.val_verifiers, self.val_twins, self.val_n = val_verifiers or {}, val_twins or {}, val_n
         self.val_metrics = torch.nn.ModuleDict({name: SetMetrics(val_n, val_ks or []) for name in self.val_verifiers})
         if reference is not None:
@@ -80,10 +86,15 @@ class ClipoModule(L.LightningModule):
 
     # ---- the RL step -------------------------------------------------------------------
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
+        with self.step_counter.step(self._trainer):
+            self._rl_step(batch)
+
+    def _rl_step(self, batch: list[dict]) -> None:
         timer = PhaseTimer()
         collected = self.collector.collect(
-            batch, self.rl_step, self.trainer.datamodule.refill_batch, timer, self._generation_context
+            batch, self.rl_step, self.trainer.datamodule.refill_batch, timer, self._generation_context, self.trainer
         )
+        self._log_rollouts(collected)
         metrics = dict(collected.metrics)
         if collected.update_policy:
             metrics |= self.updater.update(collected, self.optimizers(), self.manual_backward, timer)
@@ -95,6 +106,17 @@ class ClipoModule(L.LightningModule):
         metrics = self._mean_over_ranks(metrics)
         self.log_dict(metrics, batch_size=len(batch))
         self.log_dict({"reward": metrics["train/reward"], "acc": metrics["train/acc"]}, prog_bar=True, logger=False)
+
+    def _log_rollouts(self, collected: CollectedBatch) -> None:
+        """Rows of this RL step (numbered as its logged metrics: steps done, this one included) into
+        rollouts.jsonl and the W&B / TensorBoard loggers; rank 0 logs its own rollouts."""
+        step = self.rl_step + 1
+        if self.rollout_log is None or not self.rollout_log.due(step) or not self.trainer.is_global_zero:
+            return
+        c = collected
+        rows = rollout_rows(step, c.rollouts, c.scores, c.shaped_rewards, c.advantages, c.contrastive_loss, c.bonus,
+                            self.rollout_log.max_rows_per_step)
+        self.rollout_log.write(rows, self.trainer.loggers, step)
 
     def _generation_context(self):
         return gathered_for_generation(self.trainer.strategy)
@@ -131,11 +153,19 @@ class ClipoModule(L.LightningModule):
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the contrastive loss's RNG is in the state_dict already (module extra state)
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+        # the contrastive loss's RNG is in the state_dict already (module extra state). The frozen
+        # reference, and a LoRA policy's frozen base (tied weights included), come from the model files,
+        # not checkpoints: a policy with frozen weights keeps only its trainable ones.
+        trainable = {f"policy.{n}" for n, p in self.policy.named_parameters() if p.requires_grad}
+        partly_frozen = any(not p.requires_grad for p in self.policy.parameters())
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items()
+            if not k.startswith("reference.") and not (partly_frozen and k.startswith("policy.") and k not in trainable)
+        }
         head_optimizer = self.head_step.optimizer
         checkpoint["clipo"] = {
             "rl_step": self.rl_step,
+            "optimizer_updates": self.step_counter.state_dict(),
             "skipped_updates": self.updater.skipped_updates,
             "rng": collect_rng_states(),
             "head_pooler_optimizer": None if head_optimizer is None else head_optimizer.state_dict(),
@@ -145,6 +175,7 @@ class ClipoModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("clipo", {})
         self.rl_step = state.get("rl_step", 0)
+        self.step_counter.load_state_dict(state.get("optimizer_updates", {}))
         self.updater.skipped_updates = state.get("skipped_updates", 0)
         self._pending_rng = state.get("rng")
         self._pending_head_state = state.get("head_pooler_optimizer")

@@ -7,6 +7,10 @@ Writes, into the multirun folder (or `--out`):
   reward_accuracy.png       train reward and accuracy over RL steps, one line per run
   contrastive.png           contrastive loss, positive/negative cosine similarity over steps
   robustness_gap.png        acc(set) - acc(perturbed twin) per run (per configuration with seeds)
+  rollouts.md               for a run with rollouts.jsonl: per-step reward/bonus/advantage means and the
+                            highest and lowest samples (rollouts_<run>.md per run of a multirun)
+
+`python -m clipo.report <run>` works on one run folder too.
 
 A run without summary.json (it crashed, or still runs) is reported from the last values in
 its CSV log; the `metrics_from` column says which. The parts live in `clipo.multirun`.
@@ -21,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from clipo.multirun.plots import CONTRASTIVE_PANELS, REWARD_PANELS, plot_curves, plot_robustness_gap
+from clipo.multirun.rollouts import ROLLOUTS_FILE, load_rollouts, rollouts_markdown
 from clipo.multirun.runs import NoRunsError, find_runs, load_history, load_runs
 from clipo.multirun.tables import (
     choice_columns,
@@ -107,7 +112,21 @@ def write_report(folder: str | Path, out_dir: str | Path | None = None) -> dict[
     for name, figure in figures.items():
         files[name] = out / name
         figure.savefig(files[name], dpi=110)
+    files |= _rollout_pages(df, out)
     return files
+
+
+def _rollout_pages(df: pd.DataFrame, out: Path) -> dict[str, Path]:
+    """rollouts.md (one run) or rollouts_<run>.md (each run of a multirun) for runs that logged rollouts."""
+    pages = {}
+    for run, path in zip(df["run"], df["path"]):
+        rollouts = load_rollouts(path) if (Path(path) / ROLLOUTS_FILE).is_file() else None
+        if rollouts is None or rollouts.empty:
+            continue
+        name = "rollouts.md" if len(df) == 1 else f"rollouts_{run}.md"
+        pages[name] = out / name
+        pages[name].write_text(rollouts_markdown(rollouts, str(path)))
+    return pages
 
 
 def main(argv: list[str] | None = None) -> int:

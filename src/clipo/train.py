@@ -25,6 +25,7 @@ from clipo.console import quiet_third_party_output
 from clipo.config import ConfigError, validate_config, validate_model_source
 from clipo.runtime import configure_threads, cpu_processes, resolve_precision
 from clipo.signals import StopOnSignal, StopSignals
+from clipo.models import is_adapter, save_merged
 
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
@@ -98,7 +99,8 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
                                                             "checkpoint": checkpoint})
         raise SystemExit(stop.exit_code)
 
-    export_dir = export_policy(module, output_dir / "policy") if trainer.is_global_zero else None
+    merge = bool(cfg.get("export", {}).get("merge", False))
+    export_dir = export_policy(module, output_dir / "policy", merge) if trainer.is_global_zero else None
     if summary is not None and trainer.is_global_zero:
         print(format_summary(summary, val_before, val_after, str(output_dir), checkpoint, str(export_dir)))
     _close_verifiers(module)
@@ -129,11 +131,14 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def export_policy(module: L.LightningModule, target: Path) -> Path:
-    """The final policy as a `save_pretrained` folder, the contrastive head beside it."""
+def export_policy(module: L.LightningModule, target: Path, merge: bool = False) -> Path:
+    """The final policy as a `save_pretrained` folder (a LoRA adapter in PEFT's format, plus a merged
+    model in `policy_merged/` when `merge`), the contrastive head beside it."""
     target.mkdir(parents=True, exist_ok=True)
     module.policy.save_pretrained(target)
     module.tokenizer.save_pretrained(target)
+    if merge and is_adapter(module.policy):
+        save_merged(module.policy, module.tokenizer, target.parent / f"{target.name}_merged")
     if module.contrastive.head is not None:
         torch.save(module.contrastive.state_dict(), target.parent / "contrastive_head.pt")
     return target

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable
 
 import torch
@@ -37,6 +38,8 @@ class PolicyUpdater:
         max_grad_norm: clipping bound (None or 0: no clipping).
         max_nonfinite_updates: skipped updates in a row that stop the run.
         reference: the frozen reference model, when the loss has a KL term.
+        reference_context: entered around the reference's pass (LoRA: the policy's `disable_adapter`,
+            with `reference` the policy itself).
         contrastive: CLIPO's loss-mode term, or None.
         hidden_layer: the layer the training forward returns for `contrastive`.
     """
@@ -53,10 +56,11 @@ class PolicyUpdater:
         max_grad_norm: float | None = 1.0,
         max_nonfinite_updates: int = 3,
         reference: torch.nn.Module | None = None,
+        reference_context: Callable[[], AbstractContextManager] = nullcontext,
         contrastive: ContrastiveLossTerm | None = None,
         hidden_layer: int | None = None,
     ) -> None:
-        self.policy, self.algorithm, self.reference = policy, algorithm, reference
+        self.policy, self.algorithm, self.reference, self.reference_context = policy, algorithm, reference, reference_context
         self.temperature, self.max_len = temperature, max_len
         self.epochs, self.mini_batch_size, self.micro_batch_size = epochs, mini_batch_size, micro_batch_size
         self.max_grad_norm, self.max_nonfinite_updates = max_grad_norm, max_nonfinite_updates
@@ -84,7 +88,10 @@ class PolicyUpdater:
         mini, micro = self.batch_sizes(n)
         single_update = self.epochs == 1 and mini == n
         old = None if single_update else self._logprobs(self.policy, rollouts, micro)
-        ref = None if self.reference is None else self._logprobs(self.reference, rollouts, micro)
+        ref = None
+        if self.reference is not None:
+            with self.reference_context():
+                ref = self._logprobs(self.reference, rollouts, micro)
         return old, ref
 
     def optimise(

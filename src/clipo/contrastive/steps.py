@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from clipo.contrastive.objective import ContrastiveObjective
+from clipo.contrastive.objective import ContrastiveObjective, ContrastiveOutput
 from clipo.distributed import mean_over_ranks
 
 
@@ -61,14 +61,15 @@ class ContrastiveRewardShaping:
     def __call__(
         self, hidden: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor, groups: torch.Tensor,
         rewards: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Shaped rewards [N] and metrics, from hidden [N, T, D], mask [N, T], bool correct [N], groups [N]."""
+    ) -> tuple[torch.Tensor, ContrastiveOutput]:
+        """Shaped rewards [N] and the objective's output (per-rollout losses, bonus, metrics), from
+        hidden [N, T, D], mask [N, T], bool correct [N], groups [N]."""
         out = self.objective(hidden, mask, correct, groups)
         if self.head_step.optimizer is not None:
             self.head_step.optimizer.zero_grad(set_to_none=True)
             out.batch_loss.backward()
             self.head_step.step()
-        return rewards + out.bonus.to(rewards.dtype), out.metrics
+        return rewards + out.bonus.to(rewards.dtype), out
 
 
 class ContrastiveLossTerm:

@@ -1,4 +1,5 @@
-"""The parts of `clipo.report`: reading multirun folders (`runs`), tables (`tables`), figures (`plots`)."""
+"""The parts of `clipo.report`: reading multirun folders (`runs`), tables (`tables`), figures (`plots`),
+a run's rollouts.jsonl (`rollouts`)."""
 
 from clipo.multirun.runs import NoRunsError, find_runs, load_history, load_runs
 from clipo.multirun.tables import choice_columns, markdown_table, summarize
