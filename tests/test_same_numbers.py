@@ -7,7 +7,8 @@ that alters the numbers on purpose records new digests here and says why in its 
 
 Re-recorded on purpose: `reward_epochs` when CLIPO began pooling the official positions (the
 response tokens' own states, not the last prompt state) and counting the head warm-up as verl's
-`critic_warmup` (issue #15).
+`critic_warmup` (issue #15), and again when `trainer.max_steps` began counting RL steps rather than
+optimizer updates (issue #17: the case's 3 steps are now 3 RL steps).
 """
 
 import hashlib
@@ -24,7 +25,7 @@ CASES = {
     "reward_epochs": (
         ["ppo.mini_batch_size=4", "ppo.micro_batch_size=2", "ppo.epochs=2", "contrastive.head_warmup_steps=1",
          "trainer.max_steps=3", "pooler=attention"],
-        "678e327c9cfec78a",
+        "2d2315cda1b034e2",
     ),
     # DAPO with dynamic sampling that refills, loss mode (the contrastive term in the policy loss)
     "dapo_loss": (
