@@ -141,7 +141,9 @@ def test_script_does_not_shadow_packages_named_evaluate(tmp_path):
         "print('SHADOWED' if spec and spec.origin and spec.origin.endswith('clipo/evaluate.py') else 'OK')"
     )
     script = str(ROOT / "src" / "clipo" / "evaluate.py")
-    env = {"PYTHONPATH": str(ROOT / "src" / "clipo"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    # this checkout's package after the script folder (not whichever clipo is installed)
+    python_path = f"{ROOT / 'src' / 'clipo'}:{ROOT / 'src'}"
+    env = {"PYTHONPATH": python_path, "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code, script], capture_output=True, text=True, env=env, cwd=tmp_path,
                          check=False)
     assert out.stdout.strip().endswith("OK"), out.stdout + out.stderr

@@ -14,26 +14,14 @@ from __future__ import annotations
 import torch
 
 from clipo.distributed import sum_over_ranks
-from clipo.ops import group_ids_to_index
+from clipo.groups import group_stats
 from clipo.registry import ADVANTAGES
 
 
 def _group_stats(rewards: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-rollout group (mean, unbiased variance, size), each [N]; variance 0 for groups of size 1."""
-    if rewards.dim() != 1 or groups.dim() != 1 or rewards.shape != groups.shape:
-        raise ValueError(
-            f"rewards and groups must be 1-D of equal length, got {tuple(rewards.shape)} and {tuple(groups.shape)}"
-        )
-    if groups.dtype.is_floating_point or groups.dtype == torch.bool:
-        raise ValueError(f"groups must hold integer group ids, got dtype {groups.dtype}; pass e.g. groups.long()")
-    rewards = rewards.float()
-    index, num_groups = group_ids_to_index(groups)
-    counts = torch.bincount(index, minlength=num_groups).to(rewards.dtype)  # [K]
-    sums = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, index, rewards)
-    mean = (sums / counts)[index]  # [N]
-    sq_dev = torch.zeros_like(sums).index_add_(0, index, (rewards - mean) ** 2)  # [K]
-    var = sq_dev / (counts - 1).clamp(min=1)  # unbiased (N-1), like torch.std
-    return mean, var[index], counts[index]
+    stats = group_stats(rewards, groups)
+    return stats.per_rollout(stats.mean), stats.per_rollout(stats.var), stats.per_rollout(stats.counts)
 
 
 def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.algorithms.kl import KL_ESTIMATORS
+from clipo.contrastive.mode import ContrastiveMode
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-KL_ESTIMATORS = ("k1", "k2", "k3")
-CONTRASTIVE_MODES = ("reward", "loss")
 
 
 class ConfigError(ValueError):
@@ -44,48 +44,62 @@ def register_components() -> None:
     """Import every option module so that each registry is complete."""
     import clipo.advantages  # noqa: F401
     import clipo.contrastive  # noqa: F401
-    import clipo.policy_loss  # noqa: F401
+    import clipo.rollout  # noqa: F401
+    import clipo.algorithms  # noqa: F401
     import clipo.verifiers  # noqa: F401
-
-
-def contrastive_mode(cfg: DictConfig) -> str | None:
-    """The effective mode: None for `loss=none`, else the configured one (reward by default)."""
-    if cfg.loss.name == "none":
-        return None
-    return cfg.contrastive.mode or "reward"
 
 
 def validate_config(cfg: DictConfig) -> None:
     register_components()
     problems: list[str] = []
-    for group, registry in [
-        ("advantage", ADVANTAGES),
-        ("algorithm", ALGORITHMS),
-        ("verifier", VERIFIERS),
-        ("pooler", POOLERS),
-        ("head", HEADS),
-        ("loss", LOSSES),
+    for key, registry in [
+        ("advantage.name", ADVANTAGES),
+        ("algorithm.name", ALGORITHMS),
+        ("verifier.name", VERIFIERS),
+        ("pooler.name", POOLERS),
+        ("head.name", HEADS),
+        ("loss.name", LOSSES),
+        ("rollout.engine", ENGINES),
     ]:
-        name = cfg[group].name
+        name = OmegaConf.select(cfg, key)
         if name not in registry:
-            problems.append(f"{group}.name={name!r} is not a registered {registry.kind}; choose one of: {', '.join(registry.names())}")
+            problems.append(f"{key}={name!r} is not a registered {registry.kind}; choose one of: {', '.join(registry.names())}")
 
     estimator = cfg.algorithm.get("kl_estimator", "k3")
     if estimator not in KL_ESTIMATORS:
         problems.append(f"algorithm.kl_estimator={estimator!r} is unknown; choose one of: {', '.join(KL_ESTIMATORS)}")
-    mode = cfg.contrastive.mode
-    if mode is not None and mode not in CONTRASTIVE_MODES:
-        problems.append(f"contrastive.mode={mode!r} is unknown; choose reward, loss, or null")
-    if mode is not None and cfg.loss.name == "none":
-        problems.append(
-            f"contrastive.mode={mode} needs a contrastive loss, but loss=none (plain RLVR) is selected; "
-            "pick a loss (e.g. loss=infonce) or drop contrastive.mode"
-        )
+    try:
+        ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
+    except ValueError as error:
+        problems.append(str(error))
+    problems += _sampling_problems(cfg)
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _contrastive_mode(cfg: DictConfig) -> ContrastiveMode | None:
+    try:
+        return ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
+    except ValueError:
+        return None  # reported once by validate_config
+
+
+def _sampling_problems(cfg: DictConfig) -> list[str]:
+    """DAPO's sampling tricks (`sampling.*`) fit the generation budget."""
+    s, budget = cfg.sampling, cfg.rollout.max_new_tokens
+    problems = []
+    if s.max_refill_batches < 0:
+        problems.append(f"sampling.max_refill_batches={s.max_refill_batches} must be >= 0")
+    if not 0 <= s.overlong_buffer <= budget:
+        problems.append(
+            f"sampling.overlong_buffer={s.overlong_buffer} must lie in 0..rollout.max_new_tokens={budget} (0 disables it)"
+        )
+    if s.overlong_penalty < 0:
+        problems.append(f"sampling.overlong_penalty={s.overlong_penalty} must be >= 0")
+    return problems
 
 
 def world_size(cfg: DictConfig) -> int | None:
@@ -134,7 +148,7 @@ def _batch_problems(cfg: DictConfig) -> list[str]:
     if mini_per_process % micro:
         per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
         problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}")
-    elif contrastive_mode(cfg) == "loss" and micro % group_size:
+    elif _contrastive_mode(cfg) is ContrastiveMode.LOSS and micro % group_size:
         # in loss mode the contrastive loss is taken per forward pass: a split group loses its pairs
         problems.append(
             f"ppo.micro_batch_size={micro} splits groups of rollout.group_size={group_size}, and contrastive.mode=loss "

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from clipo.data import build_dataset
 from clipo.evaluation import (
     SetScores,
-    eval_generation_config,
+    eval_sampling,
     robustness_table,
     score_records,
     set_metrics,
@@ -37,6 +37,7 @@ from clipo.evaluation import (
 )
 from clipo.models import load_model
 from clipo.registry import VERIFIERS
+from clipo.rollout import HFEngine
 
 log = logging.getLogger(__name__)
 PERCENT_PREFIXES = ("acc", "pass@", "maj@", "truncated")
@@ -112,7 +113,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model, tokenizer = load_policy(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model.to(device)
-    generation = eval_generation_config(tokenizer, cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    engine = HFEngine(model, tokenizer)
+    sampling = eval_sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     verifiers = {kind: VERIFIERS.build({"name": kind}) for kind in sorted({v for _, v, _ in specs.values()})}
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     try:
         for name, (dataset_kwargs, kind, _) in specs.items():
             records = load_records(name, dataset_kwargs, cfg.max_rows, verifiers[kind])
-            scores = score_records(model, tokenizer, records, verifiers[kind], generation, cfg.n, cfg.batch_size,
-                                   desc=name)
+            scores = score_records(engine, records, verifiers[kind], sampling, cfg.n, cfg.batch_size, desc=name)
             per_set[name], all_scores[name] = set_metrics(scores, cfg.ks), scores
             log.info("%s: acc %.4f over %d problems", name, per_set[name]["acc"], len(records))
     finally:

@@ -1,7 +1,8 @@
 """Name -> component registries.
 
 Each swappable part (advantage estimator, policy loss, verifier, pooler, head,
-contrastive loss) has one `Registry`. Options register themselves with a
+contrastive loss, rollout engine) has one `Registry`; `clipo.interfaces` states what each
+part's options are called with. Options register themselves with a
 decorator; configs select them by `name`:
 
     @ADVANTAGES.register("grpo")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from clipo.ops import masked_mean
-from clipo.policy_loss.kl import token_kl
+from clipo.algorithms.kl import token_kl
 
 
 def truncated_importance_weights(

@@ -5,8 +5,8 @@ hidden [N, T, D] (any float dtype) and mask [N, T] (True on response tokens, Fal
 wherever it sits) to pooled [N, D] in float32, over masked tokens only. A row whose mask is
 empty pools to zeros, never NaN.
 
-`layer` is only stored: it tells the rollout code which hidden layer to capture, indexed as
-Hugging Face `output_hidden_states` (-1 = the final layer, after the final norm).
+Which hidden layer is pooled is not the pooler's choice: `rollout.capture_layer` tells the
+rollout engine (and the training forward in loss mode) which layer to return.
 """
 
 from __future__ import annotations
@@ -19,14 +19,13 @@ from clipo.registry import POOLERS
 
 
 class Pooler(nn.Module):
-    """Base: stores the hidden size and layer, checks shapes."""
+    """Base: stores the hidden size, checks shapes."""
 
-    def __init__(self, hidden_size: int, layer: int = -1) -> None:
+    def __init__(self, hidden_size: int) -> None:
         super().__init__()
         if hidden_size <= 0:
             raise ValueError(f"hidden_size must be positive, got {hidden_size}")
         self.hidden_size = int(hidden_size)
-        self.layer = int(layer)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
@@ -39,7 +38,7 @@ class Pooler(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, layer={self.layer}"
+        return f"hidden_size={self.hidden_size}"
 
 
 @POOLERS.register("mean")
@@ -79,8 +78,8 @@ class AttentionPooler(Pooler):
     q starts at zero, so the pooler starts as mean pooling and learns from there.
     """
 
-    def __init__(self, hidden_size: int, layer: int = -1) -> None:
-        super().__init__(hidden_size, layer)
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__(hidden_size)
         self.query = nn.Parameter(torch.zeros(hidden_size))
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,6 @@ def rollout_batch_from_outputs(
         groups=torch.arange(len(records), device=device).repeat_interleave(group_size),
         responses=tokenizer.batch_decode(responses, skip_special_tokens=True),
         ground_truths=[r["ground_truth"] for r in records for _ in range(group_size)],
-        data_sources=[r.get("data_source", "") for r in records for _ in range(group_size)],
         truncated=truncated.to(device),
         sampling_logprobs=padded(logprobs, 0.0, left=False, dtype=torch.float32).to(device),
     )
