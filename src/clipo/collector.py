@@ -132,8 +132,9 @@ class RolloutCollector:
         advantages = self.advantage(shaped, rollouts.groups)
         metrics["train/shaped_reward"] = shaped.mean()
         return CollectedBatch(
-            rollouts, rewards, correct, shaped, advantages, update_policy, metrics, old_logprobs, weights
-        )
+            rollouts, rewards, correct, shaped, advantages, update_policy,
+            old_logprobs=old_logprobs, importance_weights=weights, metrics=metrics,
+        )  # fmt: skip
 
     def _importance_weights(
         self, rollouts: RolloutBatch, old_logprobs: torch.Tensor
