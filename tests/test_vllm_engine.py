@@ -8,15 +8,12 @@ One engine is shared by the module (it starts in ~5-20 s). Skipped without vLLM
 from __future__ import annotations
 
 import importlib.util
-from types import SimpleNamespace
-
 import pytest
 import torch
-from transformers import GenerationConfig
 
 from clipo.data.arith import ArithDataset
 from clipo.models import load_model
-from clipo.rollout import forward_responses, generate_rollouts, response_mask_from_ids
+from clipo.rollout import HFEngine, Sampling, forward_responses, response_mask_from_ids
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (./scripts/setup.sh --vllm installs it)"
@@ -29,15 +26,12 @@ RECORDS = ArithDataset(size=3, seed=0).records
 LOGPROB_TOL = 1e-4
 
 
-def sampling(max_new_tokens=24, temperature=1.0, top_p=1.0, top_k=0, seed=None):
-    return SimpleNamespace(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+def sampling(temperature=1.0, seed=None):
+    return Sampling(max_new_tokens=24, temperature=temperature, seed=seed)
 
 
-def hf_greedy(policy, tokenizer, group_size, max_new_tokens=24):
-    config = GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
-    return generate_rollouts(policy, tokenizer, RECORDS, group_size, config)
+def hf_greedy(policy, tokenizer, group_size):
+    return HFEngine(policy, tokenizer).generate(RECORDS, group_size, sampling(temperature=0.0))
 
 
 @pytest.fixture(scope="module")
