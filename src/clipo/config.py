@@ -115,7 +115,7 @@ def _engine_problems(cfg: DictConfig) -> list[str]:
     if importlib.util.find_spec("vllm") is None:
         problems.append(
             "rollout.engine=vllm needs vLLM: `./scripts/setup.sh --vllm` on a CPU machine, `pip install vllm` "
-            "matching your CUDA torch on a GPU machine (README, 'vLLM engine'), or use rollout.engine=hf"
+            "matching your CUDA torch on a GPU machine (README, 'Installing vLLM'), or use rollout.engine=hf"
         )
     tiny = cfg.model.get("tiny")
     if tiny and tiny.hidden_size // tiny.num_attention_heads < 32:

@@ -17,6 +17,7 @@ colocate mode and is untested here (no GPU was available).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -28,15 +29,13 @@ from clipo.distributed import world
 from clipo.registry import ENGINES
 from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout.batch import RolloutBatch
+from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_batch import rollout_batch_from_outputs
 
 
 def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether vLLM is installed (without importing it: that takes seconds)."""
+    return importlib.util.find_spec("vllm") is not None
 
 
 @ENGINES.register("vllm")
@@ -70,7 +69,7 @@ class VLLMEngine:
         if not vllm_available():
             raise ImportError(
                 "rollout.engine=vllm needs vLLM: on a CPU machine run `./scripts/setup.sh --vllm`; on a GPU machine "
-                "`pip install vllm` matching your torch (see README, 'vLLM engine'); or use rollout.engine=hf"
+                "`pip install vllm` matching your torch (README, 'Installing vLLM'); or use rollout.engine=hf"
             )
         if not 0 < gpu_memory_utilization < 1 or kv_cache_gib <= 0:
             raise ValueError(f"need 0 < gpu_memory_utilization < 1 and kv_cache_gib > 0, got {gpu_memory_utilization}, {kv_cache_gib}")
@@ -86,7 +85,9 @@ class VLLMEngine:
         self._model_dir: tempfile.TemporaryDirectory | None = None
 
     # ---- the Protocol ---------------------------------------------------------------------------
-    def generate(self, records: list[dict], group_size: int, sampling: Any, capture_layer: int | None = None) -> RolloutBatch:
+    def generate(
+        self, records: list[dict], group_size: int, sampling: Sampling, capture_layer: int | None = None
+    ) -> RolloutBatch:
         """`group_size` responses per record; `capture_layer` is ignored (vLLM returns no hidden states)."""
         from vllm import SamplingParams
 
@@ -101,7 +102,7 @@ class VLLMEngine:
         ]
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
         # vLLM samples greedily only with n=1, so a greedy group is G copies of its prompt
-        copies, n = (group_size, 1) if sampling.temperature == 0 else (1, group_size)
+        copies, n = (group_size, 1) if sampling.greedy else (1, group_size)
         seeds = request_seeds(len(records) * copies, sampling.seed)
         params = [
             SamplingParams(
