@@ -92,10 +92,11 @@ def main() -> None:
                  "~callbacks.model_checkpoint", "logger=none", f"trainer.max_steps={args.steps}", *args.overrides]  # fmt: skip
     with tempfile.TemporaryDirectory() as out:
         rollouts = time_rollouts(compose(overrides, Path(out)), args.repeats)
-    training = time_training(overrides)
     payload = {"model": args.model, "precision": "fp32", "overrides": overrides, "rollouts": rollouts,
-               "training_median_phase_s": training, "target": "vllm generate <= 0.6 x hf"}  # fmt: skip
-    path = save(f"engines_{args.model}", payload)
+               "target": "vllm generate <= 0.6 x hf"}  # fmt: skip
+    save(f"engines_{args.model}", payload)  # part 1 kept even if the training runs are interrupted
+    training = time_training(overrides)
+    path = save(f"engines_{args.model}", payload | {"training_median_phase_s": training})
     for name in ("hf", "vllm"):
         r = rollouts[name]
         print(f"{name}: rollout phase {r['median_s']:.2f} s, {r['median_tokens_per_s']:.0f} tok/s")
