@@ -22,6 +22,7 @@ from clipo.models import is_adapter, load_model
 from clipo.module import ClipoModule
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rewards import RewardScorer, build_reward_functions, chat_prompt
+from clipo.rollout.completion import TrainingForwardCompletion
 from clipo.rollout.sampling import Sampling
 from clipo.rollout_log import RolloutLog
 from clipo.scoring import eval_sampling, split_set_spec
@@ -110,6 +111,12 @@ def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     return train_verifier, per_set
 
 
+def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
+    """`rollout.engine`, with its own settings block when it has one (`rollout.vllm`)."""
+    name = cfg.rollout.engine
+    return ENGINES.build({"name": name, **(plain(cfg.rollout.get(name)) or {})}, policy=policy, tokenizer=tokenizer)
+
+
 def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
     """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`)."""
     functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier)
@@ -127,9 +134,9 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
 
 def build_collector(
     cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, mode: ContrastiveMode,
-    objective: ContrastiveObjective, head_step: HeadStep, pad_token_id: int,
+    objective: ContrastiveObjective, head_step: HeadStep, policy: Any, pad_token_id: int,
 ) -> RolloutCollector:
-    s = cfg.sampling
+    s, correction = cfg.sampling, cfg.rollout.importance_sampling
     return RolloutCollector(
         engine=engine,
         verifier=verifier,
@@ -142,6 +149,8 @@ def build_collector(
         dynamic_sampling=DynamicSampling(s.max_refill_batches) if s.dynamic else None,
         overlong=OverlongShaping(sampling.max_new_tokens, s.overlong_buffer, s.overlong_penalty) if s.overlong_buffer else None,
         reward_shaping=ContrastiveRewardShaping(objective, head_step) if mode is ContrastiveMode.REWARD else None,
+        completion=TrainingForwardCompletion(policy, sampling.logprob_temperature, cfg.ppo.micro_batch_size),
+        importance_cap=correction.cap if correction.enabled else None,
     )
 
 
@@ -177,7 +186,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
     sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = build_verifiers(cfg)
     val_twins = {name: split_set_spec(spec)[2] for name, spec in (plain(cfg.data.get("val")) or {}).items()}
-    engine = ENGINES.build({"name": cfg.rollout.engine}, policy=policy, tokenizer=tokenizer)
+    engine = build_engine(cfg, policy, tokenizer)
     objective = build_contrastive(cfg, mode, policy.config.hidden_size)
     head_step = HeadStep(objective, instantiate(cfg.contrastive.head_pooler_optimizer))
     return ClipoModule(
@@ -185,7 +194,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         tokenizer=tokenizer,
         reference=reference,
         collector=build_collector(cfg, engine, verifier, build_rewards(cfg, verifier, tokenizer), sampling, mode,
-                                  objective, head_step, tokenizer.pad_token_id),
+                                  objective, head_step, policy, tokenizer.pad_token_id),
         updater=build_updater(cfg, policy, algorithm, reference, sampling, mode, objective, head_step),
         contrastive=objective,
         head_step=head_step,

@@ -1,6 +1,7 @@
 """The first half of an RL step: prompts -> one scored, shaped batch with advantages.
 
     engine.generate -> rewards (verifier + reward_funcs) -> [dynamic sampling: drop zero-variance groups, refill]
+    -> [training forward: hidden states and old log-probs the engine does not give; importance weights]
     -> [overlong shaping] -> [CLIPO reward shaping] -> advantage estimator -> CollectedBatch
 
 Each bracketed stage is an optional part, present or None as the builders decided from the
@@ -15,12 +16,14 @@ from typing import Any, Callable
 
 import torch
 
+from clipo.algorithms.rollout_correction import truncated_importance_weights
 from clipo.contrastive.steps import ContrastiveRewardShaping
 from clipo.dapo import DynamicSampling, OverlongShaping, select_groups
 from clipo.groups import group_stats
 from clipo.interfaces import AdvantageEstimator, RolloutEngine, Verifier
 from clipo.rewards import RewardScorer, RewardScores, concat_scores, reward_metrics
 from clipo.rollout.batch import RolloutBatch, concat_rollouts
+from clipo.rollout.completion import TrainingForwardCompletion, needs_training_forward
 from clipo.rollout.sampling import Sampling
 from clipo.timing import PhaseTimer
 
@@ -35,6 +38,8 @@ class CollectedBatch:
     shaped_rewards: torch.Tensor  # [N] rewards after overlong and CLIPO shaping (what advantages see)
     advantages: torch.Tensor  # [N] float32
     update_policy: bool = True  # False during CLIPO's head warm-up
+    old_logprobs: torch.Tensor | None = None  # [N, T] the trainer's, when the training forward ran
+    importance_weights: torch.Tensor | None = None  # [N, T] truncated importance weights (engine vs trainer)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars
     scores: RewardScores | None = None  # each reward function's scores [N, F], for the rollout log
     contrastive_loss: torch.Tensor | None = None  # [N] CLIPO's L_i in reward mode
@@ -56,6 +61,11 @@ class RolloutCollector:
         dynamic_sampling: DAPO's drop-and-refill (`sampling.dynamic`), or None.
         overlong: DAPO's soft overlong punishment (`sampling.overlong_buffer > 0`), or None.
         reward_shaping: CLIPO's bonus in reward mode, or None.
+        completion: the training forward that supplies hidden states an engine does not return (vllm)
+            and the trainer's old log-probs for the importance weights; it runs only when one of them is
+            missing, so never with the hf engine.
+        importance_cap: truncated importance sampling's cap (None: off); applies to engines that report
+            their own log-probs (vllm), and is exactly a no-op with hf.
     """
 
     def __init__(
@@ -71,11 +81,14 @@ class RolloutCollector:
         dynamic_sampling: DynamicSampling | None = None,
         overlong: OverlongShaping | None = None,
         reward_shaping: ContrastiveRewardShaping | None = None,
+        completion: TrainingForwardCompletion | None = None,
+        importance_cap: float | None = None,
     ) -> None:
         self.engine, self.verifier, self.rewards, self.advantage = engine, verifier, rewards, advantage
         self.sampling, self.group_size, self.pad_token_id = sampling, group_size, pad_token_id
         self.capture_layer = capture_layer
         self.dynamic_sampling, self.overlong, self.reward_shaping = dynamic_sampling, overlong, reward_shaping
+        self.completion, self.importance_cap = completion, importance_cap
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """After a policy update: the engine samples the next step from the new weights."""
@@ -109,6 +122,13 @@ class RolloutCollector:
             metrics |= dapo_metrics
         device = rollouts.sequences.device
         rewards, correct = scores.total.to(device), scores.correct.to(device)
+        old_logprobs = weights = None
+        wants_old = self.importance_cap is not None and rollouts.sampling_logprobs is not None
+        if self.completion is not None and needs_training_forward(rollouts, self.capture_layer, wants_old):
+            with timer("logprobs"):
+                old_logprobs = self.completion(rollouts, self.capture_layer)
+            weights, correction_metrics = self._importance_weights(rollouts, old_logprobs)
+            metrics |= correction_metrics
         shaped = rewards if self.overlong is None else rewards + self.overlong(rollouts.response_lengths)
         update_policy, contrastive = True, None
         if self.reward_shaping is not None:
@@ -121,7 +141,21 @@ class RolloutCollector:
         advantages = self.advantage(shaped, rollouts.groups)
         metrics["train/shaped_reward"] = shaped.mean()
         loss, bonus = (None, None) if contrastive is None else (contrastive.per_sample.detach(), contrastive.bonus)
-        return CollectedBatch(rollouts, rewards, correct, shaped, advantages, update_policy, metrics, scores, loss, bonus)
+        return CollectedBatch(
+            rollouts, rewards, correct, shaped, advantages, update_policy,
+            old_logprobs=old_logprobs, importance_weights=weights, metrics=metrics,
+            scores=scores, contrastive_loss=loss, bonus=bonus,
+        )  # fmt: skip
+
+    def _importance_weights(
+        self, rollouts: RolloutBatch, old_logprobs: torch.Tensor
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Weights (when on) and the sampler/trainer mismatch (whenever the engine gave its log-probs)."""
+        if rollouts.sampling_logprobs is None:
+            return None, {}
+        cap = self.importance_cap if self.importance_cap is not None else float("inf")
+        weights, metrics = truncated_importance_weights(old_logprobs, rollouts.sampling_logprobs, rollouts.response_mask, cap)
+        return (weights if self.importance_cap is not None else None), metrics
 
     def _generate_and_score(
         self, records: list[dict], timer: PhaseTimer, generation_context: Callable[[], AbstractContextManager],

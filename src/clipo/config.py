@@ -6,6 +6,7 @@ problems are reported together.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -46,6 +47,7 @@ def validate_config(cfg: DictConfig) -> None:
     problems += _sampling_problems(cfg)
     problems += _reward_problems(cfg)
     problems += _logging_and_lora_problems(cfg)
+    problems += _engine_problems(cfg)
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
@@ -100,6 +102,29 @@ def _sampling_problems(cfg: DictConfig) -> list[str]:
         )
     if s.overlong_penalty < 0:
         problems.append(f"sampling.overlong_penalty={s.overlong_penalty} must be >= 0")
+    return problems
+
+
+def _engine_problems(cfg: DictConfig) -> list[str]:
+    """The vllm engine is installed and can run the model; the importance-weight cap is sensible."""
+    problems = []
+    cap = cfg.rollout.importance_sampling.cap
+    if cap < 1:
+        problems.append(f"rollout.importance_sampling.cap={cap} must be >= 1 (TRL uses 2.0)")
+    if cfg.rollout.engine != "vllm":
+        return problems
+    if importlib.util.find_spec("vllm") is None:
+        problems.append(
+            "rollout.engine=vllm needs vLLM: `./scripts/setup.sh --vllm` on a CPU machine, `pip install vllm` "
+            "matching your CUDA torch on a GPU machine (README, 'Installing vLLM'), or use rollout.engine=hf"
+        )
+    tiny = cfg.model.get("tiny")
+    if tiny and tiny.hidden_size // tiny.num_attention_heads < 32:
+        head = tiny.hidden_size // tiny.num_attention_heads
+        problems.append(
+            f"rollout.engine=vllm: vLLM's CPU attention needs a head size >= 32, model.tiny has {head}; "
+            "add model.tiny.num_attention_heads=2 model.tiny.num_key_value_heads=1"
+        )
     return problems
 
 

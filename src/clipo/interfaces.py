@@ -77,9 +77,10 @@ class AdvantageEstimator(Protocol):
 class PolicyLoss(Protocol):
     """One micro-batch's share of the step's policy-gradient loss, and detached metrics.
 
-    logprobs, old_logprobs, mask, ref_logprobs: [N, T]; advantages: [N]; `norm` holds the counts of
-    the whole optimizer step. `uses_reference` says whether `ref_logprobs` are needed (a reference
-    model is loaded only then).
+    logprobs, old_logprobs, mask, ref_logprobs, token_weights: [N, T]; advantages: [N]; `norm` holds the
+    counts of the whole optimizer step. `uses_reference` says whether `ref_logprobs` are needed (a
+    reference model is loaded only then). `token_weights` (importance weights against the sampling
+    engine) multiply the per-token policy-gradient losses before aggregation; None: all 1.
     """
 
     uses_reference: bool
@@ -92,6 +93,7 @@ class PolicyLoss(Protocol):
         mask: torch.Tensor,
         norm: StepNormalizer,
         ref_logprobs: torch.Tensor | None = None,
+        token_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 

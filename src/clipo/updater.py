@@ -77,17 +77,23 @@ class PolicyUpdater:
     ) -> dict[str, torch.Tensor]:
         """All of the step's updates; returns metrics averaged over micro-batches (or updates)."""
         with timer("logprobs"):
-            old_logprobs, ref_logprobs = self.old_and_reference_logprobs(batch.rollouts)
+            old_logprobs, ref_logprobs = self.old_and_reference_logprobs(batch.rollouts, batch.old_logprobs)
         with timer("update"):
             return self.optimise(batch, old_logprobs, ref_logprobs, optimizer, backward)
 
-    def old_and_reference_logprobs(self, rollouts: RolloutBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def old_and_reference_logprobs(
+        self, rollouts: RolloutBatch, collected_old: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Log-probs [N, T] of the sampling policy (only when there are several updates: with one, the
-        current log-probs, detached, are equal and cost no extra pass) and of the reference (when loaded)."""
+        current log-probs, detached, are equal and cost no extra pass; `collected_old` when the collector's
+        training forward took them already) and of the reference (when loaded)."""
         n = len(rollouts.responses)
         mini, micro = self.batch_sizes(n)
         single_update = self.epochs == 1 and mini == n
-        old = None if single_update else self._logprobs(self.policy, rollouts, micro)
+        if single_update:
+            old = None
+        else:
+            old = collected_old if collected_old is not None else self._logprobs(self.policy, rollouts, micro)
         ref = None
         if self.reference is not None:
             with self.reference_context():
@@ -103,7 +109,7 @@ class PolicyUpdater:
         backward: Callable[[torch.Tensor], None],
     ) -> dict[str, torch.Tensor]:
         """`epochs` passes over mini-batches, gradient accumulation over micro-batches."""
-        rollouts, advantages, correct = batch.rollouts, batch.advantages, batch.correct
+        rollouts, advantages, correct, weights = batch.rollouts, batch.advantages, batch.correct, batch.importance_weights
         device = advantages.device
         n = len(rollouts.responses)
         mini, micro = self.batch_sizes(n)
@@ -118,7 +124,10 @@ class PolicyUpdater:
                     out = forward_responses(self.policy, part, self.temperature, self.hidden_layer, with_entropy=True)
                     old = out.logprobs.detach() if old_logprobs is None else old_logprobs[micro_index]
                     ref = None if ref_logprobs is None else ref_logprobs[micro_index]
-                    loss, step_metrics = self.algorithm(out.logprobs, old, advantages[micro_index], part.response_mask, norm, ref)
+                    token_weights = None if weights is None else weights[micro_index]
+                    loss, step_metrics = self.algorithm(
+                        out.logprobs, old, advantages[micro_index], part.response_mask, norm, ref, token_weights
+                    )
                     if self.contrastive is not None:
                         term, contrastive_metrics = self.contrastive(
                             out.hidden, part.hidden_mask, correct[micro_index], part.groups, len(micro_index), mini

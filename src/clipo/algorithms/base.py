@@ -53,6 +53,7 @@ class PolicyLossBase:
         mask: torch.Tensor,
         norm: StepNormalizer,
         ref_logprobs: torch.Tensor | None = None,
+        token_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One micro-batch's share of the step loss (plus `kl_coef` * aggregated KL) and detached metrics.
 
@@ -63,6 +64,9 @@ class PolicyLossBase:
             mask: [N, T] bool, true on response tokens.
             norm: counts over the whole optimizer step (`StepNormalizer.from_mask`).
             ref_logprobs: [N, T] reference log-probs; required when `uses_reference`.
+            token_weights: [N, T] factors of the per-token policy-gradient losses before aggregation
+                (truncated importance weights against the sampling engine, `clipo.algorithms.rollout_correction`);
+                None: all 1. The KL term is not weighted.
 
         Returns:
             (loss scalar, metrics): `actor/pg_loss` (this micro-batch's aggregated share), and masked
@@ -71,13 +75,14 @@ class PolicyLossBase:
             `actor/ratio_mean`, with `ref_logprobs` `actor/kl` (the configured estimator), and for
             grpo/dapo `actor/clip_frac_dual`. Clip fractions count tokens whose gradient the clip removes.
         """
-        _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs)
+        _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs, token_weights)
         if self.uses_reference and ref_logprobs is None:
             raise ValueError(f"kl_coef={self.kl_coef} > 0 needs ref_logprobs; pass them or set kl_coef=0")
         mask = mask.bool()
         logprobs, old_logprobs = logprobs.float(), old_logprobs.float().detach()
         out = self.token_losses(logprobs, old_logprobs, advantages.float().detach(), mask)
-        pg_loss = aggregate(out.losses, mask, self.aggregation, norm)
+        losses = out.losses if token_weights is None else out.losses * token_weights.detach().float()
+        pg_loss = aggregate(losses, mask, self.aggregation, norm)
         metrics = {
             "actor/pg_loss": pg_loss.detach(),
             "actor/clip_frac_low": masked_mean(out.clipped_low.float(), mask),
@@ -95,10 +100,11 @@ class PolicyLossBase:
         return loss, metrics
 
 
-def _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs) -> None:  # noqa: ANN001
+def _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs, token_weights) -> None:  # noqa: ANN001
     if logprobs.dim() != 2:
         raise ValueError(f"logprobs must be [N, T], got shape {tuple(logprobs.shape)}")
-    for name, t in (("old_logprobs", old_logprobs), ("mask", mask), ("ref_logprobs", ref_logprobs)):
+    others = (("old_logprobs", old_logprobs), ("mask", mask), ("ref_logprobs", ref_logprobs), ("token_weights", token_weights))
+    for name, t in others:
         if t is not None and t.shape != logprobs.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected logprobs' {tuple(logprobs.shape)}")
     if advantages.shape != logprobs.shape[:1]:

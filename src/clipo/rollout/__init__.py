@@ -1,6 +1,7 @@
 """Rollouts: the batch an engine returns (`batch`), how it samples (`sampling`), the engines
-(`hf_engine`: `HFEngine`, registered as `rollout.engine=hf`), and the training forward over a
-batch (`forward`)."""
+(`hf_engine`: `HFEngine`, registered as `rollout.engine=hf`; `vllm_engine`: `VLLMEngine`, as
+`rollout.engine=vllm`), the training forward over a batch (`forward`), and what it supplies for an
+engine without hidden states (`completion`)."""
 
 from clipo.rollout.batch import (
     RolloutBatch,
@@ -18,12 +19,14 @@ from clipo.rollout.hf_engine import (
     hidden_layer_module,
 )
 from clipo.rollout.sampling import Sampling
+from clipo.rollout.vllm_engine import VLLMEngine
 
 __all__ = [
     "ForwardOutput",
     "HFEngine",
     "RolloutBatch",
     "Sampling",
+    "VLLMEngine",
     "capture_predicting_states",
     "concat_rollouts",
     "forward_responses",

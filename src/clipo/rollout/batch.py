@@ -24,6 +24,7 @@ class RolloutBatch:
     # [N, T, D] captured layer at the response tokens' own positions: row t is the state at response
     # token t; only rows t <= L-2 of a length-L rollout exist in generation (see `hidden_mask`)
     hidden: torch.Tensor | None = None
+    sampling_logprobs: torch.Tensor | None = None  # [N, T] the engine's log-probs of the sampled tokens (vllm)
 
     @property
     def response_ids(self) -> torch.Tensor:  # [N, T]
@@ -51,6 +52,7 @@ class RolloutBatch:
             ground_truths=[self.ground_truths[i] for i in pick],
             truncated=self.truncated[index],
             hidden=None if self.hidden is None else self.hidden[index],
+            sampling_logprobs=None if self.sampling_logprobs is None else self.sampling_logprobs[index],
         )
 
 
@@ -96,6 +98,7 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
 
     offsets = torch.cumsum(torch.tensor([0] + [int(b.groups.max()) + 1 for b in batches[:-1]]), 0).tolist()
     with_hidden = all(b.hidden is not None for b in batches)
+    with_logprobs = all(b.sampling_logprobs is not None for b in batches)
     return RolloutBatch(
         sequences=torch.cat([parts(b, b.sequences, pad_token_id) for b in batches]),
         attention_mask=torch.cat([parts(b, b.attention_mask, 0) for b in batches]),
@@ -106,4 +109,7 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         ground_truths=[g for b in batches for g in b.ground_truths],
         truncated=torch.cat([b.truncated for b in batches]),
         hidden=torch.cat([pad_time(b.hidden, 0, T - b.hidden.shape[1], 0.0) for b in batches]) if with_hidden else None,
+        sampling_logprobs=torch.cat([pad_time(b.sampling_logprobs, 0, T - b.sampling_logprobs.shape[1], 0.0) for b in batches])
+        if with_logprobs
+        else None,
     )

