@@ -120,6 +120,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         group_size=cfg.rollout.group_size,
         mini_batch_size=cfg.ppo.mini_batch_size,
         micro_batch_size=cfg.ppo.micro_batch_size,
+        max_tokens_per_micro_batch=cfg.ppo.get("max_tokens_per_micro_batch"),
         ppo_epochs=cfg.ppo.epochs,
         max_grad_norm=cfg.ppo.max_grad_norm,
         max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,

@@ -24,6 +24,7 @@ from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, sco
 from clipo.policy_loss import StepNormalizer
 from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout import RolloutBatch, concat_rollouts, forward_responses, generate_rollouts
+from clipo.rollout.packing import pack_by_tokens
 
 
 class PhaseTimer:
@@ -56,6 +57,7 @@ class ClipoModule(L.LightningModule):
         group_size: int,
         mini_batch_size: int | None = None,
         micro_batch_size: int | None = None,
+        max_tokens_per_micro_batch: int | None = None,
         ppo_epochs: int = 1,
         max_grad_norm: float | None = 1.0,
         max_nonfinite_updates: int = 3,
@@ -75,6 +77,7 @@ class ClipoModule(L.LightningModule):
         self.optimizer_factory, self.head_optimizer_factory = optimizer, head_optimizer
         self.group_size, self.ppo_epochs, self.max_grad_norm = group_size, ppo_epochs, max_grad_norm
         self.mini_batch_size, self.micro_batch_size = mini_batch_size, micro_batch_size
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.head_optimizer: torch.optim.Optimizer | None = None
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
         self.max_nonfinite_updates = max_nonfinite_updates
@@ -214,7 +217,7 @@ class ClipoModule(L.LightningModule):
                 mini_index = torch.arange(start, start + mini, device=self.device)
                 norm = self._step_normalizer(rollouts.response_mask[mini_index])
                 update_loss = update_pg_loss = torch.zeros((), device=self.device)
-                for micro_index in mini_index.split(micro):
+                for micro_index in self._micro_batches(rollouts, mini_index, micro, whole_groups=loss_mode):
                     part = rollouts.select(micro_index)
                     out = forward_responses(self.policy, part, temperature, layer, with_entropy=True)
                     old = out.logprobs.detach() if old_logprobs is None else old_logprobs[micro_index]
@@ -238,6 +241,15 @@ class ClipoModule(L.LightningModule):
                     self._step_head()  # the head (and a learned pooler) learn from the same backward
         history["numerics/skipped_updates"].append(torch.tensor(float(self.skipped_updates)))
         return {k: torch.stack(v).mean() for k, v in history.items()}
+
+    def _micro_batches(self, rollouts: RolloutBatch, index: torch.Tensor, micro: int,
+                       whole_groups: bool = False) -> list[torch.Tensor]:
+        """The forward passes over `index`: slices of `micro` rollouts, or packed by token budget."""
+        if self.max_tokens_per_micro_batch is None:
+            return list(index.split(micro))
+        lengths = rollouts.attention_mask[index].sum(-1)  # [n] prompt + response tokens
+        packed = pack_by_tokens(lengths, self.max_tokens_per_micro_batch, rollouts.groups[index], whole_groups)
+        return [index[part.to(index.device)] for part in packed]
 
     def _step_normalizer(self, mask: torch.Tensor) -> StepNormalizer:
         """Aggregation denominators of one update: the counts of the global mini-batch (all ranks),
@@ -279,8 +291,10 @@ class ClipoModule(L.LightningModule):
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, rollouts: RolloutBatch, micro: int, temperature: float) -> torch.Tensor:
         index = torch.arange(len(rollouts.responses), device=self.device)
-        parts = [forward_responses(model, rollouts.select(i), temperature).logprobs for i in index.split(micro)]
-        return torch.cat(parts)
+        logprobs = torch.zeros(rollouts.response_mask.shape, device=self.device)
+        for part in self._micro_batches(rollouts, index, micro):
+            logprobs[part] = forward_responses(model, rollouts.select(part), temperature).logprobs
+        return logprobs
 
     # ---- validation --------------------------------------------------------------------
     def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:

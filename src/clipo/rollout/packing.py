@@ -14,46 +14,66 @@ from __future__ import annotations
 import torch
 
 
-def pack_by_tokens(lengths: torch.Tensor, budget: int, groups: torch.Tensor | None = None) -> list[torch.Tensor]:
+def pack_by_tokens(
+    lengths: torch.Tensor, budget: int, groups: torch.Tensor | None = None, whole_groups: bool = False
+) -> list[torch.Tensor]:
     """Split rollouts into micro-batches of at most `budget` padded tokens, longest first.
 
     Args:
         lengths: [N] tokens of each rollout (prompt + response).
         budget: the most padded tokens (rows x longest length) a micro-batch may hold.
-        groups: [N] group ids; when given, a group's rollouts stay in one micro-batch (whole
-            groups are packed, e.g. for the contrastive loss taken per forward pass).
+        groups: [N] group ids. Groups are then taken in the order of their longest rollout and
+            kept together, split only where a micro-batch is full: the training forward runs each
+            group's prompt once per micro-batch (`clipo.rollout.shared_prompt`), so a group cut
+            into many pieces would pay for its prompt many times.
+        whole_groups: never split a group (the contrastive loss taken per forward pass needs it).
 
     Returns:
-        Index tensors (ascending within each) that partition `range(N)`; micro-batches are
-        ordered from the longest rollouts to the shortest.
+        Index tensors (ascending within each) that partition `range(N)`.
 
     Raises:
-        ValueError: a rollout (or a whole group) alone exceeds the budget.
+        ValueError: a rollout (or, with `whole_groups`, a group) alone exceeds the budget.
     """
-    lengths = lengths.long()
-    units = torch.arange(len(lengths), device=lengths.device) if groups is None else groups
-    _, unit_of = torch.unique(units, return_inverse=True)  # [N] in 0..U-1
-    num_units = int(unit_of.max()) + 1 if len(lengths) else 0
-    unit_len = torch.zeros(num_units, dtype=torch.long, device=lengths.device).scatter_reduce(
-        0, unit_of, lengths, reduce="amax")  # [U] longest rollout of each unit
-    unit_rows = torch.bincount(unit_of, minlength=num_units)  # [U]
-    too_big = unit_rows * unit_len > budget
-    if too_big.any():
-        u = int(too_big.nonzero()[0])
-        what = f"a rollout of {int(unit_len[u])} tokens" if groups is None else (
-            f"a group of {int(unit_rows[u])} rollouts up to {int(unit_len[u])} tokens "
-            f"({int(unit_rows[u] * unit_len[u])} padded tokens)")
-        raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than {what}; raise it to at least "
-                         f"{int((unit_rows * unit_len).max())}")
-    order = torch.sort(unit_len, descending=True, stable=True).indices.tolist()
-    batches, current, rows, longest = [], [], 0, 0
-    for u in order:  # a loop over units (rollouts or groups), never over tokens
-        size, length = int(unit_rows[u]), int(unit_len[u])
-        if current and (rows + size) * max(longest, length) > budget:
+    device, lengths = lengths.device, lengths.long().cpu()  # a few numbers: plan on the CPU
+    n = len(lengths)
+    _, group_of = torch.unique(groups.cpu() if groups is not None else torch.arange(n), return_inverse=True)  # [N]
+    num_groups = int(group_of.max()) + 1 if n else 0
+    group_len = torch.zeros(num_groups, dtype=torch.long).scatter_reduce(0, group_of, lengths, reduce="amax")
+    group_rows = torch.bincount(group_of, minlength=num_groups)  # [G']
+    # order: groups by their longest rollout, then each group's rollouts longest first (stable sorts, last key first)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    order = order[torch.sort(group_of[order], stable=True).indices]
+    order = order[torch.sort(group_len[group_of[order]], descending=True, stable=True).indices]
+    _check_fits(lengths, group_len, group_rows, budget, whole_groups and groups is not None)
+
+    batches, current, longest = [], [], 0
+    pending, lens = order.tolist(), lengths.tolist()
+    i = 0
+    while i < n:  # a loop over rollouts (or whole groups), never over tokens
+        g = int(group_of[pending[i]])
+        unit = pending[i : i + int(group_rows[g])] if whole_groups else pending[i : i + 1]
+        length = max(lens[j] for j in unit)
+        if current and (len(current) + len(unit)) * max(longest, length) > budget:
             batches.append(current)
-            current, rows, longest = [], 0, 0
-        current.append(u)
-        rows, longest = rows + size, max(longest, length)
+            current, longest = [], 0
+        current += unit
+        longest = max(longest, length)
+        i += len(unit)
     if current:
         batches.append(current)
-    return [torch.isin(unit_of, torch.tensor(b, device=lengths.device)).nonzero().squeeze(-1) for b in batches]
+    return [torch.tensor(sorted(b), dtype=torch.long, device=device) for b in batches]
+
+
+def _check_fits(lengths: torch.Tensor, group_len: torch.Tensor, group_rows: torch.Tensor, budget: int,
+                whole_groups: bool) -> None:
+    if whole_groups:
+        cost = group_rows * group_len  # [G'] padded tokens of each group alone
+        if (cost > budget).any():
+            g = int(cost.argmax())
+            raise ValueError(
+                f"ppo.max_tokens_per_micro_batch={budget} is smaller than a group of {int(group_rows[g])} rollouts "
+                f"up to {int(group_len[g])} tokens ({int(cost[g])} padded tokens), and whole groups must share a "
+                f"micro-batch; raise it to at least {int(cost[g])}")
+    elif len(lengths) and int(lengths.max()) > budget:
+        raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than a rollout of {int(lengths.max())} "
+                         f"tokens (prompt + response); raise it to at least {int(lengths.max())}")
