@@ -69,3 +69,13 @@ def test_budget_below_one_rollout_or_group_is_a_clear_error():
     with pytest.raises(ValueError, match=r"a group of 2 rollouts up to 30 tokens \(60 padded tokens\).*60"):
         pack_by_tokens(lengths, 40, torch.tensor([0, 0, 1]), whole_groups=True)
     assert len(pack_by_tokens(lengths, 40, torch.tensor([0, 0, 1]))) == 2  # split groups: each rollout fits
+
+
+def test_min_batches_halves_the_largest_so_every_rank_runs_as_many_passes():
+    lengths = torch.tensor([10, 3, 8, 2, 9, 4])
+    # one batch 10,9,8,4,3,2 -> halves 10,9,8 | 4,3,2 -> the first (ties: earliest) halved again: 10 | 9,8 | 4,3,2
+    assert as_lists(pack_by_tokens(lengths, 1000, min_batches=3)) == [[0], [2, 4], [1, 3, 5]]
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert as_lists(pack_by_tokens(lengths, 1000, groups, whole_groups=True, min_batches=2)) == [[0, 1], [2, 3, 4, 5]]
+    with pytest.raises(ValueError, match="cannot make 4 micro-batches"):
+        pack_by_tokens(lengths, 1000, groups, whole_groups=True, min_batches=4)

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import GenerationConfig
 
 from clipo.dapo import overlong_penalty, select_groups
-from clipo.distributed import gathered_for_generation, mean_over_ranks, sum_over_ranks, world
+from clipo.distributed import gathered_for_generation, max_over_ranks, mean_over_ranks, sum_over_ranks, world
 from clipo.evaluation import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.policy_loss import StepNormalizer
 from clipo.rng import collect_rng_states, set_rng_states
@@ -248,7 +248,12 @@ class ClipoModule(L.LightningModule):
         if self.max_tokens_per_micro_batch is None:
             return list(index.split(micro))
         lengths = rollouts.attention_mask[index].sum(-1)  # [n] prompt + response tokens
-        packed = pack_by_tokens(lengths, self.max_tokens_per_micro_batch, rollouts.groups[index], whole_groups)
+        budget, groups = self.max_tokens_per_micro_batch, rollouts.groups[index]
+        packed = pack_by_tokens(lengths, budget, groups, whole_groups)
+        # every rank runs as many backward passes (each one synchronises gradients under DDP)
+        count = int(max_over_ranks(torch.tensor(len(packed), device=self.device)))
+        if count > len(packed):
+            packed = pack_by_tokens(lengths, budget, groups, whole_groups, min_batches=count)
         return [index[part.to(index.device)] for part in packed]
 
     def _step_normalizer(self, mask: torch.Tensor) -> StepNormalizer:

@@ -15,7 +15,11 @@ import torch
 
 
 def pack_by_tokens(
-    lengths: torch.Tensor, budget: int, groups: torch.Tensor | None = None, whole_groups: bool = False
+    lengths: torch.Tensor,
+    budget: int,
+    groups: torch.Tensor | None = None,
+    whole_groups: bool = False,
+    min_batches: int = 1,
 ) -> list[torch.Tensor]:
     """Split rollouts into micro-batches of at most `budget` padded tokens, longest first.
 
@@ -27,6 +31,8 @@ def pack_by_tokens(
             group's prompt once per micro-batch (`clipo.rollout.shared_prompt`), so a group cut
             into many pieces would pay for its prompt many times.
         whole_groups: never split a group (the contrastive loss taken per forward pass needs it).
+        min_batches: at least this many micro-batches (the largest are halved): under data
+            parallelism every rank must run the same number of backward passes and collectives.
 
     Returns:
         Index tensors (ascending within each) that partition `range(N)`.
@@ -46,22 +52,28 @@ def pack_by_tokens(
     order = order[torch.sort(group_len[group_of[order]], descending=True, stable=True).indices]
     _check_fits(lengths, group_len, group_rows, budget, whole_groups and groups is not None)
 
-    batches, current, longest = [], [], 0
+    batches, current, longest = [], [], 0  # each batch a list of units (lists of rollout indices)
     pending, lens = order.tolist(), lengths.tolist()
     i = 0
     while i < n:  # a loop over rollouts (or whole groups), never over tokens
         g = int(group_of[pending[i]])
         unit = pending[i : i + int(group_rows[g])] if whole_groups else pending[i : i + 1]
         length = max(lens[j] for j in unit)
-        if current and (len(current) + len(unit)) * max(longest, length) > budget:
+        if current and (sum(map(len, current)) + len(unit)) * max(longest, length) > budget:
             batches.append(current)
             current, longest = [], 0
-        current += unit
+        current.append(unit)
         longest = max(longest, length)
         i += len(unit)
     if current:
         batches.append(current)
-    return [torch.tensor(sorted(b), dtype=torch.long, device=device) for b in batches]
+    while len(batches) < min_batches:  # same count on every rank: halve the batch with the most units
+        k = max(range(len(batches)), key=lambda b: len(batches[b]))
+        if len(batches[k]) < 2:
+            raise ValueError(f"cannot make {min_batches} micro-batches out of {len(batches)} units")
+        half = len(batches[k]) // 2
+        batches[k : k + 1] = [batches[k][:half], batches[k][half:]]
+    return [torch.tensor(sorted(j for unit in b for j in unit), dtype=torch.long, device=device) for b in batches]
 
 
 def _check_fits(lengths: torch.Tensor, group_len: torch.Tensor, group_rows: torch.Tensor, budget: int,
