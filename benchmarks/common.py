@@ -19,7 +19,7 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def train_and_report(overrides: list[str]) -> dict[str, Any]:
     """Run `train` in this process and return its per-step history and peak resident memory."""
-    from clipo.config import compose
+    from clipo.compose import compose
     from clipo.train import train
 
     with tempfile.TemporaryDirectory() as out:

@@ -23,17 +23,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, train_and_report
 
-from clipo.config import compose
+from clipo.compose import compose
 
 
 def time_generation(cfg, repeats: int) -> dict[str, float]:
-    from clipo.builders import generation_configs, plain
+    from clipo.builders import plain, rollout_sampling
     from clipo.data import build_dataset
     from clipo.models import load_model
-    from clipo.rollout import generate_rollouts, response_mask_from_ids
+    from clipo.rollout import HFEngine, generation_config, response_mask_from_ids
 
     model, tokenizer = load_model(**plain(cfg.model), seed=cfg.seed)
-    sample, _ = generation_configs(cfg, tokenizer)
+    sampling, _ = rollout_sampling(cfg)
+    sample, engine = generation_config(sampling, tokenizer), HFEngine(model, tokenizer)
     records = list(build_dataset(**plain(cfg.data.train)))[: cfg.data.prompts_per_step]
     group = cfg.rollout.group_size
     prompts = [tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in records]
@@ -48,7 +49,7 @@ def time_generation(cfg, repeats: int) -> dict[str, float]:
 
     def clipo() -> int:
         with autocast:
-            return int(generate_rollouts(model, tokenizer, records, group, sample, capture_layer=-1).response_lengths.sum())
+            return int(engine.generate(records, group, sampling, capture_layer=-1).response_lengths.sum())
 
     rates: dict[str, list[float]] = {"bare": [], "clipo": []}
     for repeat in range(repeats + 1):  # the first round warms up

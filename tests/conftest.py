@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import DictConfig, open_dict
 
-from clipo.config import CONFIG_DIR as _CONFIG_DIR
-from clipo.config import compose
+from clipo.compose import CONFIG_DIR as _CONFIG_DIR
+from clipo.compose import compose
 
 CONFIG_DIR = str(_CONFIG_DIR)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,6 +52,9 @@ class ParityVerifier:
 
     def __call__(self, responses: list[str], ground_truths: list[str]) -> list[float]:
         return [float(bool(r) and ord(r[0]) % 2 == 0) for r in responses]
+
+    def stats(self) -> dict[str, int]:
+        return {}
 
     def close(self) -> None:
         pass

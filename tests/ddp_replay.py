@@ -15,30 +15,33 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from clipo.config import compose  # noqa: E402
-from clipo.module import ClipoModule  # noqa: E402
+from clipo.collector import RolloutCollector  # noqa: E402
+from clipo.compose import compose  # noqa: E402
+from clipo.data import build_dataset  # noqa: E402
+from clipo.distributed import world  # noqa: E402
 from clipo.registry import VERIFIERS  # noqa: E402
-from clipo.rollout import generate_rollouts  # noqa: E402
 from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 
 GLOBAL_PROMPTS = 4
+TRAIN_SET = None  # the run's train set, built in main()
 
 
-def replay_share(self: ClipoModule, batch: list[dict], timer, capture):  # noqa: ANN001
-    """Stands in for `ClipoModule._sample_and_verify`: this rank's share of one fixed global batch."""
-    records = [self.trainer.datamodule.train_set[i] for i in range(GLOBAL_PROMPTS)]
+def replay_share(self: RolloutCollector, batch: list[dict], timer, generation_context):  # noqa: ANN001
+    """Stands in for `RolloutCollector._generate_and_score`: this rank's share of one fixed global batch."""
+    records = [TRAIN_SET[i] for i in range(GLOBAL_PROMPTS)]
     with torch.random.fork_rng():
         torch.manual_seed(1234)
-        rollouts = generate_rollouts(self.policy, self.tokenizer, records, self.group_size, self.generation, capture)
+        rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
     rewards = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths))
-    share = len(rollouts.responses) // self.trainer.world_size
-    index = torch.arange(share) + self.trainer.global_rank * share
+    rank, world_size = world()
+    share = len(rollouts.responses) // world_size
+    index = torch.arange(share) + rank * share
     return rollouts.select(index), rewards[index]
 
 
@@ -57,7 +60,9 @@ def main() -> None:
     with open_dict(cfg):
         cfg.verifier = {"name": "parity"}
     VERIFIERS._entries["parity"] = ParityVerifier
-    ClipoModule._sample_and_verify = replay_share
+    global TRAIN_SET
+    TRAIN_SET = build_dataset(**OmegaConf.to_container(cfg.data.train, resolve=True))  # the datamodule's train set
+    RolloutCollector._generate_and_score = replay_share
     metrics, objects = train(cfg)
     if objects["trainer"].is_global_zero:
         torch.save({"metrics": metrics, "weights": objects["module"].policy.state_dict()}, out)

@@ -12,7 +12,7 @@ from tests.conftest import tiny_parity_config as _config
 @pytest.mark.parametrize("loss", ["none", "infonce"])
 @pytest.mark.parametrize("algorithm", ["grpo", "dapo", "gspo", "gmpo"])
 def test_algorithm_trains_two_steps(algorithm, loss, parity_verifier, tmp_path):
-    extra = ["algorithm.overlong_buffer=4"] if algorithm == "dapo" else []
+    extra = ["sampling.overlong_buffer=4"] if algorithm == "dapo" else []
     metrics, objects = train(_config(tmp_path, f"algorithm={algorithm}", f"loss={loss}", "data.val=null", *extra))
     assert objects["trainer"].global_step == 2
     for key in ("actor/pg_loss", "actor/clip_frac_low", "actor/clip_frac_high", "actor/approx_kl", "actor/entropy"):

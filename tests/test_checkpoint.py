@@ -22,12 +22,12 @@ def test_resumed_run_matches_an_uninterrupted_one(parity_verifier, tmp_path):
     _, first = train(_config_first)
     checkpoint = tmp_path / "first" / "checkpoints" / "last.ckpt"
     saved = torch.load(checkpoint, weights_only=False)
-    assert saved["clipo"]["rl_step"] == 3 and saved["clipo"]["head_optimizer"] is not None
+    assert saved["clipo"]["rl_step"] == 3 and saved["clipo"]["head_pooler_optimizer"] is not None
 
     _, resumed = train(_config(tmp_path / "resumed", *overrides, f"ckpt_path={checkpoint}"))
     full_module, resumed_module = full["module"], resumed["module"]
     assert resumed_module.rl_step == full_module.rl_step == 4  # 1 warm-up step + 3 policy updates
-    head_steps = lambda m: [s["step"] for s in m.head_optimizer.state_dict()["state"].values()]  # noqa: E731
+    head_steps = lambda m: [s["step"] for s in m.head_step.optimizer.state_dict()["state"].values()]  # noqa: E731
     assert head_steps(resumed_module) == head_steps(full_module)
     for name, value in _params(full_module).items():
         torch.testing.assert_close(_params(resumed_module)[name], value, rtol=0, atol=0, msg=name)

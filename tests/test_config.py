@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clipo.config import ConfigError, register_components, validate_config
-from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.config import ConfigError, validate_config
+from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from tests.conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config
 
 REGISTERED_GROUPS = {
@@ -18,7 +18,7 @@ REGISTERED_GROUPS = {
     "head": HEADS,
     "loss": LOSSES,
 }
-GROUPS = ["model", "data", *REGISTERED_GROUPS, "trainer", "strategy", "logger", "callbacks", "experiment", "debug"]
+GROUPS = ["model", "data", "sampling", *REGISTERED_GROUPS, "trainer", "strategy", "logger", "callbacks", "experiment", "debug"]
 
 
 def _resolve(cfg) -> dict:
@@ -51,6 +51,26 @@ def test_every_registered_name_has_a_config():
     register_components()
     for group, registry in REGISTERED_GROUPS.items():
         assert set(registry.names()) <= set(_options(group)), f"configs/{group} lacks {set(registry.names()) - set(_options(group))}"
+
+
+def test_algorithm_dapo_brings_its_sampling_tricks_and_any_algorithm_can_use_them(tmp_path):
+    assert not compose_config(output_dir=tmp_path).sampling.dynamic
+    dapo = compose_config(["algorithm=dapo"], output_dir=tmp_path)
+    assert dapo.sampling.dynamic and "dynamic" not in dapo.algorithm  # the loss holds only loss settings
+    assert not compose_config(["algorithm=dapo", "sampling=none"], output_dir=tmp_path).sampling.dynamic
+    assert compose_config(["algorithm=gspo", "sampling=dapo"], output_dir=tmp_path).sampling.dynamic
+
+
+def test_sampling_tricks_are_checked(tmp_path):
+    errors = _errors(["sampling.overlong_buffer=13", "sampling.max_refill_batches=-1"], tmp_path)
+    assert "sampling.overlong_buffer=13 must lie in 0..rollout.max_new_tokens=12" in errors
+    assert "sampling.max_refill_batches=-1 must be >= 0" in errors
+
+
+def test_unknown_engine_lists_the_choices(tmp_path):
+    assert "rollout.engine='nope' is not a registered rollout engine; choose one of: hf" in _errors(
+        ["rollout.engine=nope"], tmp_path
+    )
 
 
 def _errors(overrides, tmp_path) -> str:

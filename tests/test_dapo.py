@@ -12,8 +12,8 @@ from clipo.dapo import overlong_penalty, select_groups, zero_variance_groups
 def test_zero_variance_filter_hand_example():
     groups = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3, 4, 4])
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.2, 0.3])
-    # group 0 all correct, group 2 all wrong, group 3 alone: dropped; groups 1 and 4 vary: kept
-    expected = torch.tensor([False, False, True, True, False, False, False, False, True, True])
+    # group 0 all correct, group 2 all wrong, group 3 alone: zero variance; groups 1 and 4 vary
+    expected = torch.tensor([True, True, False, False, True, True, True, True, False, False])
     assert torch.equal(zero_variance_groups(rewards, groups), expected)
 
 
@@ -47,7 +47,7 @@ def test_select_takes_at_most_target_in_order_of_appearance():
 def test_select_asks_for_more_without_returning_zero_variance_groups():
     sel = select_groups(REWARDS, GROUPS, target_groups=3, refills=0, max_refills=2)
     assert sel.need_more and not sel.enough and not sel.limit_hit
-    assert torch.equal(sel.keep, zero_variance_groups(REWARDS, GROUPS))
+    assert torch.equal(sel.keep, ~zero_variance_groups(REWARDS, GROUPS))
 
 
 def test_select_at_limit_reports_and_tops_up():
@@ -79,7 +79,7 @@ def test_refill_loop_contract(seed, max_refills):
         rewards, groups = torch.cat([rewards, new_rewards]), torch.cat([groups, new_groups])
         refills += 1
     assert refills <= max_refills
-    informative = zero_variance_groups(rewards, groups)
+    informative = ~zero_variance_groups(rewards, groups)
     assert sel.num_groups <= target
     assert len(groups[sel.keep].unique()) == sel.num_groups
     if not sel.limit_hit:

@@ -14,10 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clipo.advantages import reinforce_pp_advantages
-from clipo.config import register_components
 from clipo.contrastive.sets import build_sets
 from clipo.distributed import all_gather_rows, gathered_for_generation, globally_unique_groups, sum_over_ranks, world
-from clipo.registry import LOSSES
+from clipo.registry import LOSSES, register_components
 
 REPLAY = Path(__file__).with_name("ddp_replay.py")
 # rank 0 holds groups 0 and 1, rank 1 group 2: unequal row counts exercise the padding

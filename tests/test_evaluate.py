@@ -10,13 +10,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clipo.config import compose, register_components
+from clipo.compose import compose
 from clipo.data import bench_dir
 from clipo.evaluate import evaluate, load_checkpoint_policy, load_policy
-from clipo.evaluation import split_set_spec
 from clipo.models import build_tiny
-from clipo.registry import VERIFIERS
-from tests.conftest import CONFIG_DIR
+from clipo.registry import VERIFIERS, register_components
+from clipo.scoring import split_set_spec
+from clipo.train import train
+from tests.conftest import CONFIG_DIR, tiny_parity_config
 
 ROOT = Path(CONFIG_DIR).parent
 BENCHMARKS = sorted(p.stem for p in (Path(CONFIG_DIR) / "benchmark").glob("*.yaml"))
@@ -96,6 +97,19 @@ def test_checkpoint_policy_weights_are_loaded(tmp_path):
     assert (Path(evaluate(cfg)["output_dir"]) / "results.md").is_file()
 
 
+def test_a_training_checkpoint_is_scored_without_repeating_model(parity_verifier, tmp_path):
+    """The run's resolved config travels in the checkpoint: with the default model (SmolLM2) selected,
+    a tiny run's checkpoint still builds the tiny model it trained."""
+    _, objects = train(tiny_parity_config(tmp_path / "train", "data.val=null", "trainer.max_steps=1"))
+    checkpoint = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["clipo"]["config"]["model"]["name"] == "tiny"
+    cfg = compose_eval(["suite=arith", "max_rows=2", "max_new_tokens=4", f"ckpt_path={checkpoint}"], tmp_path / "run")
+    assert cfg.model.name == "smollm2_135m"
+    model, _ = load_policy(cfg)
+    _assert_same_weights(model, objects["module"].policy)
+    assert set(evaluate(cfg)["sets"]) == {"arith", "arith_symbolic", "arith_p1", "arith_p2"}
+
+
 def test_bad_checkpoints_and_choices_fail_clearly(tmp_path):
     model, _ = build_tiny(seed=0)
     torch.save({"state_dict": {"head.weight": torch.ones(2)}}, tmp_path / "head_only.ckpt")
@@ -141,7 +155,9 @@ def test_script_does_not_shadow_packages_named_evaluate(tmp_path):
         "print('SHADOWED' if spec and spec.origin and spec.origin.endswith('clipo/evaluate.py') else 'OK')"
     )
     script = str(ROOT / "src" / "clipo" / "evaluate.py")
-    env = {"PYTHONPATH": str(ROOT / "src" / "clipo"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    # this checkout's package after the script folder (not whichever clipo is installed)
+    python_path = f"{ROOT / 'src' / 'clipo'}:{ROOT / 'src'}"
+    env = {"PYTHONPATH": python_path, "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code, script], capture_output=True, text=True, env=env, cwd=tmp_path,
                          check=False)
     assert out.stdout.strip().endswith("OK"), out.stdout + out.stderr

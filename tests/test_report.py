@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from clipo.multirun.runs import NoRunsError, parse_overrides
 from clipo.report import load_runs, main, summarize, write_report
-from clipo.reporting.runs import NoRunsError, parse_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

@@ -10,7 +10,7 @@ from transformers import GenerationConfig
 
 from clipo.builders import build_module
 from clipo.models import load_model
-from clipo.policy_loss import StepNormalizer
+from clipo.algorithms import StepNormalizer
 from clipo.registry import ALGORITHMS
 from clipo.rollout import concat_rollouts, forward_responses, generate_rollouts
 from clipo.rollout import shared_prompt as shared_prompt_module
@@ -114,7 +114,7 @@ def test_policy_gradient_equals_the_padded_forward(tiny, name):
 def test_contrastive_loss_mode_hidden_gradient_equals_the_padded_forward(tiny, tmp_path):
     model, _, batch = tiny
     module = build_module(compose_config(TINY_OVERRIDES + ["contrastive.mode=loss", "loss=supcon"], output_dir=tmp_path))
-    contrastive, layer = module.contrastive, module.contrastive.layer
+    contrastive, layer = module.contrastive, module.updater.hidden_layer
     correct = torch.tensor([1, 0, 1, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
 
     def loss(hidden):

@@ -8,21 +8,30 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import GenerationConfig
 
 from clipo.checkpointing import AtomicCheckpointIO
-from clipo.config import contrastive_mode, register_components
-from clipo.contrastive import ContrastiveObjective
+from clipo.collector import RolloutCollector
+from clipo.compose import CONFIG_DIR
+from clipo.contrastive import ContrastiveMode, ContrastiveObjective
+from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
+from clipo.dapo import DynamicSampling, OverlongShaping
 from clipo.data import PromptDataModule
-from clipo.evaluation import eval_generation_config, split_set_spec
 from clipo.models import load_model
 from clipo.module import ClipoModule
-from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
+from clipo.rollout.sampling import Sampling
+from clipo.scoring import eval_sampling, split_set_spec
+from clipo.updater import PolicyUpdater
 
 
 def plain(node: Any) -> Any:
     """A config node as plain Python containers."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The run's resolved config without Hydra's own node: what a checkpoint keeps to know its run."""
+    return plain(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]))
 
 
 def build_datamodule(cfg: DictConfig) -> PromptDataModule:
@@ -46,21 +55,20 @@ def build_models(cfg: DictConfig, algorithm: Any) -> tuple[Any, Any, Any]:
     return policy, tokenizer, reference
 
 
-def build_contrastive(cfg: DictConfig, hidden_size: int) -> ContrastiveObjective:
-    mode = contrastive_mode(cfg)
+def build_contrastive(cfg: DictConfig, mode: ContrastiveMode, hidden_size: int) -> ContrastiveObjective:
     loss = LOSSES.build(plain(cfg.loss))
     # Initialise the head from its own seeded stream: the sampling RNG then does not depend
     # on which parts are chosen, so `loss=none` and `loss=infonce` draw the same first rollouts.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         pooler = POOLERS.build(plain(cfg.pooler), hidden_size=hidden_size)
-        head = HEADS.build(plain(cfg.head), in_dim=hidden_size) if mode is not None else None
+        head = HEADS.build(plain(cfg.head), in_dim=hidden_size) if mode is not ContrastiveMode.OFF else None
     c = cfg.contrastive
     return ContrastiveObjective(
         pooler=pooler,
         head=head,
         loss=loss,
-        mode=mode or "reward",
+        mode=mode,
         lam=c.lam,
         c=c.c,
         floor=c.floor,
@@ -69,61 +77,102 @@ def build_contrastive(cfg: DictConfig, hidden_size: int) -> ContrastiveObjective
     )
 
 
-def generation_configs(cfg: DictConfig, tokenizer: Any) -> tuple[GenerationConfig, GenerationConfig]:
-    """Sampling for rollouts, and validation's (greedy by default); both stop at EOS and use the KV cache."""
+def rollout_sampling(cfg: DictConfig) -> tuple[Sampling, Sampling]:
+    """Sampling of training rollouts, and validation's (greedy by default)."""
     r, v = cfg.rollout, cfg.validation
-    stop = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "use_cache": True}
-    sample = GenerationConfig(
-        do_sample=True, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, **stop
-    )
-    validation = eval_generation_config(tokenizer, v.n, v.temperature, v.top_p, v.max_new_tokens or r.max_new_tokens)
-    return sample, validation
+    train = Sampling(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+    return train, eval_sampling(v.n, v.temperature, v.top_p, v.max_new_tokens or r.max_new_tokens)
+
+
+def build_verifier(name: str) -> Any:
+    """The verifier `name` with the settings of `configs/verifier/<name>.yaml` (not the class defaults)."""
+    path = CONFIG_DIR / "verifier" / f"{name}.yaml"
+    spec = plain(OmegaConf.load(path)) if path.is_file() else {"name": name}
+    return VERIFIERS.build(spec)
 
 
 def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
-    """The training verifier and one per validation set; a kind is built once and shared
-    (the math verifier owns a worker pool)."""
+    """The training verifier (`verifier=`, with its overrides) and one per validation set, each from its
+    config file; a kind is built once and shared (the math verifier owns a worker pool)."""
     train_verifier = VERIFIERS.build(plain(cfg.verifier))
     by_kind = {cfg.verifier.name: train_verifier}
     per_set = {}
     for name, spec in (plain(cfg.data.get("val")) or {}).items():
         kind = split_set_spec(spec)[1]
         if kind not in by_kind:
-            by_kind[kind] = VERIFIERS.build({"name": kind})
+            by_kind[kind] = build_verifier(kind)
         per_set[name] = by_kind[kind]
     return train_verifier, per_set
 
 
+def build_collector(
+    cfg: DictConfig, engine: Any, verifier: Any, sampling: Sampling, mode: ContrastiveMode,
+    objective: ContrastiveObjective, head_step: HeadStep, pad_token_id: int,
+) -> RolloutCollector:
+    s = cfg.sampling
+    return RolloutCollector(
+        engine=engine,
+        verifier=verifier,
+        advantage=ADVANTAGES.build(plain(cfg.advantage)),
+        sampling=sampling,
+        group_size=cfg.rollout.group_size,
+        pad_token_id=pad_token_id,
+        capture_layer=cfg.rollout.capture_layer if mode is ContrastiveMode.REWARD else None,
+        dynamic_sampling=DynamicSampling(s.max_refill_batches) if s.dynamic else None,
+        overlong=OverlongShaping(sampling.max_new_tokens, s.overlong_buffer, s.overlong_penalty) if s.overlong_buffer else None,
+        reward_shaping=ContrastiveRewardShaping(objective, head_step) if mode is ContrastiveMode.REWARD else None,
+    )
+
+
+def build_updater(
+    cfg: DictConfig, policy: Any, algorithm: Any, reference: Any, sampling: Sampling, mode: ContrastiveMode,
+    objective: ContrastiveObjective, head_step: HeadStep,
+) -> PolicyUpdater:
+    loss_mode = mode is ContrastiveMode.LOSS
+    return PolicyUpdater(
+        policy=policy,
+        algorithm=algorithm,
+        temperature=sampling.logprob_temperature,
+        max_len=sampling.max_new_tokens,
+        epochs=cfg.ppo.epochs,
+        mini_batch_size=cfg.ppo.mini_batch_size,
+        micro_batch_size=cfg.ppo.micro_batch_size,
+        max_tokens_per_micro_batch=cfg.ppo.max_tokens_per_micro_batch,
+        max_grad_norm=cfg.ppo.max_grad_norm,
+        max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
+        reference=reference,
+        contrastive=ContrastiveLossTerm(objective, head_step) if loss_mode else None,
+        hidden_layer=cfg.rollout.capture_layer if loss_mode else None,
+    )
+
+
 def build_module(cfg: DictConfig) -> ClipoModule:
     register_components()
+    mode = ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))
     policy, tokenizer, reference = build_models(cfg, algorithm)
-    sample, validation = generation_configs(cfg, tokenizer)
+    sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = build_verifiers(cfg)
     val_twins = {name: split_set_spec(spec)[2] for name, spec in (plain(cfg.data.get("val")) or {}).items()}
+    engine = ENGINES.build({"name": cfg.rollout.engine}, policy=policy, tokenizer=tokenizer)
+    objective = build_contrastive(cfg, mode, policy.config.hidden_size)
+    head_step = HeadStep(objective, instantiate(cfg.contrastive.head_pooler_optimizer))
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
         reference=reference,
-        verifier=verifier,
+        collector=build_collector(cfg, engine, verifier, sampling, mode, objective, head_step, tokenizer.pad_token_id),
+        updater=build_updater(cfg, policy, algorithm, reference, sampling, mode, objective, head_step),
+        contrastive=objective,
+        head_step=head_step,
+        optimizer=instantiate(cfg.optimizer),
+        engine=engine,
+        val_sampling=val_sampling,
         val_verifiers=val_verifiers,
         val_twins=val_twins,
         val_n=cfg.validation.n,
         val_ks=list(cfg.validation.ks),
-        advantage=ADVANTAGES.build(plain(cfg.advantage)),
-        algorithm=algorithm,
-        contrastive=build_contrastive(cfg, policy.config.hidden_size),
-        generation=sample,
-        val_generation=validation,
-        optimizer=instantiate(cfg.optimizer),
-        head_optimizer=instantiate(cfg.contrastive.head_optimizer),
-        group_size=cfg.rollout.group_size,
-        mini_batch_size=cfg.ppo.mini_batch_size,
-        micro_batch_size=cfg.ppo.micro_batch_size,
-        max_tokens_per_micro_batch=cfg.ppo.get("max_tokens_per_micro_batch"),
-        ppo_epochs=cfg.ppo.epochs,
-        max_grad_norm=cfg.ppo.max_grad_norm,
-        max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
+        run_config=run_config(cfg),
     )
 
 

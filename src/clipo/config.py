@@ -8,84 +8,68 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from clipo.registry import ADVANTAGES, ALGORITHMS, HEADS, LOSSES, POOLERS, VERIFIERS
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-KL_ESTIMATORS = ("k1", "k2", "k3")
-CONTRASTIVE_MODES = ("reward", "loss")
+from clipo.algorithms.kl import KL_ESTIMATORS
+from clipo.contrastive.mode import ContrastiveMode
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message lists every problem found."""
 
 
-def compose(overrides: list[str] | None = None, output_dir: Path | None = None, config_name: str = "train") -> DictConfig:
-    """Compose `configs/<config_name>.yaml` without the command line (tests, notebooks, benchmarks),
-    with the Hydra runtime set as in a real run, so `${hydra:...}` interpolations resolve."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.paths.output_dir = str(output_dir)
-    HydraConfig().set_config(cfg)
-    return cfg
-
-
-def register_components() -> None:
-    """Import every option module so that each registry is complete."""
-    import clipo.advantages  # noqa: F401
-    import clipo.contrastive  # noqa: F401
-    import clipo.policy_loss  # noqa: F401
-    import clipo.verifiers  # noqa: F401
-
-
-def contrastive_mode(cfg: DictConfig) -> str | None:
-    """The effective mode: None for `loss=none`, else the configured one (reward by default)."""
-    if cfg.loss.name == "none":
-        return None
-    return cfg.contrastive.mode or "reward"
-
-
 def validate_config(cfg: DictConfig) -> None:
     register_components()
     problems: list[str] = []
-    for group, registry in [
-        ("advantage", ADVANTAGES),
-        ("algorithm", ALGORITHMS),
-        ("verifier", VERIFIERS),
-        ("pooler", POOLERS),
-        ("head", HEADS),
-        ("loss", LOSSES),
+    for key, registry in [
+        ("advantage.name", ADVANTAGES),
+        ("algorithm.name", ALGORITHMS),
+        ("verifier.name", VERIFIERS),
+        ("pooler.name", POOLERS),
+        ("head.name", HEADS),
+        ("loss.name", LOSSES),
+        ("rollout.engine", ENGINES),
     ]:
-        name = cfg[group].name
+        name = OmegaConf.select(cfg, key)
         if name not in registry:
-            problems.append(f"{group}.name={name!r} is not a registered {registry.kind}; choose one of: {', '.join(registry.names())}")
+            problems.append(f"{key}={name!r} is not a registered {registry.kind}; choose one of: {', '.join(registry.names())}")
 
     estimator = cfg.algorithm.get("kl_estimator", "k3")
     if estimator not in KL_ESTIMATORS:
         problems.append(f"algorithm.kl_estimator={estimator!r} is unknown; choose one of: {', '.join(KL_ESTIMATORS)}")
-    mode = cfg.contrastive.mode
-    if mode is not None and mode not in CONTRASTIVE_MODES:
-        problems.append(f"contrastive.mode={mode!r} is unknown; choose reward, loss, or null")
-    if mode is not None and cfg.loss.name == "none":
-        problems.append(
-            f"contrastive.mode={mode} needs a contrastive loss, but loss=none (plain RLVR) is selected; "
-            "pick a loss (e.g. loss=infonce) or drop contrastive.mode"
-        )
+    try:
+        ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
+    except ValueError as error:
+        problems.append(str(error))
+    problems += _sampling_problems(cfg)
     problems += _batch_problems(cfg)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _contrastive_mode(cfg: DictConfig) -> ContrastiveMode | None:
+    try:
+        return ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
+    except ValueError:
+        return None  # reported once by validate_config
+
+
+def _sampling_problems(cfg: DictConfig) -> list[str]:
+    """DAPO's sampling tricks (`sampling.*`) fit the generation budget."""
+    s, budget = cfg.sampling, cfg.rollout.max_new_tokens
+    problems = []
+    if s.max_refill_batches < 0:
+        problems.append(f"sampling.max_refill_batches={s.max_refill_batches} must be >= 0")
+    if not 0 <= s.overlong_buffer <= budget:
+        problems.append(
+            f"sampling.overlong_buffer={s.overlong_buffer} must lie in 0..rollout.max_new_tokens={budget} (0 disables it)"
+        )
+    if s.overlong_penalty < 0:
+        problems.append(f"sampling.overlong_penalty={s.overlong_penalty} must be >= 0")
+    return problems
 
 
 def world_size(cfg: DictConfig) -> int | None:
@@ -133,11 +117,12 @@ def _batch_problems(cfg: DictConfig) -> list[str]:
     micro = min(cfg.ppo.micro_batch_size or mini_per_process, mini_per_process)  # at most the whole mini-batch
     budget = cfg.ppo.get("max_tokens_per_micro_batch")
     if budget is not None:  # replaces micro_batch_size: micro-batches are packed by tokens
-        problems += _token_budget_problems(budget, cfg.rollout.max_new_tokens, group_size, contrastive_mode(cfg))
+        loss_mode = _contrastive_mode(cfg) is ContrastiveMode.LOSS
+        problems += _token_budget_problems(budget, cfg.rollout.max_new_tokens, group_size, loss_mode)
     elif mini_per_process % micro:
         per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
         problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}")
-    elif contrastive_mode(cfg) == "loss" and micro % group_size:
+    elif _contrastive_mode(cfg) is ContrastiveMode.LOSS and micro % group_size:
         # in loss mode the contrastive loss is taken per forward pass: a split group loses its pairs
         problems.append(
             f"ppo.micro_batch_size={micro} splits groups of rollout.group_size={group_size}, and contrastive.mode=loss "
@@ -148,11 +133,11 @@ def _batch_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _token_budget_problems(budget: int, max_new_tokens: int, group_size: int, mode: str | None) -> list[str]:
+def _token_budget_problems(budget: int, max_new_tokens: int, group_size: int, loss_mode: bool) -> list[str]:
     """The budget holds the longest possible rollout (a whole group of them in loss mode). The prompt's
     length is known only once the data is tokenized: this checks the response part (plus a 1-token
     prompt), and packing names the exact number if a real rollout does not fit."""
-    rows = group_size if mode == "loss" else 1
+    rows = group_size if loss_mode else 1
     longest = rows * (max_new_tokens + 1)
     if budget < longest:
         what = (f"a group of rollout.group_size={group_size} rollouts of rollout.max_new_tokens={max_new_tokens} "

@@ -19,37 +19,22 @@ from dataclasses import dataclass
 
 import torch
 
-from clipo.ops import group_ids_to_index
-
-
-def _group_range(rewards: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(varied[K] bool: the group's rewards are not all equal, index[N], K)."""
-    if rewards.dim() != 1 or rewards.shape != groups.shape:
-        raise ValueError(
-            f"rewards and groups must be 1-D of equal length, got {tuple(rewards.shape)} and {tuple(groups.shape)}"
-        )
-    index, num_groups = group_ids_to_index(groups)
-    rewards = rewards.float()
-    empty = torch.empty(num_groups, dtype=rewards.dtype, device=rewards.device)
-    high = empty.scatter_reduce(0, index, rewards, "amax", include_self=False)
-    low = empty.clone().scatter_reduce(0, index, rewards, "amin", include_self=False)
-    return high > low, index, num_groups
+from clipo.groups import group_stats
 
 
 def zero_variance_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Dynamic sampling's filter: which rollouts to keep.
+    """Which rollouts belong to a group without reward variance (dynamic sampling drops those).
 
     Args:
         rewards: [N] reward per rollout.
         groups: [N] integer group id per rollout.
 
     Returns:
-        keep [N] bool: true where the rollout's group has reward variance > 0, i.e. not all
-        its rewards are equal (all-correct, all-wrong and size-1 groups are dropped, since their
-        group-relative advantages are all 0).
+        [N] bool: true where all the rewards of the rollout's group are equal (all-correct,
+        all-wrong and size-1 groups), whose group-relative advantages are all 0.
     """
-    varied, index, _ = _group_range(rewards, groups)
-    return varied[index]
+    stats = group_stats(rewards, groups)
+    return stats.per_rollout(stats.zero_variance)
 
 
 @dataclass(frozen=True)
@@ -91,16 +76,14 @@ def select_groups(
         groups: [N] integer group id per rollout (ids unique across batches).
         target_groups: groups wanted for the training batch (prompts per step).
         refills: extra batches sampled so far (0 after the first batch).
-        max_refills: extra batches allowed (`DAPOLoss.max_refill_batches`).
+        max_refills: extra batches allowed (`sampling.max_refill_batches`).
     """
     if target_groups < 1 or refills < 0 or max_refills < 0:
         got = f"{target_groups}, {refills}, {max_refills}"
         raise ValueError(f"need target_groups >= 1 and refills, max_refills >= 0, got {got}")
-    varied, index, num_groups = _group_range(rewards, groups)
-    positions = torch.arange(index.numel(), device=index.device)
-    first = torch.full((num_groups,), index.numel(), device=index.device, dtype=torch.long)
-    first = first.scatter_reduce(0, index, positions, "amin")  # [K] first rollout of each group
-    order = torch.argsort(first)  # groups in order of appearance
+    stats = group_stats(rewards, groups)
+    varied, index, num_groups = ~stats.zero_variance, stats.index, stats.num_groups
+    order = torch.argsort(stats.first)  # groups in order of appearance
     varied_in_order = varied[order]
     chosen = varied_in_order & (varied_in_order.cumsum(0) <= target_groups)
     num_informative = int(chosen.sum())
@@ -135,3 +118,45 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: 
         return torch.zeros(lengths.shape, dtype=torch.float32, device=lengths.device)
     excess = (lengths.float() - (max_len - buffer)).clamp(min=0)
     return -penalty * (excess / buffer).clamp(max=1.0)
+
+
+@dataclass(frozen=True)
+class DynamicSampling:
+    """`sampling.dynamic`: keep only groups with reward variance, refilling from further prompts.
+
+    Attributes:
+        max_refill_batches: extra generation rounds a step may take before it gives up and
+            tops the batch up with zero-variance groups (verl's default 10).
+    """
+
+    max_refill_batches: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_refill_batches < 0:
+            raise ValueError(f"sampling.max_refill_batches must be >= 0, got {self.max_refill_batches}")
+
+
+@dataclass(frozen=True)
+class OverlongShaping:
+    """`sampling.overlong_buffer > 0`: DAPO's soft overlong punishment added to the rewards.
+
+    Attributes:
+        max_len: the generation budget (rollout.max_new_tokens).
+        buffer: tokens before `max_len` where the penalty starts (the paper: 4096 of 20480).
+        penalty: the punishment at `max_len` (the paper: 1.0).
+    """
+
+    max_len: int
+    buffer: int
+    penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.buffer <= self.max_len or self.penalty < 0:
+            raise ValueError(
+                f"sampling.overlong_buffer={self.buffer} must be in 1..rollout.max_new_tokens={self.max_len} and "
+                f"sampling.overlong_penalty={self.penalty} >= 0"
+            )
+
+    def __call__(self, lengths: torch.Tensor) -> torch.Tensor:
+        """[N] penalties (<= 0) for response lengths [N]."""
+        return overlong_penalty(lengths, self.max_len, self.buffer, self.penalty)

@@ -26,24 +26,26 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from clipo.builders import build_verifier
 from clipo.data import build_dataset
-from clipo.evaluation import (
+from clipo.models import load_model
+from clipo.rollout import HFEngine
+from clipo.scoring import (
     SetScores,
-    eval_generation_config,
+    eval_sampling,
     robustness_table,
     score_records,
     set_metrics,
     split_set_spec,
 )
-from clipo.models import load_model
-from clipo.registry import VERIFIERS
 
 log = logging.getLogger(__name__)
 PERCENT_PREFIXES = ("acc", "pass@", "maj@", "truncated")
 
 
 def load_policy(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
-    """The model to score: the model config, with a checkpoint's policy weights or an exported folder."""
+    """The model to score: a checkpoint's policy (built from the model config saved in it), an exported
+    folder, or the model config's own weights."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if cfg.ckpt_path and cfg.policy_path:
         raise ValueError("set ckpt_path or policy_path, not both: each names the weights to score")
@@ -52,21 +54,33 @@ def load_policy(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
             raise FileNotFoundError(f"policy_path={cfg.policy_path} is not a folder; pass the `policy` folder a "
                                     "training run exported (save_pretrained), or use ckpt_path for a .ckpt file")
         model_cfg |= {"name_or_path": str(cfg.policy_path), "gguf_package": None, "gguf_file": None, "tiny": None}
+    checkpoint = read_checkpoint(Path(cfg.ckpt_path)) if cfg.ckpt_path else None
+    trained_with = ((checkpoint.get("clipo") or {}).get("config") or {}).get("model") if checkpoint else None
+    if trained_with is not None:  # the weights fit only the model they were trained as
+        if trained_with != model_cfg:
+            log.info("ckpt_path: building model %s as saved in the checkpoint", trained_with.get("name"))
+        model_cfg = trained_with
     model, tokenizer = load_model(**model_cfg, seed=cfg.seed)
-    if cfg.ckpt_path:
-        load_checkpoint_policy(model, Path(cfg.ckpt_path))
+    if checkpoint is not None:
+        load_checkpoint_policy(model, Path(cfg.ckpt_path), checkpoint)
     return model, tokenizer
 
 
-def load_checkpoint_policy(model: torch.nn.Module, path: Path) -> None:
-    """Copy the `policy.` weights of a clipo (Lightning) checkpoint into `model`."""
+def read_checkpoint(path: Path) -> dict:
+    """A clipo (Lightning) checkpoint file, on the CPU."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder (a DeepSpeed checkpoint?); convert it to one file with lightning's "
                          "convert_zero_checkpoint_to_fp32_state_dict, or pass an exported policy as policy_path")
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    return checkpoint if isinstance(checkpoint, dict) else {}
+
+
+def load_checkpoint_policy(model: torch.nn.Module, path: Path, checkpoint: dict | None = None) -> None:
+    """Copy the `policy.` weights of a clipo checkpoint (read from `path` unless given) into `model`."""
+    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
+    state = checkpoint.get("state_dict")
     policy = {k.removeprefix("policy."): v for k, v in (state or {}).items() if k.startswith("policy.")}
     if not policy:
         raise ValueError(f"{path} has no `policy.` weights in its state_dict; is it a clipo training checkpoint?")
@@ -112,16 +126,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model, tokenizer = load_policy(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model.to(device)
-    generation = eval_generation_config(tokenizer, cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-    verifiers = {kind: VERIFIERS.build({"name": kind}) for kind in sorted({v for _, v, _ in specs.values()})}
+    engine = HFEngine(model, tokenizer)
+    sampling = eval_sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    verifiers = {kind: build_verifier(kind) for kind in sorted({v for _, v, _ in specs.values()})}
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     per_set, all_scores = {}, {}
     try:
         for name, (dataset_kwargs, kind, _) in specs.items():
             records = load_records(name, dataset_kwargs, cfg.max_rows, verifiers[kind])
-            scores = score_records(model, tokenizer, records, verifiers[kind], generation, cfg.n, cfg.batch_size,
-                                   desc=name)
+            scores = score_records(engine, records, verifiers[kind], sampling, cfg.n, cfg.batch_size, desc=name)
             per_set[name], all_scores[name] = set_metrics(scores, cfg.ks), scores
             log.info("%s: acc %.4f over %d problems", name, per_set[name]["acc"], len(records))
     finally:

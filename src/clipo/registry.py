@@ -1,7 +1,8 @@
 """Name -> component registries.
 
 Each swappable part (advantage estimator, policy loss, verifier, pooler, head,
-contrastive loss) has one `Registry`. Options register themselves with a
+contrastive loss, rollout engine) has one `Registry`; `clipo.interfaces` states what each
+part's options are called with. Options register themselves with a
 decorator; configs select them by `name`:
 
     @ADVANTAGES.register("grpo")
@@ -58,3 +59,13 @@ VERIFIERS = Registry("verifier")
 POOLERS = Registry("pooler")
 HEADS = Registry("head")
 LOSSES = Registry("contrastive loss")
+ENGINES = Registry("rollout engine")
+
+
+def register_components() -> None:
+    """Import every option module so that each registry is complete."""
+    import clipo.advantages  # noqa: F401
+    import clipo.algorithms  # noqa: F401
+    import clipo.contrastive  # noqa: F401
+    import clipo.rollout  # noqa: F401
+    import clipo.verifiers  # noqa: F401

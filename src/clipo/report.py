@@ -9,7 +9,7 @@ Writes, into the multirun folder (or `--out`):
   robustness_gap.png        acc(set) - acc(perturbed twin) per run (per configuration with seeds)
 
 A run without summary.json (it crashed, or still runs) is reported from the last values in
-its CSV log; the `metrics_from` column says which. The parts live in `clipo.reporting`.
+its CSV log; the `metrics_from` column says which. The parts live in `clipo.multirun`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipo.reporting.plots import CONTRASTIVE_PANELS, REWARD_PANELS, plot_curves, plot_robustness_gap
-from clipo.reporting.runs import NoRunsError, find_runs, load_history, load_runs
-from clipo.reporting.tables import (
+from clipo.multirun.plots import CONTRASTIVE_PANELS, REWARD_PANELS, plot_curves, plot_robustness_gap
+from clipo.multirun.runs import NoRunsError, find_runs, load_history, load_runs
+from clipo.multirun.tables import (
     choice_columns,
     headline_columns,
     markdown_table,

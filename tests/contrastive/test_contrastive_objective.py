@@ -6,8 +6,7 @@ import pytest
 import torch
 from naive_contrastive import grouped_batch
 
-from clipo.contrastive import ContrastiveObjective, build_sets, contrastive_reward, similarity_stats
-from clipo.contrastive.shaping import trivial_group_fraction
+from clipo.contrastive import ContrastiveMode, ContrastiveObjective, build_sets, contrastive_reward, similarity_stats
 from clipo.registry import HEADS, LOSSES, POOLERS
 
 D_IN, D, T = 6, 10, 5
@@ -81,23 +80,15 @@ def test_metrics_by_hand():
     out = make_objective()(hidden, mask, y, g)
     # groups with 2, 3, 1 correct of 4: anchors are correct rollouts with a fellow correct one: 2 + 3
     assert out.metrics["contrastive/anchor_frac"].item() == pytest.approx(5 / 12)
-    assert out.metrics["contrastive/trivial_group_frac"].item() == 0.0
     assert all(not v.requires_grad and v.shape == () and torch.isfinite(v) for v in out.metrics.values())
     assert set(out.metrics) == {
-        "contrastive/loss", "contrastive/anchor_frac", "contrastive/trivial_group_frac",
+        "contrastive/loss", "contrastive/anchor_frac",
         "contrastive/pos_cos_hidden", "contrastive/neg_cos_hidden",
         "contrastive/pos_cos_embed", "contrastive/neg_cos_embed", "contrastive/reward_bonus",
         "contrastive/pos_pairs", "contrastive/neg_pairs",
     }
     # positive pairs: 2 anchors x 1 fellow + 3 anchors x 2 fellows = 8; negative: 2 x 2 + 3 x 1 = 7
     assert out.metrics["contrastive/pos_pairs"].item() == 8 and out.metrics["contrastive/neg_pairs"].item() == 7
-
-
-def test_trivial_group_fraction_counts_groups_not_rollouts():
-    # group 5: 4 rollouts all correct (trivial); group 2: 2 rollouts, mixed; group 9: 3 rollouts all wrong (trivial)
-    labels = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0, 0.0])
-    groups = torch.tensor([5, 5, 5, 5, 2, 2, 9, 9, 9])
-    torch.testing.assert_close(trivial_group_fraction(labels, groups), torch.tensor(2 / 3))
 
 
 def test_similarity_stats_by_hand():
@@ -122,22 +113,22 @@ def test_no_anchor_batch_is_zero_and_nan_free():
     out.batch_loss.backward()
     assert torch.equal(objective.head.proj.weight.grad, torch.zeros_like(objective.head.proj.weight))
     assert all(torch.isfinite(v) for v in out.metrics.values())
-    assert out.metrics["contrastive/trivial_group_frac"].item() == 1.0
 
 
 def test_loss_none_disables_everything_whatever_the_mode():
     for mode in ("reward", "loss"):
         objective = make_objective(loss="none", mode=mode)
         assert not objective.enabled and objective.head is None and objective.pooler is None
-        assert objective.layer is None and list(objective.parameters()) == []
+        assert objective.mode is ContrastiveMode.OFF and list(objective.parameters()) == []
         out = objective(torch.randn(4, T, D), torch.ones(4, T, dtype=torch.bool), torch.ones(4), torch.zeros(4))
         assert torch.equal(out.bonus, torch.zeros(4)) and out.batch_loss.item() == 0.0 and out.metrics == {}
 
 
-def test_warmup_and_layer():
+def test_warmup_holds_the_policy_in_reward_mode_only():
     objective = make_objective(head_warmup_steps=2)
-    assert objective.enabled and objective.layer == -1
+    assert objective.enabled and objective.mode is ContrastiveMode.REWARD
     assert [objective.policy_waits(s) for s in range(4)] == [True, True, False, False]
+    assert not make_objective(mode="loss", head_warmup_steps=2).policy_waits(0)
 
 
 def test_infonce_generator_state_travels_in_the_objective_state_dict():

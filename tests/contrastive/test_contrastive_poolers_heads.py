@@ -72,9 +72,8 @@ def test_poolers_give_finite_gradients_with_empty_rows_and_half_inputs(name):
     assert (hidden.grad[~MASK] == 0).all()  # padding gets no gradient
 
 
-def test_pooler_layer_is_stored_and_shapes_checked():
-    pooler = POOLERS.build({"name": "mean", "hidden_size": 3, "layer": -2})
-    assert pooler.layer == -2
+def test_pooler_shapes_checked():
+    pooler = POOLERS.build({"name": "mean", "hidden_size": 3})
     with pytest.raises(ValueError, match=r"\[N, T, D\]"):
         pooler(HIDDEN, MASK[:, :3])
 

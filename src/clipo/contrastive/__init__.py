@@ -15,14 +15,16 @@ from clipo.contrastive.losses import (
     SupConLoss,
     TripletLoss,
 )
+from clipo.contrastive.mode import ContrastiveMode
 from clipo.contrastive.objective import ContrastiveObjective, ContrastiveOutput
 from clipo.contrastive.poolers import AttentionPooler, LastTokenPooler, MaxPooler, MeanPooler, Pooler
 from clipo.contrastive.sets import ContrastiveSets, build_sets, sample_positives
-from clipo.contrastive.shaping import contrastive_reward, similarity_stats, trivial_group_fraction
+from clipo.contrastive.shaping import contrastive_reward, similarity_stats
 
 __all__ = [
     "AttentionPooler",
     "ContrastiveLoss",
+    "ContrastiveMode",
     "ContrastiveObjective",
     "ContrastiveOutput",
     "ContrastiveSets",
@@ -43,5 +45,4 @@ __all__ = [
     "contrastive_reward",
     "sample_positives",
     "similarity_stats",
-    "trivial_group_fraction",
 ]

@@ -57,21 +57,3 @@ def similarity_stats(features: torch.Tensor, sets: ContrastiveSets) -> dict[str,
         stats[f"{kind}_pairs"] = count
     return stats
 
-
-def trivial_group_fraction(labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Fraction of groups whose rollouts are all correct or all wrong (no in-group contrast).
-
-    Args:
-        labels: [N] verifier labels, bool or 0/1.
-        groups: [N] prompt ids.
-
-    Returns:
-        [] float32, detached; 0.0 for an empty batch.
-    """
-    y = labels_to_bool(labels).detach()
-    same_group = groups[:, None] == groups[None, :]  # [N, N]
-    group_size = same_group.sum(dim=1).float()  # [N]
-    group_correct = (same_group & y[None, :]).sum(dim=1).float()  # [N]
-    trivial = ((group_correct == 0) | (group_correct == group_size)).float()
-    # Row i stands for 1/|group(i)| of its group, so the sums count groups, not rollouts.
-    return (trivial / group_size.clamp(min=1)).sum() / (1.0 / group_size.clamp(min=1)).sum().clamp(min=1e-12)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from clipo.data.sampler import ResumableBatchSampler
 from clipo.data.sources import build_dataset
-from clipo.evaluation import split_set_spec
+from clipo.scoring import split_set_spec
 
 __all__ = ["PromptDataModule", "ResumableBatchSampler", "ResumableLoader", "collate_records"]
 
@@ -70,11 +70,9 @@ class PromptDataModule(L.LightningDataModule):
             if "source" not in spec:
                 raise ValueError(f"data set {name!r} needs a 'source' (arith, parquet or hub), got keys {list(spec)}")
         self.train_spec = dict(train)
-        # a validation spec also names its verifier and perturbed twins; the rest builds the data set
-        split = {name: split_set_spec(spec) for name, spec in (val or {}).items()}
-        self.val_specs = {name: kwargs for name, (kwargs, _, _) in split.items()}
-        self.val_verifiers = {name: verifier for name, (_, verifier, _) in split.items()}
-        self.val_twins = {name: twins for name, (_, _, twins) in split.items()}
+        # a validation spec also names its verifier and perturbed twins (the builders read those);
+        # the rest builds the data set
+        self.val_specs = {name: split_set_spec(spec)[0] for name, spec in (val or {}).items()}
         self.prompts_per_step, self.seed, self.num_workers = prompts_per_step, seed, num_workers
         self.val_batch_size = val_batch_size
         self._refills = 0  # extra train batches drawn for DAPO's dynamic sampling

@@ -6,8 +6,7 @@ Shapes: `B` prompts, `G` rollouts a prompt, `N = B * G`, `P` padded prompt lengt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -21,10 +20,8 @@ class RolloutBatch:
     groups: torch.Tensor  # [N] prompt index within the batch: rollouts i*G..i*G+G-1 share one
     responses: list[str]  # N decoded responses
     ground_truths: list[str]  # N, repeated per group
-    data_sources: list[str]  # N
     truncated: torch.Tensor  # [N] bool, no EOS within max_new_tokens
     hidden: torch.Tensor | None = None  # [N, T, D] captured layer at the positions predicting each token
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def response_ids(self) -> torch.Tensor:  # [N, T]
@@ -45,7 +42,6 @@ class RolloutBatch:
             groups=self.groups[index],
             responses=[self.responses[i] for i in pick],
             ground_truths=[self.ground_truths[i] for i in pick],
-            data_sources=[self.data_sources[i] for i in pick],
             truncated=self.truncated[index],
             hidden=None if self.hidden is None else self.hidden[index],
         )
@@ -87,7 +83,6 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         groups=torch.cat([b.groups + offset for b, offset in zip(batches, offsets)]),
         responses=[r for b in batches for r in b.responses],
         ground_truths=[g for b in batches for g in b.ground_truths],
-        data_sources=[s for b in batches for s in b.data_sources],
         truncated=torch.cat([b.truncated for b in batches]),
         hidden=torch.cat([pad_time(b.hidden, 0, T - b.hidden.shape[1], 0.0) for b in batches]) if with_hidden else None,
     )

@@ -1,4 +1,4 @@
-"""The `hf` rollout engine: transformers `generate` with the KV cache and left padding.
+"""The `hf` rollout engine (`HFEngine`): transformers `generate` with the KV cache and left padding.
 
 Shapes as in `clipo.rollout.batch`. Representations for CLIPO come from generation itself,
 with no extra forward pass: a forward hook on the chosen layer keeps, at each decoding step,
@@ -15,7 +15,9 @@ from typing import Any, Iterator
 import torch
 from transformers import GenerationConfig
 
+from clipo.registry import ENGINES
 from clipo.rollout.batch import RolloutBatch, response_mask_from_ids
+from clipo.rollout.sampling import Sampling
 
 
 def hidden_layer_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
@@ -105,7 +107,40 @@ def generate_rollouts(
         groups=torch.arange(len(records), device=device).repeat_interleave(group_size),
         responses=tokenizer.batch_decode(response_ids.masked_fill(~response_mask, tokenizer.pad_token_id), skip_special_tokens=True),
         ground_truths=[r["ground_truth"] for r in records for _ in range(group_size)],
-        data_sources=[r.get("data_source", "") for r in records for _ in range(group_size)],
         truncated=truncated,
         hidden=hidden,
     )
+
+
+def generation_config(sampling: Sampling, tokenizer: Any) -> GenerationConfig:
+    """HF `GenerationConfig` of `sampling`: stops at the tokenizer's EOS, pads with its pad token, uses the KV cache."""
+    stop = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "use_cache": True}
+    if sampling.greedy:
+        return GenerationConfig(do_sample=False, max_new_tokens=sampling.max_new_tokens, **stop)
+    return GenerationConfig(
+        do_sample=True, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+        top_p=sampling.top_p, top_k=sampling.top_k, **stop,
+    )  # fmt: skip
+
+
+@ENGINES.register("hf")
+class HFEngine:
+    """`rollout.engine=hf`: transformers `generate` on the training policy itself, with the hidden-state
+    hook for CLIPO (see `generate_rollouts`). It samples from the live weights, so `sync_weights` does nothing."""
+
+    def __init__(self, policy: torch.nn.Module, tokenizer: Any) -> None:
+        self.policy, self.tokenizer = policy, tokenizer
+
+    def generate(
+        self, records: list[dict], group_size: int, sampling: Sampling, capture_layer: int | None = None
+    ) -> RolloutBatch:
+        generation = generation_config(sampling, self.tokenizer)
+        if sampling.seed is None:
+            return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, capture_layer)
+        device = next(self.policy.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(sampling.seed)
+            return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, capture_layer)
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        """Nothing to do: this engine generates with `policy` itself."""

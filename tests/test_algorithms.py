@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from clipo.policy_loss import (
+from clipo.algorithms import (
     AGGREGATIONS,
     DAPOLoss,
     GMPOLoss,
@@ -156,9 +156,9 @@ def test_dapo_clip_higher():
     assert_close(loss, torch.tensor(-1.25))
     assert m["actor/clip_frac_high"] == 0
     dapo = DAPOLoss()
-    assert (dapo.clip_low, dapo.clip_high, dapo.aggregation, dapo.dynamic_sampling) == (0.2, 0.28, "token-mean", True)
-    with pytest.raises(ValueError, match="overlong_buffer"):
-        DAPOLoss(overlong_buffer=-1)
+    assert (dapo.clip_low, dapo.clip_high, dapo.clip_c, dapo.aggregation) == (0.2, 0.28, 10.0, "token-mean")
+    with pytest.raises(TypeError):  # the sampling tricks are not loss hyper-parameters (configs/sampling/)
+        DAPOLoss(dynamic_sampling=True)
 
 
 def test_gspo_hand_example():

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
+from clipo.interfaces import RolloutEngine
 from clipo.metrics import MajAtK, MeanAtN, PassAtK, benchmark_average, relative_robustness_drop, robustness_gap
-from clipo.rollout import generate_rollouts
+from clipo.rollout.sampling import Sampling
 from clipo.verifiers.numbers import last_number, parse_number
 from clipo.verifiers.text import answer_statement, clean_response, last_boxed, normalize_answer
 
@@ -46,10 +46,8 @@ def split_set_spec(spec: Mapping, use_hub: bool = False) -> tuple[dict, str | No
     return spec, None if verifier is None else str(verifier), [str(t) for t in twins or []]
 
 
-def eval_generation_config(
-    tokenizer, n: int, temperature: float, top_p: float, max_new_tokens: int
-) -> GenerationConfig:
-    """Greedy decoding for `temperature == 0` (then `n` must be 1), sampling otherwise."""
+def eval_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> Sampling:
+    """Greedy decoding for `temperature == 0` (then `n` must be 1), sampling otherwise (no top-k)."""
     if n < 1:
         raise ValueError(f"n (samples per problem) must be >= 1, got {n}")
     if temperature < 0:
@@ -57,11 +55,7 @@ def eval_generation_config(
     if temperature == 0 and n > 1:
         raise ValueError(f"greedy decoding (temperature=0) gives {n} identical samples; set temperature > 0 "
                          "for n > 1 (the paper's Track II: n=16 temperature=0.6 top_p=0.95)")
-    stop = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "use_cache": True}
-    if temperature == 0:
-        return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, **stop)
-    return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                            max_new_tokens=max_new_tokens, **stop)
+    return Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=0)
 
 
 def boxed_or_stated_answer(response: str) -> str | None:
@@ -113,10 +107,10 @@ class SetScores:
         )  # fmt: skip
 
 
-def score_batch(model, tokenizer, records: list[dict], verifier, extract: Callable[[str], str | None],
-                generation: GenerationConfig, n: int) -> SetScores:
-    """Generate `n` samples for each of the records in one `generate` call, verify and extract answers."""
-    rollouts = generate_rollouts(model, tokenizer, records, n, generation)
+def score_batch(engine: RolloutEngine, records: list[dict], verifier, extract: Callable[[str], str | None],
+                sampling: Sampling, n: int) -> SetScores:
+    """Generate `n` samples for each of the records in one engine call, verify and extract answers."""
+    rollouts = engine.generate(records, n, sampling)
     verdicts = torch.tensor(verifier(rollouts.responses, rollouts.ground_truths)) > 0.5  # [P*n]
     answers = [extract(r) for r in rollouts.responses]
     rows = range(0, len(rollouts.responses), n)
@@ -128,9 +122,9 @@ def score_batch(model, tokenizer, records: list[dict], verifier, extract: Callab
     )  # fmt: skip
 
 
-def score_records(model, tokenizer, records: Sequence[dict], verifier, generation: GenerationConfig, n: int,
+def score_records(engine: RolloutEngine, records: Sequence[dict], verifier, sampling: Sampling, n: int,
                   batch_size: int, desc: str | None = None, progress: bool = True) -> SetScores:
-    """Score every record with `n` samples; `batch_size` responses (>= n) per `generate` call.
+    """Score every record with `n` samples; `batch_size` responses (>= n) per engine call.
 
     Prompts are batched by length (less padding) and the results put back in record order.
     """
@@ -142,7 +136,7 @@ def score_records(model, tokenizer, records: Sequence[dict], verifier, generatio
     batches = [order[s : s + per_call] for s in range(0, len(order), per_call)]
     extract, parts = answer_extractor(verifier), []
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
-        parts.append(score_batch(model, tokenizer, [records[i] for i in batch], verifier, extract, generation, n))
+        parts.append(score_batch(engine, [records[i] for i in batch], verifier, extract, sampling, n))
     scores = SetScores.concat(parts)
     back = sorted(range(len(order)), key=lambda k: order[k])  # position of record i in `order`
     return SetScores(

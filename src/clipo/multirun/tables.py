@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from clipo.reporting.runs import RUN_COLUMNS
+from clipo.multirun.runs import RUN_COLUMNS
 
 # Final metrics shown in report.md (report.csv keeps every column); `val...` and `gap/...` are added.
 HEADLINE_METRICS = [

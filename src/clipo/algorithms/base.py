@@ -1,6 +1,6 @@
-"""Policy-gradient objectives (`algorithm=`), loss aggregation and KL estimators.
+"""What every policy-gradient objective (`algorithm=`) shares: hyper-parameter checks, the KL term, metrics.
 
-Shapes: `N` rollouts, `T` response tokens (right-padded; `mask[N, T]` is true on
+One file per option (`grpo.py`, `dapo.py`, `gspo.py`, `gmpo.py`) subclasses `PolicyLossBase`. Shapes: `N` rollouts, `T` response tokens (right-padded; `mask[N, T]` is true on
 response tokens). Log-probabilities are of the sampled tokens. Every algorithm is
 called as
 
@@ -16,13 +16,12 @@ from __future__ import annotations
 import torch
 
 from clipo.ops import masked_mean
-from clipo.policy_loss.aggregation import AGGREGATIONS, StepNormalizer, aggregate
-from clipo.policy_loss.kl import KL_ESTIMATORS, token_kl
-from clipo.policy_loss.objectives import TokenLosses, gmpo_token_losses, gspo_token_losses, ppo_token_losses
-from clipo.registry import ALGORITHMS
+from clipo.algorithms.aggregation import AGGREGATIONS, StepNormalizer, aggregate
+from clipo.algorithms.kl import KL_ESTIMATORS, token_kl
+from clipo.algorithms.objectives import TokenLosses
 
 
-class _PolicyLoss:
+class PolicyLossBase:
     """Shared hyperparameters, checks, KL term and metrics; subclasses supply `token_losses`."""
 
     def __init__(self, clip_low: float, clip_high: float, aggregation: str, kl_coef: float, kl_estimator: str) -> None:
@@ -105,99 +104,3 @@ def _check_shapes(logprobs, old_logprobs, advantages, mask, ref_logprobs) -> Non
     if advantages.shape != logprobs.shape[:1]:
         want, got = logprobs.shape[0], tuple(advantages.shape)
         raise ValueError(f"advantages must be [N] = [{want}] (one per rollout), got {got}")
-
-
-@ALGORITHMS.register("grpo")
-class GRPOLoss(_PolicyLoss):
-    """`algorithm=grpo`: token-level PPO clip (arXiv 1707.06347) as in GRPO (DeepSeekMath, arXiv
-    2402.03300), with dual clip (arXiv 1912.09729) for negative advantages; `clip_c=None` disables it.
-    Token-mean aggregation by default (verl's default and the CLIPO paper's setting)."""
-
-    def __init__(
-        self,
-        clip_low: float = 0.2,
-        clip_high: float = 0.2,
-        clip_c: float | None = 3.0,
-        aggregation: str = "token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-    ) -> None:
-        super().__init__(clip_low, clip_high, aggregation, kl_coef, kl_estimator)
-        if clip_c is not None and clip_c <= 1.0 + clip_high:
-            raise ValueError(f"clip_c must exceed 1 + clip_high = {1 + clip_high} (None disables it), got {clip_c}")
-        self.clip_c = clip_c
-
-    def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001
-        return ppo_token_losses(logprobs, old_logprobs, advantages, self.clip_low, self.clip_high, self.clip_c)
-
-
-@ALGORITHMS.register("dapo")
-class DAPOLoss(GRPOLoss):
-    """`algorithm=dapo`: DAPO (Yu et al. 2025, arXiv 2503.14476): the clipped objective with
-    clip-higher (0.2 / 0.28) and token-mean aggregation; dual clip 10.0 as verl's DAPO recipe.
-
-    The module reads the sampling-side settings (see `clipo.dapo`): `dynamic_sampling` (drop
-    zero-variance groups and refill, at most `max_refill_batches` extra generation rounds, verl's
-    default 10), `overlong_buffer` (tokens before the length limit where the soft overlong penalty
-    starts; 0 disables; the paper uses 4096 of 20480) and `overlong_penalty` (its maximum, 1.0).
-    """
-
-    def __init__(
-        self,
-        clip_low: float = 0.2,
-        clip_high: float = 0.28,
-        clip_c: float | None = 10.0,
-        aggregation: str = "token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        dynamic_sampling: bool = True,
-        max_refill_batches: int = 10,
-        overlong_buffer: int = 0,
-        overlong_penalty: float = 1.0,
-    ) -> None:
-        super().__init__(clip_low, clip_high, clip_c, aggregation, kl_coef, kl_estimator)
-        if max_refill_batches < 0 or overlong_buffer < 0 or overlong_penalty < 0:
-            raise ValueError(
-                "max_refill_batches, overlong_buffer and overlong_penalty must be >= 0, got "
-                f"{max_refill_batches}, {overlong_buffer}, {overlong_penalty}"
-            )
-        self.dynamic_sampling, self.max_refill_batches = dynamic_sampling, max_refill_batches
-        self.overlong_buffer, self.overlong_penalty = overlong_buffer, overlong_penalty
-
-
-@ALGORITHMS.register("gspo")
-class GSPOLoss(_PolicyLoss):
-    """`algorithm=gspo`: sequence-level ratio (arXiv 2507.18071), see `gspo_token_losses`.
-    Defaults are the paper's clip ranges 3e-4 / 4e-4 and seq-mean-token-mean aggregation."""
-
-    def __init__(
-        self,
-        clip_low: float = 3e-4,
-        clip_high: float = 4e-4,
-        aggregation: str = "seq-mean-token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-    ) -> None:
-        super().__init__(clip_low, clip_high, aggregation, kl_coef, kl_estimator)
-
-    def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001
-        return gspo_token_losses(logprobs, old_logprobs, advantages, mask, self.clip_low, self.clip_high)
-
-
-@ALGORITHMS.register("gmpo")
-class GMPOLoss(_PolicyLoss):
-    """`algorithm=gmpo`: geometric-mean ratio (arXiv 2507.20673), see `gmpo_token_losses`.
-    `clip_low`/`clip_high` are in log space (paper: (-0.4, 0.4)); seq-mean-token-mean by default."""
-
-    def __init__(
-        self,
-        clip_low: float = 0.4,
-        clip_high: float = 0.4,
-        aggregation: str = "seq-mean-token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-    ) -> None:
-        super().__init__(clip_low, clip_high, aggregation, kl_coef, kl_estimator)
-
-    def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001
-        return gmpo_token_losses(logprobs, old_logprobs, advantages, mask, self.clip_low, self.clip_high)

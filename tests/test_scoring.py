@@ -5,18 +5,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clipo import evaluation
-from clipo.evaluation import (
+from clipo.models import build_tiny_tokenizer
+from clipo.rollout import generation_config
+from clipo.scoring import (
     SetMetrics,
     SetScores,
     answer_extractor,
-    eval_generation_config,
+    eval_sampling,
     robustness_table,
     score_records,
     set_metrics,
     split_set_spec,
 )
-from clipo.models import build_tiny_tokenizer
 from clipo.verifiers import GSM8KVerifier, MathVerifier
 
 
@@ -36,14 +36,15 @@ def test_split_set_spec_errors_say_what_to_do():
         split_set_spec({"source": "parquet", "path": "x.parquet", "hub": None}, use_hub=True)
 
 
-def test_generation_config_greedy_or_sampled():
+def test_eval_sampling_greedy_or_sampled():
     tokenizer = build_tiny_tokenizer()
-    greedy = eval_generation_config(tokenizer, 1, 0.0, 1.0, 16)
+    greedy = generation_config(eval_sampling(1, 0.0, 1.0, 16), tokenizer)
     assert greedy.do_sample is False and greedy.max_new_tokens == 16
-    sampled = eval_generation_config(tokenizer, 16, 0.6, 0.95, 32)
-    assert sampled.do_sample and sampled.temperature == 0.6 and sampled.top_p == 0.95
+    assert (greedy.eos_token_id, greedy.pad_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
+    sampled = generation_config(eval_sampling(16, 0.6, 0.95, 32), tokenizer)
+    assert sampled.do_sample and sampled.temperature == 0.6 and sampled.top_p == 0.95 and sampled.use_cache
     with pytest.raises(ValueError, match="identical samples"):
-        eval_generation_config(tokenizer, 4, 0.0, 1.0, 16)
+        eval_sampling(4, 0.0, 1.0, 16)
 
 
 def test_answer_extractor_uses_the_verifier_or_the_last_box():
@@ -112,7 +113,7 @@ def test_robustness_table_gaps_and_average():
 def _fake_generate(calls):
     """Canned rollouts: sample k of a record answers `ground_truth + k` (so only sample 0 is right)."""
 
-    def generate(model, tokenizer, records, group_size, generation, capture_layer=None):
+    def generate(records, group_size, sampling, capture_layer=None):
         calls.append(len(records) * group_size)
         responses = [f"\\boxed{{{int(r['ground_truth']) + k}}}" for r in records for k in range(group_size)]
         return SimpleNamespace(responses=responses, ground_truths=[r["ground_truth"] for r in records
@@ -120,19 +121,19 @@ def _fake_generate(calls):
                                truncated=torch.zeros(len(responses), dtype=torch.bool),
                                response_lengths=torch.arange(len(responses)))
 
-    return generate
+    return SimpleNamespace(generate=generate)
 
 
-def test_score_records_batches_whole_groups_and_keeps_record_order(monkeypatch):
+def test_score_records_batches_whole_groups_and_keeps_record_order():
     calls = []
-    monkeypatch.setattr(evaluation, "generate_rollouts", _fake_generate(calls))
+    engine = _fake_generate(calls)
     # prompts of decreasing length, so batching by length reverses them
     records = [{"messages": [{"role": "user", "content": "x" * (10 - i)}], "ground_truth": str(10 * i), "index": 100 + i}
                for i in range(5)]
-    scores = score_records(None, None, records, GSM8KVerifier(), generation=None, n=3, batch_size=7, progress=False)
+    scores = score_records(engine, records, GSM8KVerifier(), sampling=None, n=3, batch_size=7, progress=False)
     assert calls == [6, 6, 3]  # 7 // 3 = 2 problems a call, each with its 3 samples
     assert scores.indices == [100, 101, 102, 103, 104] and scores.ground_truths == [str(10 * i) for i in range(5)]
     assert scores.correct.tolist() == [[True, False, False]] * 5
     assert scores.answers[2] == ["20", "21", "22"]
     with pytest.raises(ValueError, match="batch_size=2 must be >= n=3"):
-        score_records(None, None, records, GSM8KVerifier(), generation=None, n=3, batch_size=2, progress=False)
+        score_records(engine, records, GSM8KVerifier(), sampling=None, n=3, batch_size=2, progress=False)

@@ -1,4 +1,5 @@
-"""Registered contrastive losses (the `loss=` config group); the math is in `functional.py`.
+"""The base of the contrastive losses (the `loss=` config group, one file per option); the math is in
+`clipo.contrastive.functional`.
 
 Shapes: `N` rollouts, `E` embedding size. Every loss is called as
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clipo.contrastive import functional as CF
 from clipo.contrastive.sets import (
     ANCHOR_MODES,
     LEVELS,
@@ -20,10 +20,8 @@ from clipo.contrastive.sets import (
     build_sets,
     check_choice,
     labels_to_bool,
-    sample_positives,
 )
 from clipo.distributed import all_gather_rows, globally_unique_groups, world
-from clipo.registry import LOSSES
 
 
 class ContrastiveLoss(nn.Module):
@@ -99,97 +97,3 @@ class ContrastiveLoss(nn.Module):
             f"temperature={self.temperature}, level={self.level}, anchors={self.anchors}, "
             f"skip_trivial={self.skip_trivial}"
         )
-
-
-@LOSSES.register("infonce")
-class InfoNCELoss(ContrastiveLoss):
-    """InfoNCE with one positive drawn uniformly from P(i) per anchor (the paper's default).
-
-    The draw uses a CPU torch.Generator seeded with `seed`; its state is saved in `state_dict()`
-    (as module extra state), so a resumed run draws the same positives.
-    """
-
-    def __init__(
-        self,
-        temperature: float = 0.05,
-        level: str = "group",
-        anchors: str = "correct",
-        skip_trivial: bool = True,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(temperature, level, anchors, skip_trivial, seed)
-        self.generator = torch.Generator().manual_seed(self.seed)
-
-    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
-        positive_index = sample_positives(sets.positives, self.generator)
-        return CF.infonce_loss(embeddings, sets, positive_index, self.temperature)
-
-    def get_extra_state(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-
-@LOSSES.register("supcon")
-class SupConLoss(ContrastiveLoss):
-    """SupCon "out": the average over positives taken outside the log."""
-
-    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
-        return CF.supcon_loss(embeddings, sets, self.temperature)
-
-
-@LOSSES.register("supcon_in")
-class SupConInLoss(ContrastiveLoss):
-    """SupCon "in": the average over positives taken inside the log."""
-
-    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
-        return CF.supcon_in_loss(embeddings, sets, self.temperature)
-
-
-@LOSSES.register("soft_nn")
-class SoftNearestNeighborLoss(ContrastiveLoss):
-    """Soft nearest-neighbour loss: -log of the total probability mass on positives."""
-
-    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
-        return CF.soft_nn_loss(embeddings, sets, self.temperature)
-
-
-@LOSSES.register("triplet")
-class TripletLoss(ContrastiveLoss):
-    """Triplet margin loss on Euclidean distances between unit embeddings, all (p, n) pairs.
-
-    Args:
-        margin: the hinge margin (distances lie in [0, 2]).
-        The other arguments are `ContrastiveLoss`'s.
-    """
-
-    def __init__(
-        self,
-        temperature: float = 0.05,
-        level: str = "group",
-        anchors: str = "correct",
-        skip_trivial: bool = True,
-        seed: int = 0,
-        margin: float = 0.2,
-    ) -> None:
-        super().__init__(temperature, level, anchors, skip_trivial, seed)
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        self.margin = float(margin)
-
-    def compute(self, embeddings: torch.Tensor, sets: ContrastiveSets) -> tuple[torch.Tensor, torch.Tensor]:
-        return CF.triplet_loss(embeddings, sets, self.margin)
-
-
-@LOSSES.register("none")
-class NoContrastiveLoss(ContrastiveLoss):
-    """Plain RLVR (the baseline): no contrastive term. Calling it returns zeros."""
-
-    enabled = False
-
-    def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        per_sample = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
-        return per_sample, per_sample.sum()

@@ -1,0 +1,37 @@
+"""`advantage=grpo`: group-normalised advantages (DeepSeekMath)."""
+
+from __future__ import annotations
+
+import torch
+
+from clipo.advantages.base import group_stats_per_rollout
+from clipo.registry import ADVANTAGES
+
+
+def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO outcome advantage `(r - group mean) / (group std + eps)`.
+
+    DeepSeekMath, Shao et al. 2024, https://arxiv.org/abs/2402.03300 (Sec. 4.1.2).
+    The std is the unbiased sample std (divides by G-1), as `torch.std` in verl.
+
+    Args:
+        rewards: [N] scalar reward per rollout.
+        groups: [N] integer group (prompt) id per rollout.
+        eps: added to the std so zero-variance groups get advantage 0, not NaN.
+
+    Returns:
+        [N] float32 advantages; 0 for groups of size 1 and groups with equal rewards.
+    """
+    mean, var, _ = group_stats_per_rollout(rewards, groups)
+    return (rewards.float() - mean) / (var.sqrt() + eps)  # a size-1 group has r - mean = 0
+
+
+@ADVANTAGES.register("grpo")
+class GRPOAdvantage:
+    """`advantage=grpo`: see `grpo_advantages`."""
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        self.eps = eps
+
+    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        return grpo_advantages(rewards, groups, self.eps)

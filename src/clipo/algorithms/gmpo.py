@@ -1,0 +1,26 @@
+"""`algorithm=gmpo`: geometric-mean importance ratio."""
+
+from __future__ import annotations
+
+from clipo.algorithms.base import PolicyLossBase
+from clipo.algorithms.objectives import TokenLosses, gmpo_token_losses
+from clipo.registry import ALGORITHMS
+
+
+@ALGORITHMS.register("gmpo")
+class GMPOLoss(PolicyLossBase):
+    """`algorithm=gmpo`: geometric-mean ratio (arXiv 2507.20673), see `gmpo_token_losses`.
+    `clip_low`/`clip_high` are in log space (paper: (-0.4, 0.4)); seq-mean-token-mean by default."""
+
+    def __init__(
+        self,
+        clip_low: float = 0.4,
+        clip_high: float = 0.4,
+        aggregation: str = "seq-mean-token-mean",
+        kl_coef: float = 0.0,
+        kl_estimator: str = "k3",
+    ) -> None:
+        super().__init__(clip_low, clip_high, aggregation, kl_coef, kl_estimator)
+
+    def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001
+        return gmpo_token_losses(logprobs, old_logprobs, advantages, mask, self.clip_low, self.clip_high)

@@ -1,0 +1,81 @@
+"""Statistics of rollout groups: the one place that turns group ids into per-group numbers.
+
+Shapes: `N` rollouts, `K` groups. Group ids are arbitrary integers: groups may differ in size
+(dynamic sampling drops whole groups, a refill adds more) and their rollouts need not be
+contiguous, so nothing here assumes `view(-1, G)`. Groups are numbered 0..K-1 in the order of
+their sorted ids (`torch.unique`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """Per-group statistics of one value per rollout (e.g. the verifier's rewards).
+
+    Attributes:
+        index: [N] long, the group (0..K-1) of each rollout.
+        counts: [K] float32, rollouts per group.
+        mean: [K] float32, group mean.
+        var: [K] float32, unbiased group variance (divides by size - 1, like `torch.var`); 0 for size 1.
+        zero_variance: [K] bool, all of the group's values are equal (exact: max == min), which
+            includes groups of size 1.
+        first: [K] long, position of each group's first rollout (for "in order of appearance").
+    """
+
+    index: torch.Tensor
+    counts: torch.Tensor
+    mean: torch.Tensor
+    var: torch.Tensor
+    zero_variance: torch.Tensor
+    first: torch.Tensor
+
+    @property
+    def num_groups(self) -> int:
+        return self.counts.numel()
+
+    @property
+    def zero_variance_fraction(self) -> torch.Tensor:
+        """[] float32: fraction of groups (not rollouts) whose values are all equal; 0 for no groups."""
+        return self.zero_variance.float().sum() / max(self.num_groups, 1)
+
+    def per_rollout(self, per_group: torch.Tensor) -> torch.Tensor:
+        """Broadcast a [K] per-group tensor back to its rollouts: [N]."""
+        return per_group[self.index]
+
+
+def group_stats(values: torch.Tensor, groups: torch.Tensor) -> GroupStats:
+    """Count, mean, unbiased variance and zero-variance flag of `values` [N] within each group.
+
+    Args:
+        values: [N] one number per rollout (any float or integer dtype; computed in float32).
+        groups: [N] integer group id per rollout.
+
+    Returns:
+        `GroupStats` over the K distinct ids.
+    """
+    if values.dim() != 1 or groups.dim() != 1 or values.shape != groups.shape:
+        raise ValueError(
+            f"values and groups must be 1-D of equal length, got {tuple(values.shape)} and {tuple(groups.shape)}"
+        )
+    if groups.dtype.is_floating_point or groups.dtype == torch.bool:
+        raise ValueError(f"groups must hold integer group ids, got dtype {groups.dtype}; pass e.g. groups.long()")
+    values = values.float()
+    _, index = torch.unique(groups, return_inverse=True)
+    num_groups = int(index.max()) + 1 if index.numel() else 0
+    counts = torch.bincount(index, minlength=num_groups).to(values.dtype)  # [K]
+    sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
+    mean = sums / counts
+    sq_dev = torch.zeros_like(sums).index_add_(0, index, (values - mean[index]) ** 2)  # [K]
+    var = sq_dev / (counts - 1).clamp(min=1)
+    empty = torch.empty(num_groups, dtype=values.dtype, device=values.device)
+    high = empty.scatter_reduce(0, index, values, "amax", include_self=False)
+    low = empty.clone().scatter_reduce(0, index, values, "amin", include_self=False)
+    positions = torch.arange(index.numel(), device=index.device)
+    first = torch.full((num_groups,), index.numel(), dtype=torch.long, device=index.device)
+    first = first.scatter_reduce(0, index, positions, "amin")
+    return GroupStats(index=index, counts=counts, mean=mean, var=var, zero_variance=high == low, first=first)
