@@ -212,8 +212,7 @@ def main() -> None:
 
 
 def print_table(results: dict, args: argparse.Namespace) -> None:
-    def med(values):
-        return sorted(values)[len(values) // 2]
+    from statistics import median as med
 
     print(f"{args.threads} threads, trainer.precision={args.precision}; matmul: fp32 1536^3 measured before each update")
     print("| variant | log-probs s | update s (each) | peak RSS MB (after setup) | update GFLOP/s | matmul GFLOP/s | ratio |")

@@ -8,9 +8,9 @@ import torch
 from torch.testing import assert_close
 from transformers import GenerationConfig
 
+from clipo.algorithms import StepNormalizer
 from clipo.builders import build_module
 from clipo.models import load_model
-from clipo.algorithms import StepNormalizer
 from clipo.registry import ALGORITHMS
 from clipo.rollout import concat_rollouts, forward_responses, generate_rollouts
 from clipo.rollout import shared_prompt as shared_prompt_module
