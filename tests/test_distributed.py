@@ -116,7 +116,7 @@ def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
         ["loss=none"],
         ["advantage=reinforce_pp", "algorithm.aggregation=seq-mean-token-mean", "loss=infonce", "loss.level=batch"],
         # packed micro-batches: ranks whose rollouts pack into fewer passes are split to the same count
-        ["loss=none", "ppo.max_tokens_per_micro_batch=130"],
+        ["loss=none", "ppo.max_tokens_per_micro_batch=320"],
     ],
     ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level", "grpo-token-budget"],
 )
