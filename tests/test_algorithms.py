@@ -19,6 +19,7 @@ from clipo.algorithms import (
     token_kl,
 )
 from clipo.registry import ALGORITHMS
+from clipo.rollout.packing import pack_by_tokens
 
 ALL = ["grpo", "dapo", "gspo", "gmpo"]
 
@@ -313,16 +314,21 @@ ACCUMULATION_KWARGS = {"grpo": {}, "dapo": {}, "gspo": {"clip_low": 0.05, "clip_
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("mode", AGGREGATIONS)
-@pytest.mark.parametrize("k", [2, 4])
-def test_gradient_accumulation_equals_full_batch(name, mode, k):
+@pytest.mark.parametrize("split", ["2 chunks", "4 chunks", "token budget"])
+def test_gradient_accumulation_equals_full_batch(name, mode, split):
     weight, features, tokens, mask, old, ref, adv = accumulation_setup(seed=6)
+    if split == "token budget":  # ppo.max_tokens_per_micro_batch: unequal micro-batches, out of order
+        micro_batches = pack_by_tokens(mask.sum(-1), budget=12)  # lengths 6,1,3,5,2,6,4,1
+        assert [len(b) for b in micro_batches] == [2, 2, 4]  # 6,6 | 5,4 | 3,2,1,1
+    else:
+        micro_batches = torch.arange(len(adv)).chunk(int(split[0]))
     algo = ALGORITHMS.build({"name": name, "aggregation": mode, "kl_coef": 0.1, **ACCUMULATION_KWARGS[name]})
     norm = StepNormalizer.from_mask(mask)
     full_loss, _ = algo(linear_policy_logprobs(weight, features, tokens), old, adv, mask, norm, ref)
     (full_grad,) = torch.autograd.grad(full_loss, weight)
     assert full_grad.abs().sum() > 1e-3  # a real gradient
     micro_total = 0.0
-    for idx in torch.arange(len(adv)).chunk(k):
+    for idx in micro_batches:
         logp = linear_policy_logprobs(weight, features[idx], tokens[idx])
         loss, _ = algo(logp, old[idx], adv[idx], mask[idx], norm, ref[idx])
         loss.backward()  # accumulates into weight.grad

@@ -168,3 +168,17 @@ def test_rollout_log_and_lora_settings_are_checked(tmp_path):
     assert "model.lora_alpha=0 must be > 0" in _errors(["model.lora_rank=8", "model.lora_alpha=0"], tmp_path)
     text = _errors(["model.lora_rank=8", "model.lora_target_modules=qkv"], tmp_path)
     assert "model.lora_target_modules=qkv must be all-linear or a list" in text
+
+
+def test_token_budget_must_hold_the_longest_rollout(tmp_path):
+    # tiny overrides: max_new_tokens as below, groups of 4; a budget replaces micro_batch_size's checks
+    cfg = compose_config(TINY_OVERRIDES, output_dir=tmp_path)
+    new = cfg.rollout.max_new_tokens
+    message = _errors([f"ppo.max_tokens_per_micro_batch={new}", "ppo.micro_batch_size=3"], tmp_path)
+    assert f"ppo.max_tokens_per_micro_batch={new} is smaller than the longest possible micro-batch unit: one rollout" in message
+    assert "micro_batch_size=3" not in message  # ignored when a token budget is set
+    loss_mode = ["loss=infonce", "contrastive.mode=loss", f"ppo.max_tokens_per_micro_batch={2 * (new + 1)}"]
+    assert "a group of rollout.group_size=4 rollouts" in _errors(loss_mode, tmp_path)
+    validate_config(compose_config(TINY_OVERRIDES + [f"ppo.max_tokens_per_micro_batch={new + 1}"], output_dir=tmp_path))
+    validate_config(compose_config(TINY_OVERRIDES + loss_mode[:2] + [f"ppo.max_tokens_per_micro_batch={4 * (new + 1)}"],
+                                   output_dir=tmp_path))

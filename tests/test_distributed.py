@@ -118,8 +118,10 @@ def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
     [
         ["loss=none"],
         ["advantage=reinforce_pp", "algorithm.aggregation=seq-mean-token-mean", "loss=infonce", "loss.level=batch"],
+        # packed micro-batches: ranks whose rollouts pack into fewer passes are split to the same count
+        ["loss=none", "ppo.max_tokens_per_micro_batch=320"],
     ],
-    ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level"],
+    ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level", "grpo-token-budget"],
 )
 def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, overrides):
     one, two = _replay(tmp_path, 1, overrides), _replay(tmp_path, 2, overrides)

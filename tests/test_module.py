@@ -108,3 +108,30 @@ def test_loss_mode_update_trains_the_head_with_the_policy(tmp_path):
     assert any(not torch.equal(head_before[k], v) for k, v in module.contrastive.named_parameters())
     assert all(p.grad is None for p in module.contrastive.parameters())  # stepped and cleared, nothing piles up
     assert metrics["contrastive/anchor_frac"] > 0
+
+
+@pytest.mark.parametrize("mode", ["loss=none", "contrastive.mode=loss"])
+def test_token_budget_micro_batches_give_the_full_batch_gradient(tmp_path, mode):
+    """ppo.max_tokens_per_micro_batch: several packed forward passes, the gradient of one pass over all 8."""
+    grads, passes = [], []
+    for budget in [None, "budget"]:
+        module, rollouts = _module_and_rollouts(tmp_path, mode, "ppo.micro_batch_size=8")
+        updater = module.updater
+        # two groups of 4: loss mode packs whole groups (one a pass; each group has 2 anchors, so the mean of the
+        # per-pass contrastive losses is the batch's), otherwise about 2 rollouts a pass
+        if budget:
+            longest = int(rollouts.attention_mask.sum(-1).max())
+            updater.max_tokens_per_micro_batch = (4 if "contrastive" in mode else 2) * longest
+        optimizer = module.configure_optimizers()
+        updater.clip_and_step = lambda opt, m=module: (
+            grads.append({k: p.grad.clone() for k, p in m.policy.named_parameters() if p.grad is not None}),
+            opt.zero_grad(), torch.tensor(1.0))[-1]
+        calls = []
+        module.policy.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)
+        _update(module, rollouts, torch.randn(8), optimizer)
+        passes.append(len(calls))
+    assert passes[1] > passes[0]  # really split into several forward passes
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5)

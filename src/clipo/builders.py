@@ -169,6 +169,7 @@ def build_updater(
         epochs=cfg.ppo.epochs,
         mini_batch_size=cfg.ppo.mini_batch_size,
         micro_batch_size=cfg.ppo.micro_batch_size,
+        max_tokens_per_micro_batch=cfg.ppo.max_tokens_per_micro_batch,
         max_grad_norm=cfg.ppo.max_grad_norm,
         max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
         reference=policy if base_reference else reference,

@@ -171,7 +171,11 @@ def _batch_problems(cfg: DictConfig) -> list[str]:
         )
     mini_per_process = max(mini // world, 1)
     micro = min(cfg.ppo.micro_batch_size or mini_per_process, mini_per_process)  # at most the whole mini-batch
-    if mini_per_process % micro:
+    budget = cfg.ppo.get("max_tokens_per_micro_batch")
+    if budget is not None:  # replaces micro_batch_size: micro-batches are packed by tokens
+        loss_mode = _contrastive_mode(cfg) is ContrastiveMode.LOSS
+        problems += _token_budget_problems(budget, cfg.rollout.max_new_tokens, group_size, loss_mode)
+    elif mini_per_process % micro:
         per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
         problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}")
     elif _contrastive_mode(cfg) is ContrastiveMode.LOSS and micro % group_size:
@@ -183,6 +187,22 @@ def _batch_problems(cfg: DictConfig) -> list[str]:
     if cfg.ppo.epochs < 1:
         problems.append(f"ppo.epochs={cfg.ppo.epochs} must be at least 1")
     return problems
+
+
+def _token_budget_problems(budget: int, max_new_tokens: int, group_size: int, loss_mode: bool) -> list[str]:
+    """The budget holds the longest possible rollout (a whole group of them in loss mode). The prompt's
+    length is known only once the data is tokenized: this checks the response part (plus a 1-token
+    prompt), and packing names the exact number if a real rollout does not fit."""
+    rows = group_size if loss_mode else 1
+    longest = rows * (max_new_tokens + 1)
+    if budget < longest:
+        what = (f"a group of rollout.group_size={group_size} rollouts of rollout.max_new_tokens={max_new_tokens} "
+                "response tokens plus their prompt (contrastive.mode=loss packs whole groups)") if rows > 1 else (
+                f"one rollout of rollout.max_new_tokens={max_new_tokens} response tokens plus its prompt")
+        return [f"ppo.max_tokens_per_micro_batch={budget} is smaller than the longest possible micro-batch unit: {what}; "
+                f"use at least {rows} x (max_new_tokens + longest prompt), e.g. {rows * (max_new_tokens + 512)}, "
+                "or null to use ppo.micro_batch_size"]
+    return []
 
 
 def _data_problems(cfg: DictConfig) -> list[str]:

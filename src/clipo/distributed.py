@@ -64,6 +64,14 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def max_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of `values` over ranks (a copy)."""
+    top = values.clone()
+    if world()[1] > 1:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    return top
+
+
 def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """Element-wise mean of `values` over ranks."""
     return sum_over_ranks(values) / world()[1]

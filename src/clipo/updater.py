@@ -19,10 +19,11 @@ import torch
 from clipo.algorithms import StepNormalizer
 from clipo.collector import CollectedBatch
 from clipo.contrastive.steps import ContrastiveLossTerm
-from clipo.distributed import sum_over_ranks, world
+from clipo.distributed import max_over_ranks, sum_over_ranks, world
 from clipo.interfaces import PolicyLoss
 from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.forward import forward_responses
+from clipo.rollout.packing import pack_by_tokens
 from clipo.timing import PhaseTimer
 
 
@@ -35,6 +36,7 @@ class PolicyUpdater:
         temperature: the sampling temperature the log-probs are taken at.
         max_len: the generation budget (Dr. GRPO's aggregation constant).
         epochs, mini_batch_size, micro_batch_size: `ppo.*` (mini over all processes, micro per process).
+        max_tokens_per_micro_batch: `ppo.*`: micro-batches packed by this token budget instead (per process).
         max_grad_norm: clipping bound (None or 0: no clipping).
         max_nonfinite_updates: skipped updates in a row that stop the run.
         reference: the frozen reference model, when the loss has a KL term.
@@ -53,6 +55,7 @@ class PolicyUpdater:
         epochs: int = 1,
         mini_batch_size: int | None = None,
         micro_batch_size: int | None = None,
+        max_tokens_per_micro_batch: int | None = None,
         max_grad_norm: float | None = 1.0,
         max_nonfinite_updates: int = 3,
         reference: torch.nn.Module | None = None,
@@ -63,6 +66,7 @@ class PolicyUpdater:
         self.policy, self.algorithm, self.reference, self.reference_context = policy, algorithm, reference, reference_context
         self.temperature, self.max_len = temperature, max_len
         self.epochs, self.mini_batch_size, self.micro_batch_size = epochs, mini_batch_size, micro_batch_size
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.max_grad_norm, self.max_nonfinite_updates = max_grad_norm, max_nonfinite_updates
         self.contrastive, self.hidden_layer = contrastive, hidden_layer
         self.skipped_updates = self.nonfinite_in_a_row = 0
@@ -119,7 +123,7 @@ class PolicyUpdater:
                 mini_index = torch.arange(start, start + mini, device=device)
                 norm = self.step_normalizer(rollouts.response_mask[mini_index])
                 update_loss = update_pg_loss = torch.zeros((), device=device)
-                for micro_index in mini_index.split(micro):
+                for micro_index in self.micro_batches(rollouts, mini_index, micro, whole_groups=self.contrastive is not None):
                     part = rollouts.select(micro_index)
                     out = forward_responses(self.policy, part, self.temperature, self.hidden_layer, with_entropy=True)
                     old = out.logprobs.detach() if old_logprobs is None else old_logprobs[micro_index]
@@ -148,6 +152,21 @@ class PolicyUpdater:
                     self.contrastive.after_update()
         history["numerics/skipped_updates"].append(torch.tensor(float(self.skipped_updates)))
         return {k: torch.stack(v).mean() for k, v in history.items()}
+
+    def micro_batches(self, rollouts: RolloutBatch, index: torch.Tensor, micro: int,
+                      whole_groups: bool = False) -> list[torch.Tensor]:
+        """The forward passes over `index`: slices of `micro` rollouts, or packed by the token budget
+        (whole groups when the contrastive loss, taken per forward pass, compares a group's rollouts)."""
+        if self.max_tokens_per_micro_batch is None:
+            return list(index.split(micro))
+        lengths = rollouts.attention_mask[index].sum(-1)  # [n] prompt + response tokens
+        budget, groups = self.max_tokens_per_micro_batch, rollouts.groups[index]
+        packed = pack_by_tokens(lengths, budget, groups, whole_groups)
+        # every rank runs as many backward passes (each one synchronises gradients under DDP)
+        count = int(max_over_ranks(torch.tensor(len(packed), device=index.device)))
+        if count > len(packed):
+            packed = pack_by_tokens(lengths, budget, groups, whole_groups, min_batches=count)
+        return [index[part.to(index.device)] for part in packed]
 
     def step_normalizer(self, mask: torch.Tensor) -> StepNormalizer:
         """Aggregation denominators of one update: the counts of the global mini-batch (all ranks),
@@ -181,5 +200,7 @@ class PolicyUpdater:
     @torch.no_grad()
     def _logprobs(self, model: torch.nn.Module, rollouts: RolloutBatch, micro: int) -> torch.Tensor:
         index = torch.arange(len(rollouts.responses), device=rollouts.sequences.device)
-        parts = [forward_responses(model, rollouts.select(i), self.temperature).logprobs for i in index.split(micro)]
-        return torch.cat(parts)
+        logprobs = torch.zeros(rollouts.response_mask.shape, device=index.device)
+        for part in self.micro_batches(rollouts, index, micro):
+            logprobs[part] = forward_responses(model, rollouts.select(part), self.temperature).logprobs
+        return logprobs

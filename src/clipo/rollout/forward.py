@@ -1,6 +1,14 @@
 """The training forward over sampled rollouts: log-probs, entropy and hidden states.
 
-Shapes as in `clipo.rollout.batch`; `V` vocabulary size.
+Three things keep it at the compute limit, none of which changes a value or a gradient:
+- the columns that are padding in every rollout of the micro-batch are cropped (with
+  micro-batches packed by length, most of the padding);
+- each distinct prompt runs once and its G responses attend to its cached keys and values
+  (`clipo.rollout.shared_prompt`; the padded forward over G copies where a model cannot);
+- the LM head runs on the response tokens only, chunk by chunk, recomputed in the backward
+  pass (`clipo.rollout.logprobs`), so the [n, T, V] float32 logits never exist at once.
+
+Shapes as in `clipo.rollout.batch`; `V` vocabulary size, `M` response tokens of the micro-batch.
 """
 
 from __future__ import annotations
@@ -8,14 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from clipo.rollout.batch import RolloutBatch
+from clipo.rollout.logprobs import DEFAULT_CHUNK_SIZE, token_logprobs
+from clipo.rollout.shared_prompt import SplitStates, prompt_rows, shared_prompt_forward, unsupported_reason, warn_once
 
 
 @dataclass
 class ForwardOutput:
-    logprobs: torch.Tensor  # [n, T] log-prob of each response token
-    entropy: torch.Tensor | None  # [n, T] (no grad), when asked for
+    logprobs: torch.Tensor  # [n, T] log-prob of each response token (0 after the response's end)
+    entropy: torch.Tensor | None  # [n, T] (no grad), when asked for (0 after the response's end)
     hidden: torch.Tensor | None  # [n, T, D] chosen layer at the response tokens (row t: token t), when asked for
 
 
@@ -25,37 +36,83 @@ def forward_responses(
     temperature: float = 1.0,
     hidden_layer: int | None = None,
     with_entropy: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> ForwardOutput:
     """Log-probs of the response tokens under `model` (with grad if enabled by the caller).
 
-    The LM head runs on the T predicting positions only, not on the prompt, so the
-    full-vocabulary logits are [n, T, V] rather than [n, P+T, V]. Logits are divided
-    by the sampling temperature, so the ratio compares the distributions that sampled.
-    Position ids follow the left padding, as generation used them.
+    Logits are divided by the sampling temperature, so the ratio compares the distributions
+    that sampled. Position ids follow the left padding, as generation used them. Values at
+    positions outside `response_mask` are 0 (they are masked out everywhere downstream).
+
+    Args:
+        chunk_size: response positions per LM-head chunk (`clipo.rollout.logprobs`).
     """
-    mask = rollouts.attention_mask
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    sequences, attention_mask, P, T = _cropped(rollouts)
+    final, chosen = _split_states(model, rollouts.groups, sequences, attention_mask, P, hidden_layer)
+    mask = rollouts.response_mask[:, :T]  # [n, T]
+    predicting = torch.cat([final.prompt_last, final.response[:, :-1]], 1)  # [n, T, D] states predicting each token
+    logprobs, entropy = token_logprobs(
+        model.get_output_embeddings(), predicting[mask], sequences[:, P:][mask], temperature, with_entropy, chunk_size
+    )  # [M] each
+    full_mask = rollouts.response_mask.bool()  # [n, T_batch]; True only within the first T columns
+    logprobs = logprobs.new_zeros(full_mask.shape).masked_scatter(full_mask, logprobs)
+    if entropy is not None:
+        entropy = entropy.new_zeros(full_mask.shape).masked_scatter(full_mask, entropy)
+    hidden = None
+    if chosen is not None:
+        # CLIPO's states: at the response tokens' own positions (not the predicting ones), as generation
+        # captures them; poolers read the rows in `rollouts.hidden_mask`
+        hidden = F.pad(chosen.response, (0, 0, 0, full_mask.shape[1] - chosen.response.shape[1]))  # [n, T_batch, D]
+    return ForwardOutput(logprobs=logprobs, entropy=entropy, hidden=hidden)
+
+
+def _cropped(rollouts: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(sequences, attention_mask [n, P'+T'], P', T') without the columns padded in every rollout:
+    the prompt's common left padding and the response columns after the longest response."""
+    mask, P = rollouts.attention_mask, rollouts.prompt_len
+    start = int(mask[:, :P].any(0).long().argmax())  # first prompt column some rollout uses
+    used = rollouts.response_mask.any(0).nonzero()
+    T = int(used.max()) + 1 if used.numel() else 1
+    return rollouts.sequences[:, start : P + T], mask[:, start : P + T], P - start, T
+
+
+def _split_states(
+    model: torch.nn.Module,
+    groups: torch.Tensor,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    P: int,
+    hidden_layer: int | None,
+) -> tuple[SplitStates, SplitStates | None]:
+    """Final-layer and chosen-layer states, through the shared prompt where the model allows."""
+    reason = unsupported_reason(model)
+    prompt = None
+    if reason is None:
+        prompt = prompt_rows(groups, sequences[:, :P], attention_mask[:, :P])
+        if prompt is None:
+            reason = "rollouts of one group have different prompt tokens"
+    if reason is not None:
+        warn_once(reason)
+    if prompt is None or len(prompt.first) == len(groups):  # nothing shared: one padded pass is cheaper
+        return _padded_forward(model, sequences, attention_mask, P, hidden_layer)
+    return shared_prompt_forward(model, sequences, attention_mask, P, prompt, hidden_layer)
+
+
+def _padded_forward(
+    model: torch.nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, P: int, hidden_layer: int | None
+) -> tuple[SplitStates, SplitStates | None]:
+    """One forward over every rollout's own copy of its prompt."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model.get_decoder()(
-        input_ids=rollouts.sequences,
-        attention_mask=mask,
+        input_ids=sequences,
+        attention_mask=attention_mask,
         position_ids=position_ids,
         output_hidden_states=hidden_layer is not None,
         use_cache=False,
     )
-    P, T = rollouts.prompt_len, rollouts.response_ids.shape[1]
-    predicting = out.last_hidden_state[:, P - 1 : P + T - 1]  # [n, T, D]
-    logits = model.get_output_embeddings()(predicting).float() / temperature  # [n, T, V]
-    targets = rollouts.response_ids
-    log_normalizer = torch.logsumexp(logits, dim=-1)  # [n, T], shared by log-probs and entropy
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_normalizer
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            probs = torch.softmax(logits, dim=-1)
-            entropy = log_normalizer.detach() - (probs * logits).sum(-1)
-    hidden = None
+    final = SplitStates(out.last_hidden_state[:, P - 1 : P], out.last_hidden_state[:, P:])
+    chosen = None
     if hidden_layer is not None:
-        # CLIPO's states: at the response tokens' own positions P..P+T-1 (not the predicting ones),
-        # as generation captures them; poolers read the rows in `rollouts.hidden_mask`
-        hidden = out.hidden_states[hidden_layer][:, P : P + T]
-    return ForwardOutput(logprobs=logprobs, entropy=entropy, hidden=hidden)
+        states = out.hidden_states[hidden_layer]
+        chosen = SplitStates(states[:, P - 1 : P], states[:, P:])
+    return final, chosen

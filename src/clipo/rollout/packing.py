@@ -1,0 +1,91 @@
+"""Micro-batches by token budget (verl's `use_dynamic_bsz` / `ppo_max_token_len_per_gpu`).
+
+Rollouts of similar length go together, so the padding of each forward pass stays small,
+and each micro-batch holds as many rollouts as fit in `budget` padded tokens: rows x the
+longest rollout (prompt + response tokens) in it. The step normaliser is computed over the
+whole mini-batch, so gradient accumulation over any such partition gives the full-batch
+gradient.
+
+Shapes: `N` rollouts of one mini-batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pack_by_tokens(
+    lengths: torch.Tensor,
+    budget: int,
+    groups: torch.Tensor | None = None,
+    whole_groups: bool = False,
+    min_batches: int = 1,
+) -> list[torch.Tensor]:
+    """Split rollouts into micro-batches of at most `budget` padded tokens, longest first.
+
+    Args:
+        lengths: [N] tokens of each rollout (prompt + response).
+        budget: the most padded tokens (rows x longest length) a micro-batch may hold.
+        groups: [N] group ids. Groups are then taken in the order of their longest rollout and
+            kept together, split only where a micro-batch is full: the training forward runs each
+            group's prompt once per micro-batch (`clipo.rollout.shared_prompt`), so a group cut
+            into many pieces would pay for its prompt many times.
+        whole_groups: never split a group (the contrastive loss taken per forward pass needs it).
+        min_batches: at least this many micro-batches (the largest are halved): under data
+            parallelism every rank must run the same number of backward passes and collectives.
+
+    Returns:
+        Index tensors (ascending within each) that partition `range(N)`.
+
+    Raises:
+        ValueError: a rollout (or, with `whole_groups`, a group) alone exceeds the budget.
+    """
+    device, lengths = lengths.device, lengths.long().cpu()  # a few numbers: plan on the CPU
+    n = len(lengths)
+    _, group_of = torch.unique(groups.cpu() if groups is not None else torch.arange(n), return_inverse=True)  # [N]
+    num_groups = int(group_of.max()) + 1 if n else 0
+    group_len = torch.zeros(num_groups, dtype=torch.long).scatter_reduce(0, group_of, lengths, reduce="amax")
+    group_rows = torch.bincount(group_of, minlength=num_groups)  # [G']
+    # order: groups by their longest rollout, then each group's rollouts longest first (stable sorts, last key first)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    order = order[torch.sort(group_of[order], stable=True).indices]
+    order = order[torch.sort(group_len[group_of[order]], descending=True, stable=True).indices]
+    _check_fits(lengths, group_len, group_rows, budget, whole_groups and groups is not None)
+
+    batches, current, longest = [], [], 0  # each batch a list of units (lists of rollout indices)
+    pending, lens = order.tolist(), lengths.tolist()
+    i = 0
+    while i < n:  # a loop over rollouts (or whole groups), never over tokens
+        g = int(group_of[pending[i]])
+        unit = pending[i : i + int(group_rows[g])] if whole_groups else pending[i : i + 1]
+        length = max(lens[j] for j in unit)
+        if current and (sum(map(len, current)) + len(unit)) * max(longest, length) > budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(unit)
+        longest = max(longest, length)
+        i += len(unit)
+    if current:
+        batches.append(current)
+    while len(batches) < min_batches:  # same count on every rank: halve the batch with the most units
+        k = max(range(len(batches)), key=lambda b: len(batches[b]))
+        if len(batches[k]) < 2:
+            raise ValueError(f"cannot make {min_batches} micro-batches out of {len(batches)} units")
+        half = len(batches[k]) // 2
+        batches[k : k + 1] = [batches[k][:half], batches[k][half:]]
+    return [torch.tensor(sorted(j for unit in b for j in unit), dtype=torch.long, device=device) for b in batches]
+
+
+def _check_fits(lengths: torch.Tensor, group_len: torch.Tensor, group_rows: torch.Tensor, budget: int,
+                whole_groups: bool) -> None:
+    if whole_groups:
+        cost = group_rows * group_len  # [G'] padded tokens of each group alone
+        if (cost > budget).any():
+            g = int(cost.argmax())
+            raise ValueError(
+                f"ppo.max_tokens_per_micro_batch={budget} is smaller than a group of {int(group_rows[g])} rollouts "
+                f"up to {int(group_len[g])} tokens ({int(cost[g])} padded tokens), and whole groups must share a "
+                f"micro-batch; raise it to at least {int(cost[g])}")
+    elif len(lengths) and int(lengths.max()) > budget:
+        raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than a rollout of {int(lengths.max())} "
+                         f"tokens (prompt + response); raise it to at least {int(lengths.max())}")

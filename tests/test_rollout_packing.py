@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from clipo.rollout.packing import pack_by_tokens
+
+
+def as_lists(batches):
+    return [b.tolist() for b in batches]
+
+
+def test_hand_example_longest_first_within_the_budget():
+    lengths = torch.tensor([10, 3, 8, 2, 9, 4])
+    # longest first: 10, 9 (2 x 10 = 20 fits; a third row would be 30) | 8, 4 (2 x 8 = 16; 3 x 8 = 24 does
+    # not fit) | 3, 2 (2 x 3 = 6)
+    assert as_lists(pack_by_tokens(lengths, 20)) == [[0, 4], [2, 5], [1, 3]]
+    # budget 10: 10 | 9 | 8 | 4, 3 (2 x 4 = 8; a third row would be 12) | 2
+    assert as_lists(pack_by_tokens(lengths, 10)) == [[0], [4], [2], [1, 5], [3]]
+    assert as_lists(pack_by_tokens(lengths, 1000)) == [[0, 1, 2, 3, 4, 5]]
+
+
+def test_whole_groups_stay_together():
+    lengths = torch.tensor([10, 3, 8, 2, 9, 4])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])  # groups' longest: 10, 8, 9; 2 rows each
+    # budget 40: groups 0 and 2 (4 x 10 = 40; group 1 as well would be 60) | group 1
+    assert as_lists(pack_by_tokens(lengths, 40, groups, whole_groups=True)) == [[0, 1, 4, 5], [2, 3]]
+    # budget 20: group 0 (2 x 10) | group 2 (2 x 9; with group 1, 4 x 9 = 36) | group 1
+    assert as_lists(pack_by_tokens(lengths, 20, groups, whole_groups=True)) == [[0, 1], [4, 5], [2, 3]]
+
+
+def test_groups_in_order_of_their_longest_split_only_where_a_micro_batch_is_full():
+    lengths = torch.tensor([10, 3, 8, 2, 9, 4])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    # order: group 0 (10, 3), group 2 (9, 4), group 1 (8, 2); budget 30: 10, 3, 9 (3 x 10) | 4, 8, 2 (3 x 8 = 24)
+    assert as_lists(pack_by_tokens(lengths, 30, groups)) == [[0, 1, 4], [2, 3, 5]]
+    # without groups the rollouts are sorted by length alone: 10, 9, 8 | 4, 3, 2
+    assert as_lists(pack_by_tokens(lengths, 30)) == [[0, 2, 4], [1, 3, 5]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("grouped", [False, True])
+def test_random_partition_respects_the_budget(seed, grouped):
+    gen = torch.Generator().manual_seed(seed)
+    n, group_size = 48, 4
+    lengths = torch.randint(5, 200, (n,), generator=gen)
+    groups = torch.arange(n) // group_size if grouped else None
+    budget = 1000
+    batches = pack_by_tokens(lengths, budget, groups, whole_groups=grouped)
+    assert sorted(torch.cat(batches).tolist()) == list(range(n))  # every rollout exactly once
+    for b in batches:
+        assert len(b) * int(lengths[b].max()) <= budget
+        if grouped:
+            assert all((groups == g).sum() == (groups[b] == g).sum() for g in groups[b].unique())
+    # longest first: each micro-batch's longest rollout is no longer than the previous one's
+    longest = [int(lengths[b].max()) for b in batches]
+    assert longest == sorted(longest, reverse=True)
+    if grouped:  # splittable groups: each group spans at most two consecutive micro-batches
+        split = pack_by_tokens(lengths, budget, groups)
+        where = torch.empty(n, dtype=torch.long)
+        for k, b in enumerate(split):
+            where[b] = k
+        spans = [where[groups == g] for g in range(n // group_size)]
+        assert all(int(s.max() - s.min()) <= 1 for s in spans)
+
+
+def test_budget_below_one_rollout_or_group_is_a_clear_error():
+    lengths = torch.tensor([10, 30, 8])
+    with pytest.raises(ValueError, match=r"max_tokens_per_micro_batch=20 is smaller than a rollout of 30 tokens.*30"):
+        pack_by_tokens(lengths, 20)
+    with pytest.raises(ValueError, match=r"a group of 2 rollouts up to 30 tokens \(60 padded tokens\).*60"):
+        pack_by_tokens(lengths, 40, torch.tensor([0, 0, 1]), whole_groups=True)
+    assert len(pack_by_tokens(lengths, 40, torch.tensor([0, 0, 1]))) == 2  # split groups: each rollout fits
+
+
+def test_min_batches_halves_the_largest_so_every_rank_runs_as_many_passes():
+    lengths = torch.tensor([10, 3, 8, 2, 9, 4])
+    # one batch 10,9,8,4,3,2 -> halves 10,9,8 | 4,3,2 -> the first (ties: earliest) halved again: 10 | 9,8 | 4,3,2
+    assert as_lists(pack_by_tokens(lengths, 1000, min_batches=3)) == [[0], [2, 4], [1, 3, 5]]
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert as_lists(pack_by_tokens(lengths, 1000, groups, whole_groups=True, min_batches=2)) == [[0, 1], [2, 3, 4, 5]]
+    with pytest.raises(ValueError, match="cannot make 4 micro-batches"):
+        pack_by_tokens(lengths, 1000, groups, whole_groups=True, min_batches=4)
