@@ -105,17 +105,17 @@ def test_bias_free_heads_ignore_the_pooled_norm(name):
 
 def test_head_structure_and_trainability():
     linear = HEADS.build({"name": "linear", "dim": 8}, in_dim=16)
-    assert linear.trainable and [p.shape for p in linear.parameters()] == [(8, 16)]  # bias-free
+    assert [p.shape for p in linear.parameters()] == [(8, 16)]  # bias-free
     mlp = HEADS.build({"name": "mlp", "dim": 8}, in_dim=16)
     # Linear-ReLU-Linear without biases (the official head); hidden width defaults to in_dim
-    assert mlp.trainable and [p.shape for p in mlp.parameters()] == [(16, 16), (8, 16)]
+    assert [p.shape for p in mlp.parameters()] == [(16, 16), (8, 16)]
     assert mlp.fc1.bias is None and mlp.fc2.bias is None
     h = torch.randn(3, 16)
     want = torch.relu(h @ mlp.fc1.weight.T) @ mlp.fc2.weight.T
     torch.testing.assert_close(mlp(h), torch.nn.functional.normalize(want, dim=-1))
     assert HEADS.build({"name": "mlp", "dim": 8, "hidden_dim": 32}, in_dim=16).fc1.out_features == 32
     fixed = HEADS.build({"name": "fixed", "dim": 8}, in_dim=16)
-    assert not fixed.trainable and list(fixed.parameters()) == []
+    assert list(fixed.parameters()) == []  # nothing to train: the head step is skipped
     assert "weight" in fixed.state_dict()
     again = HEADS.build({"name": "fixed", "dim": 8}, in_dim=16)
     torch.testing.assert_close(fixed.weight, again.weight)  # same seed, same projection

@@ -34,8 +34,6 @@ class LinearHead(nn.Module):
         dim: embedding size E (512 in the paper's Track I, 2048 in Track II).
     """
 
-    trainable = True
-
     def __init__(self, in_dim: int, dim: int = 512) -> None:
         super().__init__()
         _check_dims(in_dim, dim)
@@ -58,8 +56,6 @@ class MLPHead(nn.Module):
         dim: embedding size E.
         hidden_dim: width of the middle layer; defaults to `in_dim`.
     """
-
-    trainable = True
 
     def __init__(self, in_dim: int, dim: int = 512, hidden_dim: int | None = None) -> None:
         super().__init__()
@@ -85,8 +81,6 @@ class FixedRandomHead(nn.Module):
         dim: embedding size E.
         seed: seed of the projection.
     """
-
-    trainable = False
 
     def __init__(self, in_dim: int, dim: int = 512, seed: int = 0) -> None:
         super().__init__()
