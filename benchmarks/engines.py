@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, train_and_report
 
-from clipo.config import compose
+from clipo.compose import compose
 
 
 def time_rollouts(cfg, repeats: int) -> dict[str, dict[str, float]]:

@@ -66,7 +66,11 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from clipo.builders import build_module
-    from clipo.config import compose
+
+    try:
+        from clipo.compose import compose
+    except ImportError:  # the code before issue #13 (--before-src)
+        from clipo.config import compose
 
     torch.set_num_threads(args.threads)
     cfg = compose(json.loads(args.overrides))
