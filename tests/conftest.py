@@ -83,3 +83,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# What an in-process DDP or vLLM set-up leaves in this process's environment; a child started with
+# it would think torchrun had launched it (Lightning then waits for ranks that never start).
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK",
+                      "MASTER_ADDR", "MASTER_PORT")
+
+
+def fresh_shell_env(**extra: str) -> dict[str, str]:
+    """os.environ as a fresh shell would have it for a clipo command: no launcher variables, a free port."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    return {**env, "MASTER_PORT": str(free_port()), **extra}

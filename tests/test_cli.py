@@ -1,11 +1,10 @@
 """The command line as users type it: `python src/clipo/train.py ...` (subprocesses, tiny model)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import fresh_shell_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -15,8 +14,7 @@ TINY = [
 
 
 def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    base = {"HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "0", "MASTER_PORT": str(free_port())}
-    env = {**os.environ, **base, **(env or {})}
+    env = fresh_shell_env(HF_HUB_OFFLINE="1", HYDRA_FULL_ERROR="0", **(env or {}))
     command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), *args, f"paths.root_dir={cwd}"]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 

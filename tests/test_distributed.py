@@ -18,7 +18,7 @@ from clipo.advantages import reinforce_pp_advantages
 from clipo.contrastive.sets import build_sets
 from clipo.distributed import all_gather_rows, gathered_for_generation, globally_unique_groups, sum_over_ranks, world
 from clipo.registry import LOSSES, register_components
-from tests.conftest import free_port
+from tests.conftest import fresh_shell_env
 
 REPLAY = Path(__file__).with_name("ddp_replay.py")
 # rank 0 holds groups 0 and 1, rank 1 group 2: unequal row counts exercise the padding
@@ -106,7 +106,7 @@ def test_reinforce_pp_whitens_over_the_global_batch(tmp_path):
 
 def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
     out = tmp_path / f"devices{devices}.pt"
-    env = {**os.environ, "MASTER_PORT": str(free_port())}
+    env = fresh_shell_env()
     result = subprocess.run([sys.executable, str(REPLAY), str(out), str(devices), *overrides], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
