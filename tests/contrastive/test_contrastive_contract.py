@@ -41,8 +41,6 @@ def test_pooler_contract(name):
 @pytest.mark.parametrize("name", HEADS.names())
 def test_head_contract(name):
     head = HEADS.build({"name": name, "dim": E}, in_dim=D)
-    assert isinstance(head.trainable, bool)
-    assert head.trainable == any(p.requires_grad for p in head.parameters())
     z = head(torch.randn(N, D))
     assert z.shape == (N, E) and z.dtype == torch.float32
 
