@@ -73,8 +73,8 @@ def test_engine_without_hidden_gets_them_and_weights_of_exactly_one(tmp_path):
     collected = _collect(module)
     rollouts = collected.rollouts
     assert torch.equal(rollouts.sequences, reference.rollouts.sequences)  # same seed, same samples
-    # the forward's states at the predicting positions are the ones the hook captured while decoding
-    mask = rollouts.response_mask
+    # the forward's states at the pooled positions (response tokens 0..L-2) are the hook's while decoding
+    mask = rollouts.hidden_mask
     torch.testing.assert_close(rollouts.hidden[mask], reference.rollouts.hidden[mask], rtol=1e-4, atol=1e-5)
     assert torch.equal(collected.importance_weights, torch.ones_like(collected.importance_weights))
     assert collected.metrics["rollout_corr/logprob_diff_max"] == 0
