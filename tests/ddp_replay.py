@@ -32,17 +32,17 @@ GLOBAL_PROMPTS = 4
 TRAIN_SET = None  # the run's train set, built in main()
 
 
-def replay_share(self: RolloutCollector, batch: list[dict], timer, generation_context):  # noqa: ANN001
+def replay_share(self: RolloutCollector, batch: list[dict], timer, generation_context, trainer_state):  # noqa: ANN001
     """Stands in for `RolloutCollector._generate_and_score`: this rank's share of one fixed global batch."""
     records = [TRAIN_SET[i] for i in range(GLOBAL_PROMPTS)]
     with torch.random.fork_rng():
         torch.manual_seed(1234)
         rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
-    rewards = torch.tensor(self.verifier(rollouts.responses, rollouts.ground_truths))
+    scores = self.rewards(records, rollouts, self.group_size, trainer_state)
     rank, world_size = world()
     share = len(rollouts.responses) // world_size
     index = torch.arange(share) + rank * share
-    return rollouts.select(index), rewards[index]
+    return rollouts.select(index), scores.select(index)
 
 
 def main() -> None:
