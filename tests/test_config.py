@@ -1,5 +1,6 @@
 """Every config composes, names match files and registries, and bad configs fail early and clearly."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,7 @@ def test_loss_mode_needs_whole_groups_in_a_micro_batch(tmp_path):
 def test_reward_funcs_that_do_not_import_fail_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text("def brevity(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_rewards", raising=False)  # another test's module of that name
     cfg = compose_config(TINY_OVERRIDES + ["reward_funcs=[verifier,my_rewards:brevity]", "reward_weights=[1.0,0.5]"],
                          output_dir=tmp_path)
     validate_config(cfg)

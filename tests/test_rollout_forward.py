@@ -34,7 +34,7 @@ def padded_reference(model, rollouts, temperature=1.0, hidden_layer=None):
     log_normalizer = torch.logsumexp(logits, dim=-1)  # [n, T] from the [n, T, V] logits, as the old code did
     logprobs = logits.gather(-1, rollouts.response_ids.unsqueeze(-1)).squeeze(-1) - log_normalizer
     entropy = (log_normalizer - (torch.softmax(logits, dim=-1) * logits).sum(-1)).detach()
-    hidden = None if hidden_layer is None else out.hidden_states[hidden_layer][:, P - 1 : P + T - 1]
+    hidden = None if hidden_layer is None else out.hidden_states[hidden_layer][:, P : P + T]  # at the response tokens, as CLIPO pools
     return logprobs, entropy, hidden
 
 

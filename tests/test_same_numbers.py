@@ -8,7 +8,9 @@ that alters the numbers on purpose records new digests here and says why in its 
 Re-recorded on purpose: `reward_epochs` when CLIPO began pooling the official positions (the
 response tokens' own states, not the last prompt state) and counting the head warm-up as verl's
 `critic_warmup` (issue #15), and again when `trainer.max_steps` began counting RL steps rather than
-optimizer updates (issue #17: the case's 3 steps are now 3 RL steps).
+optimizer updates (issue #17: the case's 3 steps are now 3 RL steps), and both when the training
+forward began running each prompt once and the LM head in chunks (issue #18: equal to float32
+rounding, not bit for bit), recorded with transformers 5.19 (what the vLLM set-up installs).
 """
 
 import hashlib
@@ -25,12 +27,12 @@ CASES = {
     "reward_epochs": (
         ["ppo.mini_batch_size=4", "ppo.micro_batch_size=2", "ppo.epochs=2", "contrastive.head_warmup_steps=1",
          "trainer.max_steps=3", "pooler=attention"],
-        "2d2315cda1b034e2",
+        "ea7b15de752a4497",
     ),
     # DAPO with dynamic sampling that refills, loss mode (the contrastive term in the policy loss)
     "dapo_loss": (
         ["algorithm=dapo", "rollout.group_size=2", "ppo.micro_batch_size=2", "contrastive.mode=loss", "loss=supcon"],
-        "5cbdba3537fdaec7",
+        "89995511b7ff0eab",
     ),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 
 import pytest
@@ -31,6 +32,7 @@ def user_module(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "my_rewards.py").write_text(textwrap.dedent(USER_MODULE))
     monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "my_rewards", raising=False)  # another test's module of that name
     return folder
 
 
