@@ -94,7 +94,7 @@ assert parse_all() == reference
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_numbers_differ_only_where_math_verify_says_unequal():
+def test_plainly_unequal_only_where_math_verify_says_unequal():
     # in a fresh process (math-verify patched as in a worker): math-verify's own verify is the reference
     path = bench_dir() / "test" / "math.parquet"
     if not path.exists():
@@ -110,18 +110,30 @@ rng = random.Random(1)
 pairs = [(rng.choice(golds), rng.choice(golds)) for _ in range(150)]
 fixed = [("\\\\frac{{\\\\sqrt{{3}}}}{{2}}", "0.8660254"), ("\\\\pi", "3.14159265"), ("2", "\\\\sqrt{{4}}"), ("\\\\sqrt{{2}}", "27648"),
          ("42\\\\%", "0.42"), ("0.5", "\\\\frac{{1}}{{2}}")]
+# a constant against a polynomial (unequal when the expansion keeps a symbol) or a set (unequal unless a singleton)
+mixed_kinds = [("x^5 - x^4 + x^3 - x^2 + x - 1", "59", True), ("59", "2x + 1", True), ("\\\\frac{{13}}{{15}}", "p - q", True),
+              ("2", "(x+1)^2 - x^2 - 2x + 1", False), ("x^2 - 1", "\\\\sqrt{{x}}", False),
+              ("\\\\text{{e}}", "e", False),
+              ("(-\\\\infty, 2) \\\\cup (3, \\\\infty)", "17", True), ("12", "(2,12) \\\\cup (12,102)", True),
+              ("[-2,7]", "6", True), ("\\\\{{5\\\\}}", "5", False)]
 pairs += fixed + [("\\\\frac{{7}}{{25}}", "28"), ("\\\\frac{{7}}{{25}}", "28\\\\%"), ("0.28", "28\\\\%")]
 decided = 0
 for gold, answer in pairs:
     gold_parsed = mw.parse_gold(gold)
     pred = mv.parse(f"\\\\boxed{{{{{{answer}}}}}}", mw._configs(True), parsing_timeout=None)
-    if pred and mw.numbers_differ(gold_parsed, pred, gold):
+    if pred and mw.plainly_unequal(gold_parsed, pred, gold):
         decided += 1
         assert not mv.verify(list(gold_parsed), pred, timeout_seconds=None, allow_set_relation_comp=True), (gold, answer)
 assert decided >= 30, decided
 for gold, answer in fixed:
     pred = mv.parse(f"\\\\boxed{{{{{{answer}}}}}}", mw._configs(True), parsing_timeout=None)
-    assert mw.numbers_differ(mw.parse_gold(gold), pred, gold) == (answer == "27648"), (gold, answer)
+    assert mw.plainly_unequal(mw.parse_gold(gold), pred, gold) == (answer == "27648"), (gold, answer)
+for gold, answer, unequal in mixed_kinds:
+    gold_parsed = mw.parse_gold(gold)
+    pred = mv.parse(f"\\\\boxed{{{{{{answer}}}}}}", mw._configs(True), parsing_timeout=None)
+    assert mw.plainly_unequal(gold_parsed, pred, gold) == unequal, (gold, answer)
+    equal = mv.verify(list(gold_parsed), pred, timeout_seconds=None, allow_set_relation_comp=True)
+    assert equal == (answer in ("(x+1)^2 - x^2 - 2x + 1", "e", "5")), (gold, answer)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

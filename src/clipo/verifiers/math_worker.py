@@ -15,7 +15,9 @@ on top of math-verify (in this worker process only):
   (milliseconds a call, most of a check's time); anything else goes to latex2sympy,
   whose ANTLR parser first runs in SLL mode (ANTLR guarantees the same tree as its
   default LL mode, or a syntax error, on which the text is parsed again in LL mode);
-- two constants whose values differ by more than 0.1% are unequal without `simplify`;
+- two constants whose values differ by more than 0.1%, a constant against a polynomial
+  that is not constant (`x^2 - 1` against `59`), and a constant against an interval or a
+  union are unequal without `simplify` or set algebra;
 - before extraction, the response is tidied for what math-verify misreads: punctuation
   just before a closing math delimiter (`$\\frac{1}{3}.$`) and mixed numbers (`4 4/9`).
 """
@@ -194,9 +196,8 @@ def check_math(response: str, gold: str, anchorless: bool) -> bool:
     """True when the final answer in `response` equals `gold`.
 
     Plain numbers on both sides are compared by clipo's exact rule (as in the trainer's
-    process for boxed numbers); two constant expressions whose values differ by more than
-    0.1% are unequal without `simplify` (`numbers_differ`); everything else goes to
-    math-verify's `verify`.
+    process for boxed numbers); what `plainly_unequal` decides is unequal without
+    `simplify`; everything else goes to math-verify's `verify`.
     """
     mv = _math_verify()
     text = tidy_response(response)
@@ -212,15 +213,18 @@ def check_math(response: str, gold: str, anchorless: bool) -> bool:
         if numbers_equal(gold_number, pred_number) or not (gold_number.ambiguous or pred_number.ambiguous):
             return numbers_equal(gold_number, pred_number)
     gold_parsed = parse_gold(gold)
-    if numbers_differ(gold_parsed, pred, gold):
+    if plainly_unequal(gold_parsed, pred, gold):
         return False
     return bool(mv.verify(list(gold_parsed), pred, timeout_seconds=None, allow_set_relation_comp=True))
 
 
-def numbers_differ(gold_parsed: Sequence[Any], pred: Sequence[Any], gold: str) -> bool:
-    """True when gold and answer are each one constant (no symbols, sets, relations,
-    matrices or percentages) and their values differ by more than 0.1%, with unequal
-    strings: math-verify's `verify` would say False, after up to seconds of `simplify`.
+def plainly_unequal(gold_parsed: Sequence[Any], pred: Sequence[Any], gold: str) -> bool:
+    """True when gold and answer are each one expression (no percentages), their strings
+    differ, and one is a constant and the other an interval or a union (never a set of one
+    element), or both are constants whose values differ by more than 0.1%, or one is a
+    constant and the other a polynomial (not a bare symbol) that is not constant once
+    expanded: math-verify's `verify` would say False, after up to seconds of `simplify` or
+    set algebra.
     """
     import sympy
 
@@ -233,14 +237,23 @@ def numbers_differ(gold_parsed: Sequence[Any], pred: Sequence[Any], gold: str) -
         return False
     if {g for g in gold_parsed if isinstance(g, str)} & {p for p in pred if isinstance(p, str)}:
         return False  # math-verify also compares the matched strings
-    values = []
-    for expr in (gold_exprs[0], pred_exprs[0]):
-        if not isinstance(expr, sympy.Expr) or expr.has(sympy.UnevaluatedExpr) or not expr.is_number:
-            return False
-        try:
-            values.append(complex(sympy.N(expr, 30)))
-        except (TypeError, ValueError, OverflowError):
-            return False  # infinities, nan, values that do not evaluate
+    exprs = (gold_exprs[0], pred_exprs[0])
+    for a, b in (exprs, exprs[::-1]):  # math-verify compares {a} with b as sets: never equal
+        if isinstance(a, sympy.Expr) and a.is_number and isinstance(b, (sympy.Interval, sympy.Union)):
+            return True
+    if not all(isinstance(e, sympy.Expr) and not e.has(sympy.UnevaluatedExpr) for e in exprs):
+        return False
+    constants = [e for e in exprs if e.is_number]
+    if len(constants) == 1:  # a polynomial equals a constant only when its expansion has no symbols
+        other = exprs[1] if constants[0] is exprs[0] else exprs[0]
+        # a bare symbol is math-verify's cheap case, where `e` equals Euler's number
+        return not isinstance(other, sympy.Symbol) and other.is_polynomial() and bool(sympy.expand(other).free_symbols)
+    if len(constants) != 2:
+        return False
+    try:
+        values = [complex(sympy.N(expr, 30)) for expr in exprs]
+    except (TypeError, ValueError, OverflowError):
+        return False  # infinities, nan, values that do not evaluate
     if not all(map(cmath.isfinite, values)):
         return False
     gold_value, pred_value = values
