@@ -43,11 +43,27 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def cpu_precision() -> tuple[str, str]:
+    """This CPU in words (model, family/model, native bf16 or not) and what `trainer.precision=auto` picks on it."""
+    from clipo.runtime import choose_precision, detect_cpu_flags
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    first_cpu = info.split("\n\n", 1)[0]
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
+    choice = choose_precision("auto", "cpu", None, detect_cpu_flags())
+    native = "native bf16" if choice.value == "bf16-mixed" else "no bf16 units"
+    model = f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    return f"{model}, {native}", choice.value
+
+
 def save(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    cpu, precision = cpu_precision()
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {platform.node()}, python {platform.python_version()}",
+        "cpu": cpu,
+        "auto_precision": precision,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         **payload,
     }

@@ -10,6 +10,7 @@ prints the table and redraws the figure).
 
     python benchmarks/learning.py                                   # 3 seeds x {none, infonce}
     python benchmarks/learning.py --seeds 0 1 --val-size 64 trainer.max_steps=8
+    python benchmarks/learning.py --variants infonce --tag lora model.lora_rank=16 model.lora_alpha=32
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2_135m")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--val-size", type=int, default=128, help="problems in each held-out set")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--tag", default="", help="suffix of the results' name (e.g. lora, for a LoRA run's overrides)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already saved, do the rest")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
@@ -131,12 +134,12 @@ def main() -> None:
         print(json.dumps(run_once([*common, *VARIANTS[variant], f"seed={seed}"])))
         return
 
-    name = f"learning_{args.model}"
+    name = f"learning_{args.model}" + (f"_{args.tag}" if args.tag else "")
     saved = RESULTS / f"{name}.json"
     runs = json.loads(saved.read_text())["runs"] if args.resume and saved.exists() else []
     done = {(r["variant"], r["seed"]) for r in runs}
     for seed in args.seeds:  # variants alternate within a seed, so a stopped benchmark stays paired
-        for variant in VARIANTS:
+        for variant in args.variants:
             if (variant, seed) in done:
                 continue
             print(f"seed {seed}: loss={variant} ...", flush=True)

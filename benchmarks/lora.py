@@ -1,8 +1,8 @@
 """LoRA against full fine-tuning: peak memory and step time on SmolLM2-135M-Instruct, same batch.
 
 Both variants run the default CLIPO step (reward mode, InfoNCE, mean pooler) on the same arith
-prompts: 4 prompts x 8 rollouts, 64 new tokens, float32 weights with bf16 autocast, one update per
-batch. `full` trains every weight; `lora` trains a rank-16 adapter (alpha 32, all-linear). With
+prompts: 4 prompts x 8 rollouts, 64 new tokens, `trainer.precision=auto` (float32 on a CPU
+without bf16 units), one update per batch. `full` trains every weight; `lora` trains a rank-16 adapter (alpha 32, all-linear). With
 `--kl 0.001` the KL term is on: full fine-tuning then loads a second (reference) model, LoRA takes the
 reference from the policy with its adapter disabled. Each run is a fresh process (peak resident
 memory is its own); the variants alternate (full, lora, lora, full, ...) so that load on a shared
@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, run_in_subprocess, save, train_and_report
+from common import cpu_precision, median, run_in_subprocess, save, train_and_report
 
 PROMPTS, GROUP, NEW_TOKENS, SEED = 4, 8, 64, 0
 VARIANTS = {"full": ["model.lora_rank=0"], "lora": ["model.lora_rank=16", "model.lora_alpha=32"]}
@@ -68,8 +67,7 @@ def main() -> None:
         for name, rs in runs.items()
     }
     ratios = {f"{key}_lora_over_full": summary["lora"][key] / summary["full"][key] for key in summary["full"]}
-    cpu = platform.processor() or platform.machine()
-    payload = {"cpu": cpu, "threads": os.cpu_count(), "precision": "float32 weights, bf16-mixed autocast",
+    payload = {"threads": os.cpu_count(), "precision": f"trainer.precision=auto: {cpu_precision()[1]}",
                "kl_coef": args.kl, "summary": summary, "ratios": ratios, "runs": runs}
     path = save(f"lora_smollm2_135m{'_kl' if args.kl else ''}", payload)
     print(f"\n{'variant':<8}{'step s':>9}{'update s':>10}{'peak RSS MB':>13}")

@@ -1,16 +1,20 @@
 """clipo against TRL's GRPOTrainer: step time and peak memory on the same GRPO step.
 
-Both train SmolLM2-135M-Instruct (the same dequantised weights, float32 with bf16 autocast) on
-the same arith prompts, scored by clipo's math verifier, with 4 prompts x 8 rollouts per step,
+Both train SmolLM2-135M-Instruct (the same dequantised weights) at the same precision, what
+`trainer.precision=auto` picks on this CPU (float32 weights with bf16 autocast where the CPU has
+native bf16, plain float32 elsewhere), on the same arith prompts, scored by clipo's math verifier, with 4 prompts x 8 rollouts per step,
 64 new tokens, temperature 1, top-p 1, learning rate 1e-5, no KL term (so no reference model),
-one update per batch, token-mean loss, gradient checkpointing off. Each trainer runs in a fresh
-process (peak resident memory is its own); the first step is warm-up and is not timed.
+one update per batch, token-mean loss, gradient checkpointing off. TRL generates with HF
+`generate` (its default); clipo runs once per rollout engine (`hf`, and `vllm` when vLLM is
+installed, clipo's best CPU setting). Each trainer runs in a fresh process (peak resident
+memory is its own); the first step is warm-up and is not timed. Target (issue #18): clipo's
+step time and peak memory at most 0.5 x TRL's.
 
 TRL is not a clipo dependency: install it into an environment of its own that shares clipo's
 torch and transformers, e.g.
 
     python -m venv --system-site-packages /tmp/trl-venv
-    printf "torch==2.13.0\\ntransformers==5.23.0\\n" > /tmp/trl-constraints.txt
+    printf "torch==2.13.0\\ntransformers==5.19.0\\n" > /tmp/trl-constraints.txt
     /tmp/trl-venv/bin/pip install "trl==1.16.*" -c /tmp/trl-constraints.txt
     /tmp/trl-venv/bin/python benchmarks/trl_comparison.py --steps 4
 """
@@ -18,6 +22,7 @@ torch and transformers, e.g.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import sys
@@ -25,21 +30,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, run_in_subprocess, save, train_and_report
+from common import cpu_precision, median, run_in_subprocess, save, train_and_report
 
 PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 4, 8, 64, 1e-5, 0
 
 
-def clipo_step_times(steps: int) -> dict:
-    overrides = ["model=smollm2_135m", "loss=none", f"data.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
+def clipo_step_times(steps: int, engine: str) -> dict:
+    overrides = ["model=smollm2_135m", "loss=none", f"rollout.engine={engine}", f"data.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
                  f"rollout.max_new_tokens={NEW_TOKENS}", f"optimizer.lr={LR}", f"trainer.max_steps={steps}",
                  f"seed={SEED}", "data.val=null", "~callbacks.model_checkpoint", "logger=none"]
     report = train_and_report(overrides)
-    return {"step_s": [row["time/step"] for row in report["history"]], "peak_rss_mb": report["peak_rss_mb"],
-            "overrides": overrides}
+    history = report["history"]
+    return {"step_s": [row["time/step"] for row in history], "peak_rss_mb": report["peak_rss_mb"],
+            "generate_s": [row.get("time/generate", float("nan")) for row in history],
+            "logprobs_s": [row.get("time/logprobs", 0.0) for row in history],
+            "update_s": [row.get("time/update", float("nan")) for row in history], "overrides": overrides}
 
 
-def trl_step_times(steps: int) -> dict:
+def trl_step_times(steps: int, bf16: bool) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -69,7 +77,7 @@ def trl_step_times(steps: int) -> dict:
     config = GRPOConfig(
         output_dir="/tmp/trl-comparison", per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
         max_completion_length=NEW_TOKENS, temperature=1.0, top_p=1.0, learning_rate=LR, beta=0.0,
-        lr_scheduler_type="constant", num_iterations=1, loss_type="dapo", gradient_checkpointing=False, bf16=True, use_cpu=True, max_steps=steps,
+        lr_scheduler_type="constant", num_iterations=1, loss_type="dapo", gradient_checkpointing=False, bf16=bf16, use_cpu=True, max_steps=steps,
         logging_steps=1, report_to="none", save_strategy="no", seed=SEED, shuffle_dataset=False,
         model_init_kwargs={"dtype": "float32"}, dataloader_num_workers=0,
     )
@@ -84,34 +92,46 @@ def trl_step_times(steps: int) -> dict:
                 "loss_type", "bf16", "gradient_checkpointing", "temperature", "top_p")}}
 
 
-WORKERS = {"clipo": clipo_step_times, "trl": trl_step_times}
+def worker(name: str, steps: int) -> dict:
+    """One trainer's run, in this (fresh) process."""
+    if name == "trl":
+        return trl_step_times(steps, bf16=cpu_precision()[1] == "bf16-mixed")
+    return clipo_step_times(steps, engine=name.removeprefix("clipo-"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="training steps per trainer (the first is warm-up)")
-    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(WORKERS[args.worker](args.steps)))
+        print(json.dumps(worker(args.worker, args.steps)))
         return
 
+    names = ["trl", "clipo-hf"] + (["clipo-vllm"] if importlib.util.find_spec("vllm") else [])
     runs = {}
-    for name in WORKERS:
+    for name in names:
         print(f"{name}: {args.steps} steps ...", flush=True)
         runs[name] = run_in_subprocess(Path(__file__), ["--steps", str(args.steps), "--worker", name])
         runs[name]["median_step_s"] = median(runs[name]["step_s"][1:])
-    time_ratio = runs["clipo"]["median_step_s"] / runs["trl"]["median_step_s"]
-    memory_ratio = runs["clipo"]["peak_rss_mb"] / runs["trl"]["peak_rss_mb"]
+    trl_run = runs["trl"]
+    ratios = {name: {"step_time": run["median_step_s"] / trl_run["median_step_s"],
+                     "peak_memory": run["peak_rss_mb"] / trl_run["peak_rss_mb"]}
+              for name, run in runs.items() if name != "trl"}
     import trl
 
-    payload = {"trl_version": trl.__version__, "runs": runs, "step_time_ratio_clipo_over_trl": time_ratio,
-               "peak_memory_ratio_clipo_over_trl": memory_ratio, "targets": {"step_time": "<= 0.7", "memory": "<= 1"}}
+    cpu, precision = cpu_precision()
+    payload = {"trl_version": trl.__version__, "precision": precision, "runs": runs, "ratios_over_trl": ratios,
+               "targets": {"step_time": "<= 0.5", "memory": "<= 0.5"}}
     path = save("trl_comparison_smollm2_135m", payload)
-    print(f"\n{'trainer':<8}{'median step s':>15}{'peak RSS MB':>13}")
+    print(f"\n{cpu}; precision {precision} for every trainer")
+    print(f"{'trainer':<12}{'median step s':>15}{'generate s':>12}{'logprobs s':>12}{'update s':>10}{'peak RSS MB':>13}")
     for name, run in runs.items():
-        print(f"{name:<8}{run['median_step_s']:>15.2f}{run['peak_rss_mb']:>13.0f}")
-    print(f"\nclipo / TRL: step time {time_ratio:.2f} (target <= 0.7), peak memory {memory_ratio:.2f} (target <= 1)")
+        phases = [f"{median(run[key][1:]):>{width}.2f}" if key in run else f"{'':>{width}}"
+                  for key, width in (("generate_s", 12), ("logprobs_s", 12), ("update_s", 10))]
+        print(f"{name:<12}{run['median_step_s']:>15.2f}{''.join(phases)}{run['peak_rss_mb']:>13.0f}")
+    for name, ratio in ratios.items():
+        print(f"{name} / TRL: step time {ratio['step_time']:.2f}, peak memory {ratio['peak_memory']:.2f} (targets <= 0.5)")
     print(f"saved {path}")
 
 

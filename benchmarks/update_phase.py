@@ -25,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,8 +57,8 @@ def synthetic_rollouts(cfg, tokenizer, device="cpu"):
         sequences=torch.cat([prompt_ids, responses], 1), attention_mask=torch.cat([prompt_mask, response_mask.long()], 1),
         response_mask=response_mask, prompt_len=prompt_ids.shape[1],
         groups=torch.arange(prompts_per_step).repeat_interleave(group), responses=[""] * n,
-        ground_truths=[r["ground_truth"] for r in records for _ in range(group)], data_sources=[""] * n,
-        truncated=~ended.any(-1),
+        ground_truths=[r["ground_truth"] for r in records for _ in range(group)], truncated=~ended.any(-1),
+        **({"data_sources": [""] * n} if "data_sources" in RolloutBatch.__dataclass_fields__ else {}),  # before #13
     )
 
 
@@ -67,13 +68,15 @@ def child(args: argparse.Namespace) -> dict:
 
     from clipo.builders import build_module
 
+    torch.set_num_threads(args.threads)
     try:
         from clipo.compose import compose
+
+        cfg = compose(json.loads(args.overrides), Path(tempfile.mkdtemp(prefix="update-phase-")))  # a run folder
     except ImportError:  # the code before issue #13 (--before-src)
         from clipo.config import compose
 
-    torch.set_num_threads(args.threads)
-    cfg = compose(json.loads(args.overrides))
+        cfg = compose(json.loads(args.overrides))
     module = build_module(cfg)
     optimizer = module.configure_optimizers()
     module.optimizers = lambda: optimizer  # outside a Trainer: the raw optimizer, plain backward
@@ -89,9 +92,17 @@ def child(args: argparse.Namespace) -> dict:
         advantages = torch.randn(len(rollouts.responses))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             start = time.perf_counter()
-            old, ref = module._old_and_reference_logprobs(rollouts)
-            middle = time.perf_counter()
-            module._update_policy(rollouts, advantages, correct, old, ref)
+            if hasattr(module, "updater"):  # since issue #13: the PolicyUpdater
+                from clipo.collector import CollectedBatch
+
+                old, ref = module.updater.old_and_reference_logprobs(rollouts)
+                middle = time.perf_counter()
+                batch = CollectedBatch(rollouts, correct.float(), correct, correct.float(), advantages)
+                module.updater.optimise(batch, old, ref, optimizer, module.manual_backward)
+            else:
+                old, ref = module._old_and_reference_logprobs(rollouts)
+                middle = time.perf_counter()
+                module._update_policy(rollouts, advantages, correct, old, ref)
             end = time.perf_counter()
         times["logprobs_s"].append(middle - start)
         times["update_s"].append(end - middle)
