@@ -1,6 +1,7 @@
 """`evaluate(cfg)` end to end on the tiny model, the policy/checkpoint loaders, and every config composing."""
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -178,3 +179,24 @@ def test_lora_checkpoint_is_loaded_onto_the_adapted_model(tmp_path):
                         "model.lora_rank=4", "model.lora_alpha=8"], tmp_path / "run")
     model, _ = load_policy(cfg)
     _assert_same_weights(model, trained)
+
+
+TINY_VLLM = ["model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1"]  # vLLM's CPU head size >= 32
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (./scripts/setup.sh --vllm)")
+def test_vllm_engine_scores_the_same_greedy_responses_as_hf(tmp_path):
+    responses = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / engine
+        results = evaluate(compose_eval(["suite=arith", *FAST, "max_rows=4", *TINY_VLLM, f"rollout.engine={engine}"], out))
+        responses[engine] = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+        assert all(m["problems"] == 4 for m in results["sets"].values())
+    assert responses["vllm"] == responses["hf"]
+
+
+def test_vllm_engine_the_model_cannot_run_fails_before_it_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr("clipo.evaluate.load_policy", lambda cfg: pytest.fail("the model must not load"))
+    problem = "head size >= 32" if importlib.util.find_spec("vllm") else "needs vLLM"
+    with pytest.raises(ValueError, match=problem):
+        evaluate(compose_eval(["suite=arith", *FAST, "rollout.engine=vllm"], tmp_path))

@@ -106,19 +106,25 @@ def _sampling_problems(cfg: DictConfig) -> list[str]:
 
 
 def _engine_problems(cfg: DictConfig) -> list[str]:
-    """The vllm engine is installed and can run the model; the importance-weight cap is sensible."""
+    """The importance-weight cap is sensible; the engine can run the model."""
     problems = []
     cap = cfg.rollout.importance_sampling.cap
     if cap < 1:
         problems.append(f"rollout.importance_sampling.cap={cap} must be >= 1 (TRL uses 2.0)")
-    if cfg.rollout.engine != "vllm":
+    return problems + engine_problems(cfg.rollout.engine, cfg.model)
+
+
+def engine_problems(engine: str, model_cfg: DictConfig) -> list[str]:
+    """`rollout.engine=vllm` (training or evaluation): vLLM is installed and can run the model."""
+    problems = []
+    if engine != "vllm":
         return problems
     if importlib.util.find_spec("vllm") is None:
         problems.append(
             "rollout.engine=vllm needs vLLM: `./scripts/setup.sh --vllm` on a CPU machine, `pip install vllm` "
             "matching your CUDA torch on a GPU machine (README, 'Installing vLLM'), or use rollout.engine=hf"
         )
-    tiny = cfg.model.get("tiny")
+    tiny = model_cfg.get("tiny")
     if tiny and tiny.hidden_size // tiny.num_attention_heads < 32:
         head = tiny.hidden_size // tiny.num_attention_heads
         problems.append(

@@ -26,10 +26,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from clipo.builders import build_verifier
+from clipo.builders import build_engine, build_verifier
+from clipo.config import engine_problems
 from clipo.data import build_dataset
 from clipo.models import is_adapter, load_model
-from clipo.rollout import HFEngine
 from clipo.scoring import (
     SetScores,
     eval_sampling,
@@ -125,10 +125,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if unscored:  # before the model loads
         raise ValueError(f"set(s) {', '.join(unscored)} name no verifier; add `verifier:` (math, choice or gsm8k) "
                          "to their spec")
+    if problems := engine_problems(cfg.rollout.engine, cfg.model):
+        raise ValueError("; ".join(problems))
     model, tokenizer = load_policy(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model.to(device)
-    engine = HFEngine(model, tokenizer)
+    engine = build_engine(cfg, model, tokenizer)
     sampling = eval_sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     verifiers = {kind: build_verifier(kind) for kind in sorted({v for _, v, _ in specs.values()})}
     output_dir = Path(cfg.paths.output_dir)
