@@ -69,6 +69,7 @@ class ClipoModule(L.LightningModule):
         self.optimizer_factory, self.engine, self.val_sampling = optimizer, engine, val_sampling
         self.run_config = run_config or {}
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
+        self.last_validation: tuple[int, dict[str, float]] | None = None  # (rl_step, metrics) of the latest pass
         self.step_counter = RLStepCounter()  # global_step counts RL steps, not optimizer updates
         self.rollout_log = rollout_log
         self.val_verifiers, self.val_twins, self.val_n = val_verifiers or {}, val_twins or {}, val_n
@@ -144,6 +145,8 @@ class ClipoModule(L.LightningModule):
         logged |= {f"val/gap/{name}/{twin}": row["gap"] for (name, twin), row in table["gaps"].items()}
         logged |= {f"val/avg/{key}": value for key, value in table["average"].items()}
         self.log_dict(logged, prog_bar=False)
+        if not self.trainer.sanity_checking:
+            self.last_validation = (self.rl_step, logged)
         for metrics in self.val_metrics.values():
             metrics.reset()
 

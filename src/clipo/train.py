@@ -83,7 +83,7 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # before validation replaces them
         if validate and stop.signum is None:
-            val_after = _validate(trainer, module, datamodule)
+            val_after = _validate_after_fit(trainer, module, datamodule)
     except SIGTERMException:  # Lightning's exit after a stop signal (StopOnSignal has saved the step)
         stop.signum = stop.signum or signal.SIGTERM
         metrics = metrics or {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -116,6 +116,14 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
 def _close_verifiers(module: L.LightningModule) -> None:
     for verifier in {id(v): v for v in [module.verifier, *module.val_verifiers.values()]}.values():
         verifier.close()
+
+
+def _validate_after_fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """The final weights' validation: the one fit ran at its last step (val_check_interval dividing
+    max_steps), or a new pass."""
+    if module.last_validation is not None and module.rl_step > 0 and module.last_validation[0] == module.rl_step:
+        return dict(module.last_validation[1])
+    return _validate(trainer, module, datamodule)
 
 
 def _validate(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
