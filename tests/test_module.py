@@ -135,3 +135,46 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(tmp_path, mode)
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra, reuses", [([], False), (["ppo.epochs=2"], True), (["ppo.mini_batch_size=4"], True)])
+def test_collector_takes_pi_old_only_when_the_update_reuses_the_batch(tmp_path, extra, reuses):
+    module = build_module(compose_config(TINY_OVERRIDES + extra, output_dir=tmp_path))
+    assert module.collector.reuses_batch is reuses
+    assert module.updater.reuses_batch(len(CORRECT)) is reuses  # 2 prompts x 4 rollouts
+
+
+def test_one_step_update_takes_the_importance_weights_from_its_own_forward(tmp_path):
+    """With one optimizer step, pi_old is the update's own forward (detached): the weights it computes
+    there give the gradient and the mismatch metrics of weights taken in a pass before, without that pass."""
+    from clipo.algorithms.rollout_correction import truncated_importance_weights
+    from clipo.collector import CollectedBatch
+
+    module, rollouts = _module_and_rollouts(tmp_path, "loss=none", "ppo.micro_batch_size=4")
+    updater = module.updater
+    old = updater._logprobs(module.policy, rollouts, 8)  # the pass the collector makes when the batch is reused
+    mask = rollouts.response_mask.bool()
+    torch.manual_seed(2)
+    rollouts.sampling_logprobs = torch.where(mask, old + 0.5 * torch.randn_like(old), 0.0)  # an engine's log-probs
+    weights, expected = truncated_importance_weights(old, rollouts.sampling_logprobs, mask, updater.importance_cap)
+    assert 0 < expected["rollout_corr/capped_frac"] < 1  # the cap and the weights matter
+    advantages = torch.randn(8)
+    grads, metrics, passes = [], [], []
+    updater.clip_and_step = lambda opt: (
+        grads.append({k: p.grad.clone() for k, p in module.policy.named_parameters() if p.grad is not None}),
+        opt.zero_grad(), torch.tensor(1.0))[-1]  # no step: both updates start from the same weights
+    calls = []
+    module.policy.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
+    optimizer = module.configure_optimizers()
+    for collected_weights in [weights, None]:
+        calls.clear()
+        batch = CollectedBatch(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages,
+                               old_logprobs=old, importance_weights=collected_weights)
+        metrics.append(updater.update(batch, optimizer, lambda loss: loss.backward(), PhaseTimer()))
+        passes.append(len(calls))
+    assert passes[1] == passes[0] > 0  # the same forward passes: none added for pi_old
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5)
+    assert "rollout_corr/kl" not in metrics[0]  # the collector reports them when it made the weights
+    for key, value in expected.items():
+        torch.testing.assert_close(metrics[1][key], value, atol=1e-6, rtol=1e-5)

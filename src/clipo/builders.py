@@ -134,7 +134,7 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
 
 def build_collector(
     cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, mode: ContrastiveMode,
-    objective: ContrastiveObjective, head_step: HeadStep, policy: Any, pad_token_id: int,
+    objective: ContrastiveObjective, head_step: HeadStep, policy: Any, pad_token_id: int, reuses_batch: bool,
 ) -> RolloutCollector:
     s, correction = cfg.sampling, cfg.rollout.importance_sampling
     return RolloutCollector(
@@ -151,7 +151,14 @@ def build_collector(
         reward_shaping=ContrastiveRewardShaping(objective, head_step) if mode is ContrastiveMode.REWARD else None,
         completion=TrainingForwardCompletion(policy, sampling.logprob_temperature, cfg.ppo.micro_batch_size),
         importance_cap=correction.cap if correction.enabled else None,
+        reuses_batch=reuses_batch,
     )
+
+
+def reuses_batch(cfg: DictConfig) -> bool:
+    """Whether an RL step makes several optimizer steps on its batch (`ppo.epochs`, `ppo.mini_batch_size`)."""
+    rollouts = cfg.data.prompts_per_step * cfg.rollout.group_size
+    return cfg.ppo.epochs > 1 or (cfg.ppo.mini_batch_size or rollouts) < rollouts
 
 
 def build_updater(
@@ -176,6 +183,7 @@ def build_updater(
         reference_context=policy.disable_adapter if base_reference else nullcontext,
         contrastive=ContrastiveLossTerm(objective, head_step) if loss_mode else None,
         hidden_layer=cfg.rollout.capture_layer if loss_mode else None,
+        importance_cap=cfg.rollout.importance_sampling.cap if cfg.rollout.importance_sampling.enabled else None,
     )
 
 
@@ -195,7 +203,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         tokenizer=tokenizer,
         reference=reference,
         collector=build_collector(cfg, engine, verifier, build_rewards(cfg, verifier, tokenizer), sampling, mode,
-                                  objective, head_step, policy, tokenizer.pad_token_id),
+                                  objective, head_step, policy, tokenizer.pad_token_id, reuses_batch(cfg)),
         updater=build_updater(cfg, policy, algorithm, reference, sampling, mode, objective, head_step),
         contrastive=objective,
         head_step=head_step,

@@ -66,6 +66,9 @@ class RolloutCollector:
             missing, so never with the hf engine.
         importance_cap: truncated importance sampling's cap (None: off); applies to engines that report
             their own log-probs (vllm), and is exactly a no-op with hf.
+        reuses_batch: the update makes several optimizer steps on the batch, so the weights' pi_old must
+            be taken here, before the first step; with one step the update's own forward gives pi_old
+            (`PolicyUpdater`) and the completion pass runs only when hidden states are missing.
     """
 
     def __init__(
@@ -83,12 +86,13 @@ class RolloutCollector:
         reward_shaping: ContrastiveRewardShaping | None = None,
         completion: TrainingForwardCompletion | None = None,
         importance_cap: float | None = None,
+        reuses_batch: bool = True,
     ) -> None:
         self.engine, self.verifier, self.rewards, self.advantage = engine, verifier, rewards, advantage
         self.sampling, self.group_size, self.pad_token_id = sampling, group_size, pad_token_id
         self.capture_layer = capture_layer
         self.dynamic_sampling, self.overlong, self.reward_shaping = dynamic_sampling, overlong, reward_shaping
-        self.completion, self.importance_cap = completion, importance_cap
+        self.completion, self.importance_cap, self.reuses_batch = completion, importance_cap, reuses_batch
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """After a policy update: the engine samples the next step from the new weights."""
@@ -123,7 +127,7 @@ class RolloutCollector:
         device = rollouts.sequences.device
         rewards, correct = scores.total.to(device), scores.correct.to(device)
         old_logprobs = weights = None
-        wants_old = self.importance_cap is not None and rollouts.sampling_logprobs is not None
+        wants_old = self.importance_cap is not None and rollouts.sampling_logprobs is not None and self.reuses_batch
         if self.completion is not None and needs_training_forward(rollouts, self.capture_layer, wants_old):
             with timer("logprobs"):
                 old_logprobs = self.completion(rollouts, self.capture_layer)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from clipo.algorithms import StepNormalizer
+from clipo.algorithms.rollout_correction import truncated_importance_weights
 from clipo.collector import CollectedBatch
 from clipo.contrastive.steps import ContrastiveLossTerm
 from clipo.distributed import max_over_ranks, sum_over_ranks, world
@@ -44,6 +45,9 @@ class PolicyUpdater:
             with `reference` the policy itself).
         contrastive: CLIPO's loss-mode term, or None.
         hidden_layer: the layer the training forward returns for `contrastive`.
+        importance_cap: truncated importance sampling's cap (None: off). With one optimizer step on
+            the batch and no weights from the collector, each micro-batch's weights come from its own
+            forward's log-probs (detached: they are pi_old), so no pass of its own is needed.
     """
 
     def __init__(
@@ -62,19 +66,24 @@ class PolicyUpdater:
         reference_context: Callable[[], AbstractContextManager] = nullcontext,
         contrastive: ContrastiveLossTerm | None = None,
         hidden_layer: int | None = None,
+        importance_cap: float | None = None,
     ) -> None:
         self.policy, self.algorithm, self.reference, self.reference_context = policy, algorithm, reference, reference_context
         self.temperature, self.max_len = temperature, max_len
         self.epochs, self.mini_batch_size, self.micro_batch_size = epochs, mini_batch_size, micro_batch_size
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         self.max_grad_norm, self.max_nonfinite_updates = max_grad_norm, max_nonfinite_updates
-        self.contrastive, self.hidden_layer = contrastive, hidden_layer
+        self.contrastive, self.hidden_layer, self.importance_cap = contrastive, hidden_layer, importance_cap
         self.skipped_updates = self.nonfinite_in_a_row = 0
 
     def batch_sizes(self, n: int) -> tuple[int, int]:
         """(mini, micro): this rank's rollouts per optimizer update and per forward pass."""
         mini = self.mini_batch_size // world()[1] if self.mini_batch_size else n  # this rank's share of an update
         return mini, min(self.micro_batch_size or mini, mini)
+
+    def reuses_batch(self, n: int) -> bool:
+        """Whether the `n` rollouts of this rank get several optimizer steps (then pi_old needs a pass)."""
+        return self.epochs > 1 or self.batch_sizes(n)[0] < n
 
     def update(
         self, batch: CollectedBatch, optimizer: Any, backward: Callable[[torch.Tensor], None], timer: PhaseTimer
@@ -93,8 +102,7 @@ class PolicyUpdater:
         training forward took them already) and of the reference (when loaded)."""
         n = len(rollouts.responses)
         mini, micro = self.batch_sizes(n)
-        single_update = self.epochs == 1 and mini == n
-        if single_update:
+        if not self.reuses_batch(n):
             old = None
         else:
             old = collected_old if collected_old is not None else self._logprobs(self.policy, rollouts, micro)
@@ -118,6 +126,10 @@ class PolicyUpdater:
         n = len(rollouts.responses)
         mini, micro = self.batch_sizes(n)
         history: dict[str, list[torch.Tensor]] = defaultdict(list)
+        # one step on the batch: the importance weights' pi_old is each micro-batch's own forward
+        own_weights = (weights is None and old_logprobs is None and self.importance_cap is not None
+                       and rollouts.sampling_logprobs is not None)
+        seen_old = torch.zeros(rollouts.response_mask.shape, device=device) if own_weights else None
         for _ in range(self.epochs):
             for start in range(0, n, mini):
                 mini_index = torch.arange(start, start + mini, device=device)
@@ -129,6 +141,10 @@ class PolicyUpdater:
                     old = out.logprobs.detach() if old_logprobs is None else old_logprobs[micro_index]
                     ref = None if ref_logprobs is None else ref_logprobs[micro_index]
                     token_weights = None if weights is None else weights[micro_index]
+                    if own_weights:
+                        token_weights, _ = truncated_importance_weights(
+                            old, part.sampling_logprobs, part.response_mask, self.importance_cap)
+                        seen_old[micro_index] = old
                     loss, step_metrics = self.algorithm(
                         out.logprobs, old, advantages[micro_index], part.response_mask, norm, ref, token_weights
                     )
@@ -151,7 +167,12 @@ class PolicyUpdater:
                 if self.contrastive is not None:
                     self.contrastive.after_update()
         history["numerics/skipped_updates"].append(torch.tensor(float(self.skipped_updates)))
-        return {k: torch.stack(v).mean() for k, v in history.items()}
+        metrics = {k: torch.stack(v).mean() for k, v in history.items()}
+        if own_weights:  # the mismatch over the whole batch, as the collector reports it otherwise
+            _, correction = truncated_importance_weights(
+                seen_old, rollouts.sampling_logprobs, rollouts.response_mask, self.importance_cap)
+            metrics |= correction
+        return metrics
 
     def micro_batches(self, rollouts: RolloutBatch, index: torch.Tensor, micro: int,
                       whole_groups: bool = False) -> list[torch.Tensor]:
