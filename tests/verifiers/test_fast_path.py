@@ -112,10 +112,10 @@ fixed = [("\\\\frac{{\\\\sqrt{{3}}}}{{2}}", "0.8660254"), ("\\\\pi", "3.14159265
          ("42\\\\%", "0.42"), ("0.5", "\\\\frac{{1}}{{2}}")]
 # a constant against a polynomial (unequal when the expansion keeps a symbol) or a set (unequal unless a singleton)
 mixed_kinds = [("x^5 - x^4 + x^3 - x^2 + x - 1", "59", True), ("59", "2x + 1", True), ("\\\\frac{{13}}{{15}}", "p - q", True),
-              ("2", "(x+1)^2 - x^2 - 2x + 1", False), ("x^2 - 1", "\\\\sqrt{{x}}", False),
-              ("\\\\text{{e}}", "e", False),
-              ("(-\\\\infty, 2) \\\\cup (3, \\\\infty)", "17", True), ("12", "(2,12) \\\\cup (12,102)", True),
-              ("[-2,7]", "6", True), ("\\\\{{5\\\\}}", "5", False)]
+               ("2", "(x+1)^2 - x^2 - 2x + 1", False), ("x^2 - 1", "\\\\sqrt{{x}}", False),
+               ("\\\\text{{e}}", "e", False),
+               ("(-\\\\infty, 2) \\\\cup (3, \\\\infty)", "17", True), ("12", "(2,12) \\\\cup (12,102)", True),
+               ("[-2,7]", "6", True), ("\\\\{{5\\\\}}", "5", False)]
 pairs += fixed + [("\\\\frac{{7}}{{25}}", "28"), ("\\\\frac{{7}}{{25}}", "28\\\\%"), ("0.28", "28\\\\%")]
 decided = 0
 for gold, answer in pairs:
