@@ -32,7 +32,7 @@ class SlowParity(ParityVerifier):
     def __call__(self, responses, ground_truths):
         with open(Path(os.environ["STOPPABLE_RUN_DIR"]) / "scored.txt", "a") as file:
             file.write("step\n")
-        time.sleep(0.4)
+        time.sleep(float(os.environ.get("STOPPABLE_SCORE_SECONDS", "0.4")))
         return super().__call__(responses, ground_truths)
 
 
