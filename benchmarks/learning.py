@@ -97,6 +97,8 @@ def plot(runs: list[dict], path: Path) -> Path:
     for axis, label in zip(figure.subplots(1, 2, sharey=True), HELD_OUT):
         for offset, variant in enumerate(VARIANTS):
             rows = [r for r in runs if r["variant"] == variant]
+            if not rows:  # a run of some variants only (--variants)
+                continue
             for slot, moment in enumerate(("before", "after")):
                 values = [r[f"{label}_{moment}"] for r in rows]
                 x = slot * 3 + offset
