@@ -6,7 +6,8 @@ native bf16, plain float32 elsewhere), on the same arith prompts, scored by clip
 64 new tokens, temperature 1, top-p 1, learning rate 1e-5, no KL term (so no reference model),
 one update per batch, token-mean loss, gradient checkpointing off. TRL generates with HF
 `generate` (its default); clipo runs once per rollout engine (`hf`, and `vllm` when vLLM is
-installed, clipo's best CPU setting). Each trainer runs in a fresh process (peak resident
+installed, clipo's best CPU setting, with `rollout.vllm.max_model_len=512` so that its KV cache holds
+this batch and no more). Each trainer runs in a fresh process (peak resident
 memory is its own); the first step is warm-up and is not timed. Target (issue #18): clipo's
 step time and peak memory at most 0.5 x TRL's.
 
@@ -39,6 +40,8 @@ def clipo_step_times(steps: int, engine: str) -> dict:
     overrides = ["model=smollm2_135m", "loss=none", f"rollout.engine={engine}", f"data.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
                  f"rollout.max_new_tokens={NEW_TOKENS}", f"optimizer.lr={LR}", f"trainer.max_steps={steps}",
                  f"seed={SEED}", "data.val=null", "~callbacks.model_checkpoint", "logger=none"]
+    if engine == "vllm":  # prompts and responses fit in 512 tokens: vLLM's KV cache needn't hold one of 8,192
+        overrides.append("rollout.vllm.max_model_len=512")
     report = train_and_report(overrides)
     history = report["history"]
     return {"step_s": [row["time/step"] for row in history], "peak_rss_mb": report["peak_rss_mb"],

@@ -184,3 +184,8 @@ def test_token_budget_must_hold_the_longest_rollout(tmp_path):
     validate_config(compose_config(TINY_OVERRIDES + [f"ppo.max_tokens_per_micro_batch={new + 1}"], output_dir=tmp_path))
     validate_config(compose_config(TINY_OVERRIDES + loss_mode[:2] + [f"ppo.max_tokens_per_micro_batch={4 * (new + 1)}"],
                                    output_dir=tmp_path))
+
+
+def test_vllm_kv_cache_size_is_checked(tmp_path):
+    message = _errors(["rollout.engine=vllm", "rollout.vllm.kv_cache_gib=0"], tmp_path)
+    assert "rollout.vllm.kv_cache_gib=0: give a size in GiB > 0 (e.g. 0.5) or auto" in message

@@ -1,8 +1,9 @@
 """The vllm rollout engine against the hf engine on the tiny model (fp32, CPU): same greedy tokens,
-log-probs of vLLM's samples equal to the training forward's, weights pushed after an update.
+log-probs of vLLM's samples equal to the training forward's, weights pushed after an update; and
+its KV-cache size, by hand.
 
-One engine is shared by the module (it starts in ~5-20 s). Skipped without vLLM
-(`./scripts/setup.sh --vllm` installs it).
+One engine is shared by the module (it starts in ~5-20 s). The engine tests are skipped without
+vLLM (`./scripts/setup.sh --vllm` installs it).
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import torch
 from clipo.data.arith import ArithDataset
 from clipo.models import load_model
 from clipo.rollout import HFEngine, Sampling, forward_responses, response_mask_from_ids
+from clipo.rollout.vllm_engine import GiB, kv_cache_bytes, kv_cache_problem
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (./scripts/setup.sh --vllm installs it)"
-)
 # vLLM's CPU attention needs head size >= 32: the tiny model with 2 heads of 32
 TINY_VLLM = {"num_attention_heads": 2, "num_key_value_heads": 1}
 RECORDS = ArithDataset(size=3, seed=0).records
@@ -36,6 +35,8 @@ def hf_greedy(policy, tokenizer, group_size):
 
 @pytest.fixture(scope="module")
 def engine():
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vLLM is not installed (./scripts/setup.sh --vllm installs it)")
     from clipo.rollout.vllm_engine import VLLMEngine
 
     policy, tokenizer = load_model("tiny", tiny=TINY_VLLM)
@@ -99,3 +100,35 @@ def test_engine_samples_from_the_updated_weights_after_sync(engine):
     assert engine.pushes == pushes + 1
     assert not torch.equal(after.sequences, before.sequences)
     assert_same_rollouts(after, hf_greedy(policy, tokenizer, 1))
+
+
+# SmolLM2-135M's attention: 30 layers, 3 KV heads of 64; a token's K and V in fp32 take
+# 2 x 30 x 3 x 64 x 4 = 46,080 bytes
+SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576}
+
+
+def test_kv_cache_holds_the_first_rollout_phase_and_one_longest_sequence():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(**SMOLLM2)
+    # 4 prompts x 8 rollouts of at most 120 + 64 tokens, a quarter more: 7,360 tokens
+    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=512) == 7360 * 46080
+    # one sequence of the model's 8,192 positions (+256 for vLLM's block rounding) is more than that
+    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=8192) == 8448 * 46080
+    assert kv_cache_bytes(config, torch.bfloat16, 32, 184, max_model_len=512) == 7360 * 46080 // 2
+    # a huge phase is capped (vLLM runs it in waves); a head_dim given explicitly is used as is
+    assert kv_cache_bytes(config, torch.float32, 10**6, 184, 512, cap=GiB) == GiB
+    config.head_dim = 128
+    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=512) == 7360 * 92160
+
+
+@pytest.mark.parametrize("value", [0, -1, "big", True, None])
+def test_unusable_kv_cache_size_says_what_to_give(value):
+    assert "give a size in GiB > 0 (e.g. 0.5) or auto" in kv_cache_problem(value)
+    assert kv_cache_problem("auto") is None and kv_cache_problem(0.25) is None and kv_cache_problem(2) is None
+
+
+def test_engine_kv_cache_is_the_size_clipo_chose(engine):
+    chosen = engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes
+    config = engine.policy.config
+    assert chosen == kv_cache_bytes(config, torch.float32, 1, 0, config.max_position_embeddings)

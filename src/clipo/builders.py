@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -134,7 +134,8 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
 
 def build_collector(
     cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, mode: ContrastiveMode,
-    objective: ContrastiveObjective, head_step: HeadStep, policy: Any, pad_token_id: int, reuses_batch: bool,
+    objective: ContrastiveObjective, head_step: HeadStep, policy: Any, pad_token_id: int,
+    reuses_batch: Callable[[int], bool],
 ) -> RolloutCollector:
     s, correction = cfg.sampling, cfg.rollout.importance_sampling
     return RolloutCollector(
@@ -153,12 +154,6 @@ def build_collector(
         importance_cap=correction.cap if correction.enabled else None,
         reuses_batch=reuses_batch,
     )
-
-
-def reuses_batch(cfg: DictConfig) -> bool:
-    """Whether an RL step makes several optimizer steps on its batch (`ppo.epochs`, `ppo.mini_batch_size`)."""
-    rollouts = cfg.data.prompts_per_step * cfg.rollout.group_size
-    return cfg.ppo.epochs > 1 or (cfg.ppo.mini_batch_size or rollouts) < rollouts
 
 
 def build_updater(
@@ -198,13 +193,14 @@ def build_module(cfg: DictConfig) -> ClipoModule:
     engine = build_engine(cfg, policy, tokenizer)
     objective = build_contrastive(cfg, mode, policy.config.hidden_size)
     head_step = HeadStep(objective, instantiate(cfg.contrastive.head_pooler_optimizer))
+    updater = build_updater(cfg, policy, algorithm, reference, sampling, mode, objective, head_step)
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
         reference=reference,
         collector=build_collector(cfg, engine, verifier, build_rewards(cfg, verifier, tokenizer), sampling, mode,
-                                  objective, head_step, policy, tokenizer.pad_token_id, reuses_batch(cfg)),
-        updater=build_updater(cfg, policy, algorithm, reference, sampling, mode, objective, head_step),
+                                  objective, head_step, policy, tokenizer.pad_token_id, updater.reuses_batch),
+        updater=updater,
         contrastive=objective,
         head_step=head_step,
         optimizer=instantiate(cfg.optimizer),

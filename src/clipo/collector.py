@@ -66,9 +66,10 @@ class RolloutCollector:
             missing, so never with the hf engine.
         importance_cap: truncated importance sampling's cap (None: off); applies to engines that report
             their own log-probs (vllm), and is exactly a no-op with hf.
-        reuses_batch: the update makes several optimizer steps on the batch, so the weights' pi_old must
-            be taken here, before the first step; with one step the update's own forward gives pi_old
-            (`PolicyUpdater`) and the completion pass runs only when hidden states are missing.
+        reuses_batch: whether the update makes several optimizer steps on a batch of n rollouts
+            (`PolicyUpdater.reuses_batch`); then the weights' pi_old must be taken here, before the first
+            step; with one step the update's own forward gives pi_old and the completion pass runs only
+            when hidden states are missing. None: always.
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class RolloutCollector:
         reward_shaping: ContrastiveRewardShaping | None = None,
         completion: TrainingForwardCompletion | None = None,
         importance_cap: float | None = None,
-        reuses_batch: bool = True,
+        reuses_batch: Callable[[int], bool] | None = None,
     ) -> None:
         self.engine, self.verifier, self.rewards, self.advantage = engine, verifier, rewards, advantage
         self.sampling, self.group_size, self.pad_token_id = sampling, group_size, pad_token_id
@@ -127,7 +128,8 @@ class RolloutCollector:
         device = rollouts.sequences.device
         rewards, correct = scores.total.to(device), scores.correct.to(device)
         old_logprobs = weights = None
-        wants_old = self.importance_cap is not None and rollouts.sampling_logprobs is not None and self.reuses_batch
+        reuses = self.reuses_batch is None or self.reuses_batch(len(rollouts.responses))
+        wants_old = self.importance_cap is not None and rollouts.sampling_logprobs is not None and reuses
         if self.completion is not None and needs_training_forward(rollouts, self.capture_layer, wants_old):
             with timer("logprobs"):
                 old_logprobs = self.completion(rollouts, self.capture_layer)

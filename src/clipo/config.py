@@ -111,14 +111,19 @@ def _engine_problems(cfg: DictConfig) -> list[str]:
     cap = cfg.rollout.importance_sampling.cap
     if cap < 1:
         problems.append(f"rollout.importance_sampling.cap={cap} must be >= 1 (TRL uses 2.0)")
-    return problems + engine_problems(cfg.rollout.engine, cfg.model)
+    return problems + engine_problems(cfg.rollout, cfg.model)
 
 
-def engine_problems(engine: str, model_cfg: DictConfig) -> list[str]:
-    """`rollout.engine=vllm` (training or evaluation): vLLM is installed and can run the model."""
+def engine_problems(rollout_cfg: DictConfig, model_cfg: DictConfig) -> list[str]:
+    """`rollout.engine=vllm` (training or evaluation): vLLM is installed and can run the model, and its
+    settings (`rollout.vllm`) make sense."""
     problems = []
-    if engine != "vllm":
+    if rollout_cfg.engine != "vllm":
         return problems
+    from clipo.rollout.vllm_engine import kv_cache_problem
+
+    if problem := kv_cache_problem((rollout_cfg.get("vllm") or {}).get("kv_cache_gib", "auto")):
+        problems.append(problem)
     if importlib.util.find_spec("vllm") is None:
         problems.append(
             "rollout.engine=vllm needs vLLM: `./scripts/setup.sh --vllm` on a CPU machine, `pip install vllm` "

@@ -125,7 +125,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if unscored:  # before the model loads
         raise ValueError(f"set(s) {', '.join(unscored)} name no verifier; add `verifier:` (math, choice or gsm8k) "
                          "to their spec")
-    if problems := engine_problems(cfg.rollout.engine, cfg.model):
+    if problems := engine_problems(cfg.rollout, cfg.model):
         raise ValueError("; ".join(problems))
     model, tokenizer = load_policy(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device

@@ -18,6 +18,7 @@ colocate mode and is untested here (no GPU was available).
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -33,6 +34,8 @@ from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_batch import rollout_batch_from_outputs
 
+GiB = 2**30
+KV_CACHE_AUTO_CAP = 4 * GiB  # beyond it, vLLM schedules a rollout phase's sequences in waves
 
 def vllm_available() -> bool:
     """Whether vLLM is installed (without importing it: that takes seconds)."""
@@ -49,7 +52,8 @@ class VLLMEngine:
         dtype: the engine's weight dtype; None: the policy's.
         enforce_eager: skip vLLM's torch.compile warm-up (starts in seconds instead of a minute or more).
         max_model_len: longest prompt + response; None: the model's limit.
-        kv_cache_gib: KV-cache memory on CPU (`VLLM_CPU_KVCACHE_SPACE`), unless that variable is set.
+        kv_cache_gib: KV-cache memory on CPU in GiB, or "auto": sized at the first `generate` to its
+            sequences at full length (`kv_cache_bytes`). `VLLM_CPU_KVCACHE_SPACE`, when set, wins.
         gpu_memory_utilization: on CUDA, the share of GPU memory vLLM may take (training needs the rest).
         sleep: on CUDA, release the KV cache (and offload the weights) between rollout phases.
         seed: the engine's base seed (rank added); per-request seeds come from `Sampling.seed` or torch's RNG.
@@ -62,7 +66,7 @@ class VLLMEngine:
         dtype: str | None = None,
         enforce_eager: bool = True,
         max_model_len: int | None = None,
-        kv_cache_gib: float = 1.0,
+        kv_cache_gib: float | str = "auto",
         gpu_memory_utilization: float = 0.3,
         sleep: bool = True,
         seed: int = 0,
@@ -72,8 +76,10 @@ class VLLMEngine:
                 "rollout.engine=vllm needs vLLM: on a CPU machine run `./scripts/setup.sh --vllm`; on a GPU machine "
                 "`pip install vllm` matching your torch (README, 'Installing vLLM'); or use rollout.engine=hf"
             )
-        if not 0 < gpu_memory_utilization < 1 or kv_cache_gib <= 0:
-            raise ValueError(f"need 0 < gpu_memory_utilization < 1 and kv_cache_gib > 0, got {gpu_memory_utilization}, {kv_cache_gib}")
+        if not 0 < gpu_memory_utilization < 1:
+            raise ValueError(f"need 0 < gpu_memory_utilization < 1, got {gpu_memory_utilization}")
+        if problem := kv_cache_problem(kv_cache_gib):
+            raise ValueError(problem)
         check_head_size(policy)
         self.policy, self.tokenizer = policy, tokenizer
         self.dtype, self.enforce_eager, self.max_model_len = dtype, enforce_eager, max_model_len
@@ -92,16 +98,16 @@ class VLLMEngine:
         """`group_size` responses per record; `capture_layer` is ignored (vLLM returns no hidden states)."""
         from vllm import SamplingParams
 
-        llm = self._engine()
+        prompts = [
+            self.tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in records
+        ]
+        prompt_ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
+        llm = self._engine(rows=len(records) * group_size, tokens_per_row=max(map(len, prompt_ids)) + sampling.max_new_tokens)
         if self.sleep:
             llm.wake_up(tags=["weights"])
         self._push_if_stale()
         if self.sleep:
             llm.wake_up(tags=["kv_cache"])
-        prompts = [
-            self.tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in records
-        ]
-        prompt_ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
         # vLLM samples greedily only with n=1, so a greedy group is G copies of its prompt
         copies, n = (group_size, 1) if sampling.greedy else (1, group_size)
         seeds = request_seeds(len(records) * copies, sampling.seed)
@@ -131,17 +137,17 @@ class VLLMEngine:
         eos = self.tokenizer.eos_token_id
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
-    def _engine(self) -> Any:
+    def _engine(self, rows: int = 1, tokens_per_row: int = 0) -> Any:
+        """The engine, built at the first call; an automatic KV cache is sized to that call's `rows`
+        sequences of `tokens_per_row` tokens (prompt + response budget)."""
         if self.llm is None:
-            self.llm = self._build()
+            self.llm = self._build(rows, tokens_per_row)
         return self.llm
 
-    def _build(self) -> Any:
+    def _build(self, rows: int, tokens_per_row: int) -> Any:
         """The in-process engine, leaving the trainer's threads and random streams as they were."""
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process, not a child
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # else vLLM drops torch to 1 thread
-        if not self.on_cuda:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(self.kv_cache_gib))))
         from vllm import LLM
 
         rank, size = world()
@@ -151,14 +157,17 @@ class VLLMEngine:
             os.environ.setdefault("RANK", str(rank))
             os.environ.setdefault("WORLD_SIZE", str(size))
             os.environ.setdefault("LOCAL_RANK", str(int(os.environ.get("LOCAL_RANK", rank))))
+        dtype = self.dtype or str(next(self.policy.parameters()).dtype).removeprefix("torch.")
         if self.on_cuda:
             kwargs |= {"gpu_memory_utilization": self.gpu_memory_utilization, "enable_sleep_mode": self.sleep}
+        else:  # vLLM's own CPU default is a share of the machine's memory, far more than a rollout phase needs
+            kwargs["kv_cache_memory_bytes"] = self._kv_cache_bytes(getattr(torch, dtype), rows, tokens_per_row)
         threads, set_num_threads, rng = torch.get_num_threads(), torch.set_num_threads, collect_rng_states()
         try:
             llm = LLM(
                 model=str(self._model_source()),
                 skip_tokenizer_init=True,  # prompts arrive as token ids, responses are decoded by clipo
-                dtype=self.dtype or str(next(self.policy.parameters()).dtype).removeprefix("torch."),
+                dtype=dtype,
                 enforce_eager=self.enforce_eager,
                 max_model_len=self.max_model_len,
                 seed=self.seed + rank,
@@ -175,6 +184,12 @@ class VLLMEngine:
         if self.sleep:
             llm.sleep(level=1)
         return llm
+
+    def _kv_cache_bytes(self, dtype: torch.dtype, rows: int, tokens_per_row: int) -> int:
+        if self.kv_cache_gib != "auto":
+            return int(float(self.kv_cache_gib) * GiB)
+        config = self.policy.config
+        return kv_cache_bytes(config, dtype, rows, tokens_per_row, self.max_model_len or config.max_position_embeddings)
 
     def _model_source(self) -> Path | str:
         """A folder (or hub id) vLLM can load the architecture from: the policy's own, or a saved copy
@@ -234,6 +249,27 @@ def request_seeds(count: int, seed: int | None) -> list[int]:
     if seed is not None:
         return [seed + i for i in range(count)]
     return torch.randint(0, 2**31 - 1, (count,)).tolist()
+
+
+def kv_cache_bytes(
+    config: Any, dtype: torch.dtype, rows: int, tokens_per_row: int, max_model_len: int, cap: int = KV_CACHE_AUTO_CAP
+) -> int:
+    """KV-cache bytes for `rows` sequences of `tokens_per_row` tokens, with a quarter more for longer prompts
+    later, at most `cap` (vLLM then runs the sequences in waves), and room for one `max_model_len` sequence
+    (vLLM refuses less). A token takes K and V in every layer: 2 x layers x KV heads x head dim x dtype bytes."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
+    batch = min(per_token * math.ceil(1.25 * rows * tokens_per_row), cap)
+    one_sequence = per_token * (max_model_len + 256)  # a margin for vLLM's rounding to whole blocks
+    return max(batch, one_sequence)
+
+
+def kv_cache_problem(kv_cache_gib: Any) -> str | None:
+    """Why `rollout.vllm.kv_cache_gib` is unusable, or None."""
+    if kv_cache_gib == "auto" or (isinstance(kv_cache_gib, (int, float)) and not isinstance(kv_cache_gib, bool) and kv_cache_gib > 0):
+        return None
+    return f"rollout.vllm.kv_cache_gib={kv_cache_gib!r}: give a size in GiB > 0 (e.g. 0.5) or auto (sized to the rollout phase)"
 
 
 def check_head_size(policy: torch.nn.Module) -> None:
