@@ -6,8 +6,9 @@ native bf16, plain float32 elsewhere), on the same arith prompts, scored by clip
 64 new tokens, temperature 1, top-p 1, learning rate 1e-5, no KL term (so no reference model),
 one update per batch, token-mean loss, gradient checkpointing off. TRL generates with HF
 `generate` (its default); clipo runs once per rollout engine (`hf`, and `vllm` when vLLM is
-installed, clipo's best CPU setting, with `rollout.vllm.max_model_len=512` so that its KV cache holds
-this batch and no more). Each trainer runs in a fresh process (peak resident
+installed, clipo's best CPU setting), and once more with vllm and micro-batches of 8 rollouts instead of
+16 (`ppo.micro_batch_size=8`: the same gradient, less activation memory; TRL keeps its micro-batch
+of 32). Each trainer runs in a fresh process (peak resident
 memory is its own); the first step is warm-up and is not timed. Target (issue #18): clipo's
 step time and peak memory at most 0.5 x TRL's.
 
@@ -34,14 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_precision, median, run_in_subprocess, save, train_and_report
 
 PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 4, 8, 64, 1e-5, 0
+# clipo's runs: engine and extra overrides
+CLIPO_RUNS = {"clipo-hf": ("hf", []), "clipo-vllm": ("vllm", []), "clipo-vllm-mb8": ("vllm", ["ppo.micro_batch_size=8"])}
 
 
-def clipo_step_times(steps: int, engine: str) -> dict:
+def clipo_step_times(steps: int, engine: str, extra: list[str]) -> dict:
     overrides = ["model=smollm2_135m", "loss=none", f"rollout.engine={engine}", f"data.prompts_per_step={PROMPTS}", f"rollout.group_size={GROUP}",
                  f"rollout.max_new_tokens={NEW_TOKENS}", f"optimizer.lr={LR}", f"trainer.max_steps={steps}",
-                 f"seed={SEED}", "data.val=null", "~callbacks.model_checkpoint", "logger=none"]
-    if engine == "vllm":  # prompts and responses fit in 512 tokens: vLLM's KV cache needn't hold one of 8,192
-        overrides.append("rollout.vllm.max_model_len=512")
+                 f"seed={SEED}", "data.val=null", "~callbacks.model_checkpoint", "logger=none", *extra]
     report = train_and_report(overrides)
     history = report["history"]
     return {"step_s": [row["time/step"] for row in history], "peak_rss_mb": report["peak_rss_mb"],
@@ -99,7 +100,7 @@ def worker(name: str, steps: int) -> dict:
     """One trainer's run, in this (fresh) process."""
     if name == "trl":
         return trl_step_times(steps, bf16=cpu_precision()[1] == "bf16-mixed")
-    return clipo_step_times(steps, engine=name.removeprefix("clipo-"))
+    return clipo_step_times(steps, *CLIPO_RUNS[name])
 
 
 def main() -> None:
@@ -111,7 +112,8 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.steps)))
         return
 
-    names = ["trl", "clipo-hf"] + (["clipo-vllm"] if importlib.util.find_spec("vllm") else [])
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    names = ["trl"] + [name for name, (engine, _) in CLIPO_RUNS.items() if engine == "hf" or has_vllm]
     runs = {}
     for name in names:
         print(f"{name}: {args.steps} steps ...", flush=True)
@@ -128,11 +130,11 @@ def main() -> None:
                "targets": {"step_time": "<= 0.5", "memory": "<= 0.5"}}
     path = save("trl_comparison_smollm2_135m", payload)
     print(f"\n{cpu}; precision {precision} for every trainer")
-    print(f"{'trainer':<12}{'median step s':>15}{'generate s':>12}{'logprobs s':>12}{'update s':>10}{'peak RSS MB':>13}")
+    print(f"{'trainer':<16}{'median step s':>15}{'generate s':>12}{'logprobs s':>12}{'update s':>10}{'peak RSS MB':>13}")
     for name, run in runs.items():
         phases = [f"{median(run[key][1:]):>{width}.2f}" if key in run else f"{'':>{width}}"
                   for key, width in (("generate_s", 12), ("logprobs_s", 12), ("update_s", 10))]
-        print(f"{name:<12}{run['median_step_s']:>15.2f}{''.join(phases)}{run['peak_rss_mb']:>13.0f}")
+        print(f"{name:<16}{run['median_step_s']:>15.2f}{''.join(phases)}{run['peak_rss_mb']:>13.0f}")
     for name, ratio in ratios.items():
         print(f"{name} / TRL: step time {ratio['step_time']:.2f}, peak memory {ratio['peak_memory']:.2f} (targets <= 0.5)")
     print(f"saved {path}")

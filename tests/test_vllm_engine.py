@@ -111,15 +111,16 @@ def test_kv_cache_holds_the_first_rollout_phase_and_one_longest_sequence():
     from transformers import LlamaConfig
 
     config = LlamaConfig(**SMOLLM2)
-    # 4 prompts x 8 rollouts of at most 120 + 64 tokens, a quarter more: 7,360 tokens
-    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=512) == 7360 * 46080
-    # one sequence of the model's 8,192 positions (+256 for vLLM's block rounding) is more than that
-    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=8192) == 8448 * 46080
-    assert kv_cache_bytes(config, torch.bfloat16, 32, 184, max_model_len=512) == 7360 * 46080 // 2
+    # 4 prompts x 8 rollouts of at most 120 + 64 tokens, each in two blocks of 128: 8,192 tokens
+    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=512) == 32 * 256 * 46080
+    # one sequence of the model's 8,192 positions, plus a block for vLLM's rounding, is more than that
+    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=8192) == (8192 + 128) * 46080
+    assert kv_cache_bytes(config, torch.bfloat16, 32, 184, max_model_len=512) == 32 * 256 * 46080 // 2
+    assert kv_cache_bytes(config, torch.float32, 32, 257, max_model_len=512) == 32 * 384 * 46080
     # a huge phase is capped (vLLM runs it in waves); a head_dim given explicitly is used as is
     assert kv_cache_bytes(config, torch.float32, 10**6, 184, 512, cap=GiB) == GiB
     config.head_dim = 128
-    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=512) == 7360 * 92160
+    assert kv_cache_bytes(config, torch.float32, 32, 184, max_model_len=512) == 32 * 256 * 92160
 
 
 @pytest.mark.parametrize("value", [0, -1, "big", True, None])

@@ -36,6 +36,7 @@ from clipo.rollout.vllm_batch import rollout_batch_from_outputs
 
 GiB = 2**30
 KV_CACHE_AUTO_CAP = 4 * GiB  # beyond it, vLLM schedules a rollout phase's sequences in waves
+KV_BLOCK_TOKENS = 128  # vLLM's CPU backend stores the KV cache in blocks of 128 tokens
 
 def vllm_available() -> bool:
     """Whether vLLM is installed (without importing it: that takes seconds)."""
@@ -53,7 +54,7 @@ class VLLMEngine:
         enforce_eager: skip vLLM's torch.compile warm-up (starts in seconds instead of a minute or more).
         max_model_len: longest prompt + response; None: the model's limit.
         kv_cache_gib: KV-cache memory on CPU in GiB, or "auto": sized at the first `generate` to its
-            sequences at full length (`kv_cache_bytes`). `VLLM_CPU_KVCACHE_SPACE`, when set, wins.
+            sequences at full length, in whole blocks (`kv_cache_bytes`). `VLLM_CPU_KVCACHE_SPACE`, when set, wins.
         gpu_memory_utilization: on CUDA, the share of GPU memory vLLM may take (training needs the rest).
         sleep: on CUDA, release the KV cache (and offload the weights) between rollout phases.
         seed: the engine's base seed (rank added); per-request seeds come from `Sampling.seed` or torch's RNG.
@@ -254,14 +255,15 @@ def request_seeds(count: int, seed: int | None) -> list[int]:
 def kv_cache_bytes(
     config: Any, dtype: torch.dtype, rows: int, tokens_per_row: int, max_model_len: int, cap: int = KV_CACHE_AUTO_CAP
 ) -> int:
-    """KV-cache bytes for `rows` sequences of `tokens_per_row` tokens, with a quarter more for longer prompts
-    later, at most `cap` (vLLM then runs the sequences in waves), and room for one `max_model_len` sequence
-    (vLLM refuses less). A token takes K and V in every layer: 2 x layers x KV heads x head dim x dtype bytes."""
+    """KV-cache bytes for `rows` sequences of `tokens_per_row` tokens, each in whole blocks of vLLM's CPU
+    block size (the rounding leaves room for somewhat longer prompts later), at most `cap` (vLLM then runs
+    the sequences in waves), and at least one `max_model_len` sequence (vLLM refuses less).
+    A token takes K and V in every layer: 2 x layers x KV heads x head dim x dtype bytes."""
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     per_token = 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
-    batch = min(per_token * math.ceil(1.25 * rows * tokens_per_row), cap)
-    one_sequence = per_token * (max_model_len + 256)  # a margin for vLLM's rounding to whole blocks
+    batch = min(per_token * rows * KV_BLOCK_TOKENS * math.ceil(tokens_per_row / KV_BLOCK_TOKENS), cap)
+    one_sequence = per_token * KV_BLOCK_TOKENS * (math.ceil(max_model_len / KV_BLOCK_TOKENS) + 1)
     return max(batch, one_sequence)
 
 
