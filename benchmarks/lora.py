@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_precision, median, run_in_subprocess, save, train_and_report
+from common import median, run_in_subprocess, save, train_and_report
 
 PROMPTS, GROUP, NEW_TOKENS, SEED = 4, 8, 64, 0
 VARIANTS = {"full": ["model.lora_rank=0"], "lora": ["model.lora_rank=16", "model.lora_alpha=32"]}
@@ -67,7 +67,7 @@ def main() -> None:
         for name, rs in runs.items()
     }
     ratios = {f"{key}_lora_over_full": summary["lora"][key] / summary["full"][key] for key in summary["full"]}
-    payload = {"threads": os.cpu_count(), "precision": f"trainer.precision=auto: {cpu_precision()[1]}",
+    payload = {"threads": os.cpu_count(),  # the CPU kind and the precision auto picks: added by save()
                "kl_coef": args.kl, "summary": summary, "ratios": ratios, "runs": runs}
     path = save(f"lora_smollm2_135m{'_kl' if args.kl else ''}", payload)
     print(f"\n{'variant':<8}{'step s':>9}{'update s':>10}{'peak RSS MB':>13}")
