@@ -33,7 +33,8 @@ def time_rollouts(cfg, repeats: int) -> dict[str, dict[str, float]]:
     from clipo.data import build_dataset
     from clipo.models import load_model
     from clipo.rollout import HFEngine, VLLMEngine
-    from clipo.rollout.completion import training_forward
+    from clipo.builders import build_batching
+    from clipo.rl.old_policy import RolloutLogprobs
 
     policy, tokenizer = load_model(**plain(cfg.model), seed=cfg.seed)
     sampling, _ = rollout_sampling(cfg)
@@ -56,7 +57,7 @@ def time_rollouts(cfg, repeats: int) -> dict[str, dict[str, float]]:
                 tokens[name].append(int(batch.response_lengths.sum()))
             if name == "vllm" and repeat:
                 start = time.perf_counter()
-                training_forward(policy, batch, sampling.logprob_temperature, -1, cfg.ppo.micro_batch_size)
+                RolloutLogprobs(policy, sampling.logprob_temperature, build_batching(cfg), False, hidden_layer=-1)(batch)
                 seconds["vllm_training_forward"].append(time.perf_counter() - start)
     out = {name: {"median_s": median(seconds[name]), "median_tokens_per_s": median([t / s for t, s in zip(tokens[name], seconds[name])]),
                   "seconds": seconds[name], "tokens": tokens[name]} for name in ("hf", "vllm")}  # fmt: skip

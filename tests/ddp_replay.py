@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from clipo.collector import RolloutCollector  # noqa: E402
+from clipo.rl.collector import RolloutCollector  # noqa: E402
 from clipo.compose import compose  # noqa: E402
 from clipo.data import build_dataset  # noqa: E402
 from clipo.distributed import world  # noqa: E402

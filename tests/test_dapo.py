@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from clipo.dapo import overlong_penalty, select_groups, zero_variance_groups
+from clipo.rl.dynamic_sampling import overlong_penalty, select_groups, zero_variance_groups
 
 
 def test_zero_variance_filter_hand_example():
@@ -95,3 +95,40 @@ def test_select_errors():
         select_groups(REWARDS, GROUPS, target_groups=0, refills=0, max_refills=1)
     with pytest.raises(ValueError, match="equal length"):
         zero_variance_groups(REWARDS, GROUPS[:3])
+
+
+class _Rollouts:
+    """The part of a `RolloutBatch` dynamic sampling reads: group ids, a device, selection."""
+
+    def __init__(self, groups):
+        self.groups = torch.tensor(groups)
+        self.sequences = torch.zeros(len(groups), 1)
+
+    def select(self, index):
+        return _Rollouts(self.groups[index].tolist())
+
+
+def _scores(verifier, user, correct):
+    from clipo.rewards import RewardScores
+
+    return RewardScores(["verifier", "brevity"], torch.tensor([1.0, 1.0]), torch.tensor([verifier, user]).T,
+                        torch.tensor(correct), ["p"] * len(correct))
+
+
+@pytest.mark.parametrize("filter_on, kept_group", [("accuracy", 1), ("reward", 0)])
+def test_dynamic_sampling_filters_on_accuracy_or_on_the_summed_reward(filter_on, kept_group):
+    from clipo.rl.dynamic_sampling import DynamicSampling
+
+    # group 0: every answer wrong, but a user reward varies (so the sum varies); group 1: one of two right
+    rollouts = _Rollouts([0, 0, 1, 1])
+    scores = _scores([0.0, 0.0, 1.0, 0.0], [0.1, 0.3, 0.2, 0.2], [False, False, True, False])
+    kept, kept_scores, metrics = DynamicSampling(0, 0, filter_on).fill(rollouts, scores, 1, lambda: None)
+    assert kept.groups.tolist() == [kept_group, kept_group] and metrics["dapo/refills"] == 0
+    assert len(kept_scores.correct) == 2
+
+
+def test_unknown_filter_signal_is_named():
+    from clipo.rl.dynamic_sampling import DynamicSampling
+
+    with pytest.raises(ValueError, match="sampling.filter_on='acc'"):
+        DynamicSampling(0, 10, "acc")

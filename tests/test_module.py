@@ -1,10 +1,14 @@
 """The RL step's CLIPO wiring on the tiny model: which parameters each mode's gradient reaches,
 and how the updater steps its optimizer."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from clipo.builders import build_module
+from clipo.rl.collector import Trajectory
+from clipo.rl.old_policy import OnPolicy, TakenOld
 from clipo.rollout import forward_responses
 from clipo.timing import PhaseTimer
 from tests.conftest import TINY_OVERRIDES, compose_config
@@ -20,14 +24,12 @@ def _module_and_rollouts(tmp_path, *overrides):
     module = build_module(compose_config(TINY_OVERRIDES + list(overrides), output_dir=tmp_path))
     module.configure_optimizers()
     torch.manual_seed(0)
-    rollouts = module.engine.generate(RECORDS, 4, module.collector.sampling, capture_layer=-1)
+    rollouts = module.collector.engine.generate(RECORDS, 4, module.collector.sampling, capture_layer=-1)
     return module, rollouts
 
 
 def _batch(module, rollouts, advantages):
-    from clipo.collector import CollectedBatch
-
-    return CollectedBatch(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages)
+    return Trajectory(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages, OnPolicy(rollouts, None))
 
 
 def _update(module, rollouts, advantages, optimizer):
@@ -69,7 +71,7 @@ def test_loss_mode_sends_contrastive_gradient_into_the_policy(tmp_path):
     c_out.batch_loss.backward()
     grads = [p.grad for p in module.policy.get_decoder().layers.parameters()]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    assert torch.equal(c_out.bonus, torch.zeros_like(c_out.bonus))
+    assert module.collector.reward_shaping is None  # and no reward bonus
 
 
 @pytest.mark.parametrize("extra", [[], ["ppo.mini_batch_size=4", "ppo.micro_batch_size=2", "ppo.epochs=2"]])
@@ -121,7 +123,8 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(tmp_path, mode)
         # per-pass contrastive losses is the batch's), otherwise about 2 rollouts a pass
         if budget:
             longest = int(rollouts.attention_mask.sum(-1).max())
-            updater.max_tokens_per_micro_batch = (4 if "contrastive" in mode else 2) * longest
+            budget = (4 if "contrastive" in mode else 2) * longest
+            updater.batching = replace(updater.batching, max_tokens_per_micro_batch=budget)
         optimizer = module.configure_optimizers()
         updater.clip_and_step = lambda opt, m=module: (
             grads.append({k: p.grad.clone() for k, p in m.policy.named_parameters() if p.grad is not None}),
@@ -140,23 +143,22 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(tmp_path, mode)
 @pytest.mark.parametrize("extra, reuses", [([], False), (["ppo.epochs=2"], True), (["ppo.mini_batch_size=4"], True)])
 def test_collector_takes_pi_old_only_when_the_update_reuses_the_batch(tmp_path, extra, reuses):
     module = build_module(compose_config(TINY_OVERRIDES + extra, output_dir=tmp_path))
-    assert module.collector.reuses_batch == module.updater.reuses_batch  # one rule, the updater's
-    assert module.updater.reuses_batch(len(CORRECT)) is reuses  # 2 prompts x 4 rollouts
+    assert module.collector.logprobs.old_before_update is reuses  # decided once, by the builders
+    assert module.updater.batching.reuses_batch(len(CORRECT)) is reuses  # 2 prompts x 4 rollouts
 
 
 def test_one_step_update_takes_the_importance_weights_from_its_own_forward(tmp_path):
     """With one optimizer step, pi_old is the update's own forward (detached): the weights it computes
     there give the gradient and the mismatch metrics of weights taken in a pass before, without that pass."""
-    from clipo.algorithms.rollout_correction import truncated_importance_weights
-    from clipo.collector import CollectedBatch
+    from clipo.algorithms.rollout_correction import importance_weights
 
     module, rollouts = _module_and_rollouts(tmp_path, "loss=none", "ppo.micro_batch_size=4")
-    updater = module.updater
-    old = updater._logprobs(module.policy, rollouts, 8)  # the pass the collector makes when the batch is reused
+    updater, logprobs = module.updater, module.collector.logprobs
+    old, _ = logprobs._forward(module.policy, rollouts, None)  # the pass the collector makes when the batch is reused
     mask = rollouts.response_mask.bool()
     torch.manual_seed(2)
     rollouts.sampling_logprobs = torch.where(mask, old + 0.5 * torch.randn_like(old), 0.0)  # an engine's log-probs
-    weights, expected = truncated_importance_weights(old, rollouts.sampling_logprobs, mask, updater.importance_cap)
+    _, expected = importance_weights(old, rollouts.sampling_logprobs, mask, logprobs.correction.cap)
     assert 0 < expected["rollout_corr/capped_frac"] < 1  # the cap and the weights matter
     advantages = torch.randn(8)
     grads, metrics, passes = [], [], []
@@ -166,15 +168,24 @@ def test_one_step_update_takes_the_importance_weights_from_its_own_forward(tmp_p
     calls = []
     module.policy.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
     optimizer = module.configure_optimizers()
-    for collected_weights in [weights, None]:
+    for pi_old in [TakenOld(old, rollouts, logprobs.correction), OnPolicy(rollouts, logprobs.correction)]:
         calls.clear()
-        batch = CollectedBatch(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages,
-                               old_logprobs=old, importance_weights=collected_weights)
+        batch = Trajectory(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages, pi_old)
         metrics.append(updater.update(batch, optimizer, lambda loss: loss.backward(), PhaseTimer()))
         passes.append(len(calls))
     assert passes[1] == passes[0] > 0  # the same forward passes: none added for pi_old
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5)
-    assert "rollout_corr/kl" not in metrics[0]  # the collector reports them when it made the weights
-    for key, value in expected.items():
+    for key, value in expected.items():  # both report the mismatch over the whole batch
+        torch.testing.assert_close(metrics[0][key], value, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(metrics[1][key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_the_sampler_correction_settings_reach_the_log_prob_plan(tmp_path):
+    from clipo.rl.old_policy import ImportanceCorrection
+
+    module = build_module(compose_config(TINY_OVERRIDES + ["rollout.importance_sampling.level=sequence",
+                                                           "rollout.importance_sampling.mode=mask"], output_dir=tmp_path))
+    assert module.collector.logprobs.correction == ImportanceCorrection(2.0, "sequence", "mask")
+    off = build_module(compose_config(TINY_OVERRIDES + ["rollout.importance_sampling.enabled=false"], output_dir=tmp_path))
+    assert off.collector.logprobs.correction is None

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from clipo.algorithms.rollout_correction import truncated_importance_weights
+from clipo.algorithms.rollout_correction import importance_weights
 from clipo.algorithms import DAPOLoss, GRPOLoss, GSPOLoss, StepNormalizer
 
 TRAIN = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.0, -7.0]])
@@ -18,7 +18,7 @@ MASK = torch.tensor([[True, True, True], [True, True, False]])
 
 
 def test_weights_and_metrics_by_hand():
-    weights, metrics = truncated_importance_weights(TRAIN, SAMPLING, MASK, cap=2.0)
+    weights, metrics = importance_weights(TRAIN, SAMPLING, MASK, cap=2.0)
     # train - sampling = [[0, 0.5, -0.4], [1.0, 0, pad]]; exp = [[1, 1.64872, 0.67032], [2.71828 -> cap 2, 1]]
     assert_close(weights, torch.tensor([[1.0, math.exp(0.5), math.exp(-0.4)], [2.0, 1.0, 1.0]]))
     # |diff| over the 5 response tokens: (0 + 0.5 + 0.4 + 1.0 + 0) / 5 = 0.38, max 1.0
@@ -32,14 +32,48 @@ def test_weights_and_metrics_by_hand():
     assert_close(metrics["rollout_corr/capped_frac"], torch.tensor(0.2))
 
 
+def test_sequence_level_truncate_by_hand():
+    # per-sequence log ratio: 0 + 0.5 - 0.4 = 0.1 and 1.0 + 0 = 1.0 -> exp: 1.10517, 2.71828 -> cap 2
+    weights, metrics = importance_weights(TRAIN, SAMPLING, MASK, cap=2.0, level="sequence")
+    assert_close(weights, torch.tensor([[math.exp(0.1)] * 3, [2.0, 2.0, 1.0]]))  # padding keeps 1
+    assert_close(metrics["rollout_corr/capped_frac"], torch.tensor(2 / 5))  # both tokens of sequence 2
+    assert_close(metrics["rollout_corr/logprob_diff_mean"], torch.tensor(0.38))  # still per token
+
+
+def test_token_mask_drops_ratios_outside_the_interval_by_hand():
+    # token ratios 1, e^0.5=1.65, e^-0.4=0.67, e^1=2.72, 1 with cap 1.5: [1/1.5, 1.5] = [0.667, 1.5]
+    # keeps 1, 0.6703 (just above 0.6667) and 1; drops 1.65 and 2.72
+    weights, metrics = importance_weights(TRAIN, SAMPLING, MASK, cap=1.5, mode="mask")
+    assert_close(weights, torch.tensor([[1.0, 0.0, math.exp(-0.4)], [0.0, 1.0, 1.0]]))
+    assert_close(metrics["rollout_corr/masked_frac"], torch.tensor(2 / 5))
+    assert "rollout_corr/capped_frac" not in metrics
+    assert_close(metrics["rollout_corr/weight_mean"], torch.tensor((1 + math.exp(-0.4) + 1) / 5))
+
+
+def test_sequence_mask_drops_whole_sequences_by_hand():
+    # sequence ratios e^0.1 = 1.105 (kept, every token weighs 1.105) and e^1 = 2.718 > 2 (dropped)
+    weights, metrics = importance_weights(TRAIN, SAMPLING, MASK, cap=2.0, level="sequence", mode="mask")
+    assert_close(weights, torch.tensor([[math.exp(0.1)] * 3, [0.0, 0.0, 1.0]]))
+    assert_close(metrics["rollout_corr/masked_frac"], torch.tensor(2 / 5))
+    # a ratio below 1/cap is dropped too: the second sequence at e^-1 = 0.37 < 1/2
+    low, _ = importance_weights(SAMPLING.where(MASK, 0.0), TRAIN.where(MASK, 0.0), MASK, cap=2.0,
+                                level="sequence", mode="mask")
+    assert_close(low[1, :2], torch.zeros(2))
+
+
+def test_unknown_level_or_mode_is_named():
+    with pytest.raises(ValueError, match="level='tokens'"):
+        importance_weights(TRAIN, SAMPLING, MASK, cap=2.0, level="tokens")
+
+
 def test_weights_are_detached_and_checked():
     train = TRAIN.clone().requires_grad_()
-    weights, _ = truncated_importance_weights(train, SAMPLING, MASK, cap=2.0)
+    weights, _ = importance_weights(train, SAMPLING, MASK, cap=2.0)
     assert not weights.requires_grad
     with pytest.raises(ValueError, match="cap must be >= 1"):
-        truncated_importance_weights(TRAIN, SAMPLING, MASK, cap=0.5)
+        importance_weights(TRAIN, SAMPLING, MASK, cap=0.5)
     with pytest.raises(ValueError, match="one shape"):
-        truncated_importance_weights(TRAIN, SAMPLING[:, :2], MASK, cap=2.0)
+        importance_weights(TRAIN, SAMPLING[:, :2], MASK, cap=2.0)
 
 
 @pytest.mark.parametrize("algorithm", [GRPOLoss(), DAPOLoss(), GSPOLoss(aggregation="seq-mean-token-sum")])
@@ -49,7 +83,7 @@ def test_identical_logprobs_leave_the_loss_exactly_unchanged(algorithm):
     mask = torch.rand(4, 5) > 0.2
     advantages = torch.randn(4)
     norm = StepNormalizer.from_mask(mask)
-    weights, metrics = truncated_importance_weights(logprobs, logprobs.detach().clone(), mask, cap=2.0)
+    weights, metrics = importance_weights(logprobs, logprobs.detach().clone(), mask, cap=2.0)
     assert torch.equal(weights, torch.ones_like(weights))
     assert metrics["rollout_corr/logprob_diff_max"] == 0 and metrics["rollout_corr/kl"] == 0
     plain, _ = algorithm(logprobs, logprobs.detach(), advantages, mask, norm)
@@ -65,7 +99,7 @@ def test_weights_scale_each_token_term_before_aggregation():
     # token-mean the weighted loss is -sum_it A_i w_it / tokens and the KL term is not weighted.
     logprobs = TRAIN.clone().requires_grad_()
     advantages = torch.tensor([1.0, -2.0])
-    weights, _ = truncated_importance_weights(TRAIN, SAMPLING, MASK, cap=2.0)
+    weights, _ = importance_weights(TRAIN, SAMPLING, MASK, cap=2.0)
     norm = StepNormalizer.from_mask(MASK)
     loss, metrics = GRPOLoss()(logprobs, TRAIN, advantages, MASK, norm, token_weights=weights)
     w = weights

@@ -32,7 +32,7 @@ def test_two_steps_train_the_policy_and_write_everything(loss, parity_verifier, 
         assert 0 < metrics["contrastive/anchor_frac"] <= 1
         assert (tmp_path / "contrastive_head.pt").is_file()
     else:
-        assert module.contrastive.head is None and "contrastive/loss" not in metrics
+        assert module.contrastive is None and "contrastive/loss" not in metrics
 
 
 def test_exported_policy_loads_with_plain_transformers(parity_verifier, tmp_path):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -12,21 +13,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clipo.checkpointing import AtomicCheckpointIO
-from clipo.collector import RolloutCollector
-from clipo.compose import CONFIG_DIR
-from clipo.contrastive import ContrastiveMode, ContrastiveObjective
-from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
-from clipo.dapo import DynamicSampling, OverlongShaping
+from clipo.contrastive import ContrastiveLossTerm, ContrastiveMode, ContrastiveObjective, ContrastiveRewardShaping, HeadStep
 from clipo.data import PromptDataModule
+from clipo.evaluation.validation import Validation
 from clipo.models import is_adapter, load_model
-from clipo.module import ClipoModule
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rewards import RewardScorer, build_reward_functions, chat_prompt
-from clipo.rollout.completion import TrainingForwardCompletion
+from clipo.rl.batching import UpdateBatching
+from clipo.rl.collector import RolloutCollector
+from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
+from clipo.rl.module import ClipoModule
+from clipo.rl.old_policy import ImportanceCorrection, RolloutLogprobs
+from clipo.rl.updater import PolicyUpdater
 from clipo.rollout.sampling import Sampling
 from clipo.rollout_log import RolloutLog
 from clipo.scoring import eval_sampling, split_set_spec
-from clipo.updater import PolicyUpdater
 
 
 def plain(node: Any) -> Any:
@@ -61,26 +62,36 @@ def build_models(cfg: DictConfig, algorithm: Any) -> tuple[Any, Any, Any]:
     return policy, tokenizer, reference
 
 
-def build_contrastive(cfg: DictConfig, mode: ContrastiveMode, hidden_size: int) -> ContrastiveObjective:
-    loss = LOSSES.build(plain(cfg.loss))
-    # Initialise the head from its own seeded stream: the sampling RNG then does not depend
-    # on which parts are chosen, so `loss=none` and `loss=infonce` draw the same first rollouts.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        pooler = POOLERS.build(plain(cfg.pooler), hidden_size=hidden_size)
-        head = HEADS.build(plain(cfg.head), in_dim=hidden_size) if mode is not ContrastiveMode.OFF else None
+@dataclass
+class ContrastiveParts:
+    """CLIPO's parts for the chosen mode: the objective (None for loss=none), its head's optimizer step,
+    and the one adapter the mode uses (reward shaping for the collector, or a loss term for the updater)."""
+
+    objective: ContrastiveObjective | None
+    head_step: HeadStep
+    reward_shaping: ContrastiveRewardShaping | None = None
+    loss_term: ContrastiveLossTerm | None = None
+
+
+def build_contrastive(cfg: DictConfig, mode: ContrastiveMode, hidden_size: int) -> ContrastiveParts:
     c = cfg.contrastive
-    return ContrastiveObjective(
-        pooler=pooler,
-        head=head,
-        loss=loss,
-        mode=mode,
-        lam=c.lam,
-        c=c.c,
-        floor=c.floor,
-        coef=c.coef,
-        head_warmup_steps=c.head_warmup_steps,
-    )
+    objective = None
+    if mode is not ContrastiveMode.OFF:
+        # Initialise head and pooler from their own seeded stream: the sampling RNG then does not depend
+        # on which parts are chosen, so `loss=none` and `loss=infonce` draw the same first rollouts.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            pooler = POOLERS.build(plain(cfg.pooler), hidden_size=hidden_size)
+            head = HEADS.build(plain(cfg.head), in_dim=hidden_size)
+        objective = ContrastiveObjective(pooler, head, LOSSES.build(plain(cfg.loss)))
+    head_step = HeadStep(objective, instantiate(c.head_pooler_optimizer))
+    if mode is ContrastiveMode.REWARD:
+        shaping = ContrastiveRewardShaping(objective, head_step, c.lam, c.c, c.floor, c.head_warmup_steps)
+        return ContrastiveParts(objective, head_step, reward_shaping=shaping)
+    if mode is ContrastiveMode.LOSS:
+        term = ContrastiveLossTerm(objective, head_step, c.coef, cfg.rollout.capture_layer)
+        return ContrastiveParts(objective, head_step, loss_term=term)
+    return ContrastiveParts(None, head_step)
 
 
 def rollout_sampling(cfg: DictConfig) -> tuple[Sampling, Sampling]:
@@ -90,25 +101,24 @@ def rollout_sampling(cfg: DictConfig) -> tuple[Sampling, Sampling]:
     return train, eval_sampling(v.n, v.temperature, v.top_p, v.max_new_tokens or r.max_new_tokens)
 
 
-def build_verifier(name: str) -> Any:
-    """The verifier `name` with the settings of `configs/verifier/<name>.yaml` (not the class defaults)."""
-    path = CONFIG_DIR / "verifier" / f"{name}.yaml"
-    spec = plain(OmegaConf.load(path)) if path.is_file() else {"name": name}
-    return VERIFIERS.build(spec)
-
-
 def build_verifiers(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
-    """The training verifier (`verifier=`, with its overrides) and one per validation set, each from its
-    config file; a kind is built once and shared (the math verifier owns a worker pool)."""
+    """The training verifier (`verifier=`) and one per validation set: of the training kind it is the
+    same object, of another kind it is built once from `verifiers.<kind>` (the math verifier owns a
+    worker pool), so command-line overrides reach both."""
     train_verifier = VERIFIERS.build(plain(cfg.verifier))
     by_kind = {cfg.verifier.name: train_verifier}
     per_set = {}
     for name, spec in (plain(cfg.data.get("val")) or {}).items():
         kind = split_set_spec(spec)[1]
         if kind not in by_kind:
-            by_kind[kind] = build_verifier(kind)
+            by_kind[kind] = build_verifier(cfg, kind)
         per_set[name] = by_kind[kind]
     return train_verifier, per_set
+
+
+def build_verifier(cfg: DictConfig, kind: str) -> Any:
+    """The verifier `kind` with its settings from `verifiers.<kind>` (a registered kind without a config: defaults)."""
+    return VERIFIERS.build(plain((cfg.get("verifiers") or {}).get(kind)) or {"name": kind})
 
 
 def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
@@ -125,19 +135,44 @@ def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScore
 
 def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
     """`<run dir>/rollouts.jsonl` every `logging.rollouts_every_n_steps` RL steps (0: none)."""
-    log = cfg.get("logging") or {}
-    every = log.get("rollouts_every_n_steps", 1)
-    if not every:
+    log = cfg.logging
+    if not log.rollouts_every_n_steps:
         return None
-    return RolloutLog(Path(cfg.paths.output_dir) / "rollouts.jsonl", every, log.get("rollouts_max_rows_per_step", 64))
+    return RolloutLog(Path(cfg.paths.output_dir) / "rollouts.jsonl", log.rollouts_every_n_steps,
+                      log.rollouts_max_rows_per_step)
+
+
+def build_batching(cfg: DictConfig) -> UpdateBatching:
+    p = cfg.ppo
+    return UpdateBatching(p.epochs, p.mini_batch_size, p.micro_batch_size, p.max_tokens_per_micro_batch)
+
+
+def build_rollout_logprobs(
+    cfg: DictConfig, policy: Any, reference: Any, algorithm: Any, sampling: Sampling, batching: UpdateBatching,
+    mode: ContrastiveMode,
+) -> RolloutLogprobs:
+    """The log-prob plan, decided once: pi_old before the update only when the batch gets several updates;
+    the sampler correction when on; hidden states for reward shaping; the reference when the loss has KL."""
+    correction = cfg.rollout.importance_sampling
+    # LoRA with a KL term: the reference is the policy with its adapter disabled (no second model)
+    base_reference = reference is None and algorithm.uses_reference and is_adapter(policy)
+    return RolloutLogprobs(
+        policy,
+        sampling.logprob_temperature,
+        batching,
+        old_before_update=batching.reuses_batch(cfg.data.prompts_per_step * cfg.rollout.group_size),
+        correction=ImportanceCorrection(correction.cap, correction.level, correction.mode) if correction.enabled else None,
+        hidden_layer=cfg.rollout.capture_layer if mode is ContrastiveMode.REWARD else None,
+        reference=policy if base_reference else reference,
+        reference_context=policy.disable_adapter if base_reference else nullcontext,
+    )
 
 
 def build_collector(
-    cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, mode: ContrastiveMode,
-    objective: ContrastiveObjective, head_step: HeadStep, policy: Any, pad_token_id: int,
-    reuses_batch: Callable[[int], bool],
+    cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, logprobs: RolloutLogprobs,
+    reward_shaping: ContrastiveRewardShaping | None, pad_token_id: int,
 ) -> RolloutCollector:
-    s, correction = cfg.sampling, cfg.rollout.importance_sampling
+    s = cfg.sampling
     return RolloutCollector(
         engine=engine,
         verifier=verifier,
@@ -145,41 +180,32 @@ def build_collector(
         advantage=ADVANTAGES.build(plain(cfg.advantage)),
         sampling=sampling,
         group_size=cfg.rollout.group_size,
-        pad_token_id=pad_token_id,
-        capture_layer=cfg.rollout.capture_layer if mode is ContrastiveMode.REWARD else None,
-        dynamic_sampling=DynamicSampling(s.max_refill_batches) if s.dynamic else None,
+        logprobs=logprobs,
+        dynamic_sampling=DynamicSampling(pad_token_id, s.max_refill_batches, s.filter_on) if s.dynamic else None,
         overlong=OverlongShaping(sampling.max_new_tokens, s.overlong_buffer, s.overlong_penalty) if s.overlong_buffer else None,
-        reward_shaping=ContrastiveRewardShaping(objective, head_step) if mode is ContrastiveMode.REWARD else None,
-        completion=TrainingForwardCompletion(policy, sampling.logprob_temperature, cfg.ppo.micro_batch_size),
-        importance_cap=correction.cap if correction.enabled else None,
-        reuses_batch=reuses_batch,
+        reward_shaping=reward_shaping,
     )
 
 
 def build_updater(
-    cfg: DictConfig, policy: Any, algorithm: Any, reference: Any, sampling: Sampling, mode: ContrastiveMode,
-    objective: ContrastiveObjective, head_step: HeadStep,
+    cfg: DictConfig, policy: Any, algorithm: Any, batching: UpdateBatching, sampling: Sampling,
+    loss_term: ContrastiveLossTerm | None,
 ) -> PolicyUpdater:
-    loss_mode = mode is ContrastiveMode.LOSS
-    # LoRA with a KL term: the reference is the policy with its adapter disabled (no second model)
-    base_reference = reference is None and algorithm.uses_reference and is_adapter(policy)
     return PolicyUpdater(
         policy=policy,
         algorithm=algorithm,
+        batching=batching,
         temperature=sampling.logprob_temperature,
         max_len=sampling.max_new_tokens,
-        epochs=cfg.ppo.epochs,
-        mini_batch_size=cfg.ppo.mini_batch_size,
-        micro_batch_size=cfg.ppo.micro_batch_size,
-        max_tokens_per_micro_batch=cfg.ppo.max_tokens_per_micro_batch,
         max_grad_norm=cfg.ppo.max_grad_norm,
         max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
-        reference=policy if base_reference else reference,
-        reference_context=policy.disable_adapter if base_reference else nullcontext,
-        contrastive=ContrastiveLossTerm(objective, head_step) if loss_mode else None,
-        hidden_layer=cfg.rollout.capture_layer if loss_mode else None,
-        importance_cap=cfg.rollout.importance_sampling.cap if cfg.rollout.importance_sampling.enabled else None,
+        contrastive=loss_term,
     )
+
+
+def build_validation(cfg: DictConfig, engine: Any, verifiers: dict[str, Any], sampling: Sampling) -> Validation:
+    twins = {name: split_set_spec(spec)[2] for name, spec in (plain(cfg.data.get("val")) or {}).items()}
+    return Validation(engine, sampling, verifiers, twins, cfg.validation.n, list(cfg.validation.ks))
 
 
 def build_module(cfg: DictConfig) -> ClipoModule:
@@ -189,28 +215,23 @@ def build_module(cfg: DictConfig) -> ClipoModule:
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = build_verifiers(cfg)
-    val_twins = {name: split_set_spec(spec)[2] for name, spec in (plain(cfg.data.get("val")) or {}).items()}
     engine = build_engine(cfg, policy, tokenizer)
-    objective = build_contrastive(cfg, mode, policy.config.hidden_size)
-    head_step = HeadStep(objective, instantiate(cfg.contrastive.head_pooler_optimizer))
-    updater = build_updater(cfg, policy, algorithm, reference, sampling, mode, objective, head_step)
+    contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
+    batching = build_batching(cfg)
+    logprobs = build_rollout_logprobs(cfg, policy, reference, algorithm, sampling, batching, mode)
+    rewards = build_rewards(cfg, verifier, tokenizer)
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
-        reference=reference,
-        collector=build_collector(cfg, engine, verifier, build_rewards(cfg, verifier, tokenizer), sampling, mode,
-                                  objective, head_step, policy, tokenizer.pad_token_id, updater.reuses_batch),
-        updater=updater,
-        contrastive=objective,
-        head_step=head_step,
+        collector=build_collector(cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping,
+                                  tokenizer.pad_token_id),
+        updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term),
+        contrastive=contrastive.objective,
+        head_step=contrastive.head_step,
         optimizer=instantiate(cfg.optimizer),
-        engine=engine,
-        val_sampling=val_sampling,
+        validation=build_validation(cfg, engine, val_verifiers, val_sampling),
+        reference=reference,
         rollout_log=build_rollout_log(cfg),
-        val_verifiers=val_verifiers,
-        val_twins=val_twins,
-        val_n=cfg.validation.n,
-        val_ks=list(cfg.validation.ks),
         run_config=run_config(cfg),
     )
 

@@ -11,8 +11,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from typing import Any, Callable
+
 from clipo.algorithms.kl import KL_ESTIMATORS
 from clipo.contrastive.mode import ContrastiveMode
+from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping
+from clipo.rl.batching import batch_sizes
+from clipo.rl.dynamic_sampling import DynamicSampling
+from clipo.rl.old_policy import ImportanceCorrection
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rewards import reward_config_problems
 
@@ -40,20 +46,38 @@ def validate_config(cfg: DictConfig) -> None:
     estimator = cfg.algorithm.get("kl_estimator", "k3")
     if estimator not in KL_ESTIMATORS:
         problems.append(f"algorithm.kl_estimator={estimator!r} is unknown; choose one of: {', '.join(KL_ESTIMATORS)}")
-    try:
-        ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
-    except ValueError as error:
-        problems.append(str(error))
+    mode = _rule(problems, lambda: ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode))
+    problems += _contrastive_problems(cfg, mode)
     problems += _sampling_problems(cfg)
     problems += _reward_problems(cfg)
     problems += _logging_and_lora_problems(cfg)
     problems += _engine_problems(cfg)
-    problems += _batch_problems(cfg)
+    problems += _batch_problems(cfg, mode)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     problems += _precision_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _rule(problems: list[str], build: Callable[[], Any]) -> Any:
+    """Run a part's own constructor (or rule) on config values: its ValueError becomes a problem, None returned."""
+    try:
+        return build()
+    except ValueError as error:
+        problems.append(str(error))
+        return None
+
+
+def _contrastive_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
+    """The mode's adapter accepts its settings (the adapters' own checks, before any model loads)."""
+    problems: list[str] = []
+    c = cfg.contrastive
+    if mode is ContrastiveMode.REWARD:
+        _rule(problems, lambda: ContrastiveRewardShaping(None, None, c.lam, c.c, c.floor, c.head_warmup_steps))
+    elif mode is ContrastiveMode.LOSS:
+        _rule(problems, lambda: ContrastiveLossTerm(None, None, c.coef, cfg.rollout.capture_layer))
+    return problems
 
 
 def _reward_problems(cfg: DictConfig) -> list[str]:
@@ -65,8 +89,7 @@ def _reward_problems(cfg: DictConfig) -> list[str]:
 
 def _logging_and_lora_problems(cfg: DictConfig) -> list[str]:
     problems = []
-    log = cfg.get("logging") or {}
-    every, rows = log.get("rollouts_every_n_steps", 1), log.get("rollouts_max_rows_per_step", 64)
+    every, rows = cfg.logging.rollouts_every_n_steps, cfg.logging.rollouts_max_rows_per_step
     if not isinstance(every, int) or every < 0:
         problems.append(f"logging.rollouts_every_n_steps={every} must be an integer >= 0 (0 turns rollout logs off)")
     if not isinstance(rows, int) or rows < 1:
@@ -83,19 +106,11 @@ def _logging_and_lora_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _contrastive_mode(cfg: DictConfig) -> ContrastiveMode | None:
-    try:
-        return ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
-    except ValueError:
-        return None  # reported once by validate_config
-
-
 def _sampling_problems(cfg: DictConfig) -> list[str]:
     """DAPO's sampling tricks (`sampling.*`) fit the generation budget."""
     s, budget = cfg.sampling, cfg.rollout.max_new_tokens
-    problems = []
-    if s.max_refill_batches < 0:
-        problems.append(f"sampling.max_refill_batches={s.max_refill_batches} must be >= 0")
+    problems: list[str] = []
+    _rule(problems, lambda: DynamicSampling(0, s.max_refill_batches, s.filter_on))
     if not 0 <= s.overlong_buffer <= budget:
         problems.append(
             f"sampling.overlong_buffer={s.overlong_buffer} must lie in 0..rollout.max_new_tokens={budget} (0 disables it)"
@@ -106,11 +121,10 @@ def _sampling_problems(cfg: DictConfig) -> list[str]:
 
 
 def _engine_problems(cfg: DictConfig) -> list[str]:
-    """The importance-weight cap is sensible; the engine can run the model."""
-    problems = []
-    cap = cfg.rollout.importance_sampling.cap
-    if cap < 1:
-        problems.append(f"rollout.importance_sampling.cap={cap} must be >= 1 (TRL uses 2.0)")
+    """The sampler correction's settings (its own check); the engine can run the model."""
+    problems: list[str] = []
+    i = cfg.rollout.importance_sampling
+    _rule(problems, lambda: ImportanceCorrection(i.cap, i.level, i.mode))
     return problems + engine_problems(cfg.rollout, cfg.model)
 
 
@@ -147,7 +161,7 @@ def world_size(cfg: DictConfig) -> int | None:
     return None
 
 
-def _batch_problems(cfg: DictConfig) -> list[str]:
+def _batch_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
     """Groups, mini-batches and micro-batches divide evenly, over every process.
 
     `data.prompts_per_step` and `ppo.mini_batch_size` count the whole step over all processes;
@@ -180,16 +194,16 @@ def _batch_problems(cfg: DictConfig) -> list[str]:
             f"ppo.mini_batch_size={mini} does not divide the {rollouts} rollouts of a step "
             f"(data.prompts_per_step={prompts} x rollout.group_size={group_size})"
         )
-    mini_per_process = max(mini // world, 1)
-    micro = min(cfg.ppo.micro_batch_size or mini_per_process, mini_per_process)  # at most the whole mini-batch
-    budget = cfg.ppo.get("max_tokens_per_micro_batch")
+    sizes = batch_sizes(rollouts // world, world, mini, cfg.ppo.micro_batch_size)
+    mini_per_process, micro = (max(size, 1) for size in sizes)  # a world larger than the batch is reported above
+    loss_mode = mode is ContrastiveMode.LOSS
+    budget = cfg.ppo.max_tokens_per_micro_batch
     if budget is not None:  # replaces micro_batch_size: micro-batches are packed by tokens
-        loss_mode = _contrastive_mode(cfg) is ContrastiveMode.LOSS
         problems += _token_budget_problems(budget, cfg.rollout.max_new_tokens, group_size, loss_mode)
     elif mini_per_process % micro:
         per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
         problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}")
-    elif _contrastive_mode(cfg) is ContrastiveMode.LOSS and micro % group_size:
+    elif loss_mode and micro % group_size:
         # in loss mode the contrastive loss is taken per forward pass: a split group loses its pairs
         problems.append(
             f"ppo.micro_batch_size={micro} splits groups of rollout.group_size={group_size}, and contrastive.mode=loss "

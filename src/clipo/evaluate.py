@@ -132,7 +132,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model.to(device)
     engine = build_engine(cfg, model, tokenizer)
     sampling = eval_sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-    verifiers = {kind: build_verifier(kind) for kind in sorted({v for _, v, _ in specs.values()})}
+    verifiers = {kind: build_verifier(cfg, kind) for kind in sorted({v for _, v, _ in specs.values()})}
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     per_set, all_scores = {}, {}

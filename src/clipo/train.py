@@ -89,7 +89,7 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
         metrics = metrics or {k: float(v) for k, v in trainer.callback_metrics.items()}
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if stop.signum is not None:
-        _close_verifiers(module)
+        module.close_verifiers()
         if trainer.is_global_zero:
             log.warning("interrupted by %s at step %d; continue with ckpt_path=%s", stop.name, trainer.global_step,
                         checkpoint)
@@ -103,7 +103,7 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
     export_dir = export_policy(module, output_dir / "policy", merge) if trainer.is_global_zero else None
     if summary is not None and trainer.is_global_zero:
         print(format_summary(summary, val_before, val_after, str(output_dir), checkpoint, str(export_dir)))
-    _close_verifiers(module)
+    module.close_verifiers()
     metrics |= val_after
     metrics |= {k.replace("val/", "val_before/", 1): v for k, v in val_before.items()}
     if trainer.is_global_zero:
@@ -111,11 +111,6 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
         write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
                                                         "interrupted": False})
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "summary": summary}
-
-
-def _close_verifiers(module: L.LightningModule) -> None:
-    for verifier in {id(v): v for v in [module.verifier, *module.val_verifiers.values()]}.values():
-        verifier.close()
 
 
 def _validate_after_fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
@@ -147,7 +142,7 @@ def export_policy(module: L.LightningModule, target: Path, merge: bool = False) 
     module.tokenizer.save_pretrained(target)
     if merge and is_adapter(module.policy):
         save_merged(module.policy, module.tokenizer, target.parent / f"{target.name}_merged")
-    if module.contrastive.head is not None:
+    if module.contrastive is not None:
         torch.save(module.contrastive.state_dict(), target.parent / "contrastive_head.pt")
     return target
 

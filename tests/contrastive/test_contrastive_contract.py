@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import clipo.contrastive  # noqa: F401  (registers the options)
-from clipo.contrastive import ContrastiveObjective
+from clipo.contrastive import ContrastiveObjective, ContrastiveRewardShaping, HeadStep
 from clipo.registry import HEADS, LOSSES, POOLERS
 
 N, T, D, E = 8, 6, 12, 5
@@ -47,13 +47,22 @@ def test_head_contract(name):
 
 @pytest.mark.parametrize("head", HEADS.names())
 @pytest.mark.parametrize("pooler", POOLERS.names())
-@pytest.mark.parametrize("loss", LOSSES.names())
+@pytest.mark.parametrize("loss", [name for name in LOSSES.names() if name != "none"])
 def test_objective_contract(loss, pooler, head):
     objective = ContrastiveObjective(
         POOLERS.build({"name": pooler}, hidden_size=D), HEADS.build({"name": head, "dim": E}, in_dim=D),
         LOSSES.build({"name": loss}),
     )
-    out = objective(torch.randn(N, T, D), torch.ones(N, T, dtype=torch.bool), Y, G)
-    assert out.per_sample.shape == (N,) and out.bonus.shape == (N,) and out.batch_loss.shape == ()
-    assert out.per_sample.dtype == out.bonus.dtype == out.batch_loss.dtype == torch.float32
+    shaping = ContrastiveRewardShaping(objective, HeadStep(objective, torch.optim.AdamW))
+    hidden, mask = torch.randn(N, T, D), torch.ones(N, T, dtype=torch.bool)
+    out = objective(hidden, mask, Y, G)
+    _, shaped = shaping(hidden, mask, Y.bool(), G, Y)
+    assert out.per_sample.shape == (N,) and shaped.bonus.shape == (N,) and out.batch_loss.shape == ()
+    assert out.per_sample.dtype == shaped.bonus.dtype == out.batch_loss.dtype == torch.float32
     assert all(v.shape == () for v in out.metrics.values())
+
+
+def test_loss_none_has_no_objective():
+    with pytest.raises(ValueError, match="loss=none is plain RLVR"):
+        ContrastiveObjective(POOLERS.build({"name": "mean"}, hidden_size=D), HEADS.build({"name": "linear", "dim": E},
+                             in_dim=D), LOSSES.build({"name": "none"}))

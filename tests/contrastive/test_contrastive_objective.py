@@ -1,4 +1,5 @@
-"""ContrastiveObjective: gradient routing per mode, the reward bonus, metrics and validation."""
+"""ContrastiveObjective and its two mode adapters: gradient routing per mode, the reward bonus, metrics
+and validation."""
 
 import math
 
@@ -6,7 +7,15 @@ import pytest
 import torch
 from naive_contrastive import grouped_batch
 
-from clipo.contrastive import ContrastiveMode, ContrastiveObjective, build_sets, contrastive_reward, similarity_stats
+from clipo.contrastive import (
+    ContrastiveLossTerm,
+    ContrastiveObjective,
+    ContrastiveRewardShaping,
+    HeadStep,
+    build_sets,
+    contrastive_reward,
+    similarity_stats,
+)
 from clipo.registry import HEADS, LOSSES, POOLERS
 
 D_IN, D, T = 6, 10, 5
@@ -23,36 +32,52 @@ def make_batch(seed=0):
     return policy, hidden, mask, y, g
 
 
-def make_objective(loss="supcon", pooler="attention", head="linear", **kwargs):
+def make_objective(loss="supcon", pooler="attention", head="linear"):
     return ContrastiveObjective(
         POOLERS.build({"name": pooler, "hidden_size": D}),
         HEADS.build({"name": head, "dim": 8}, in_dim=D),
         LOSSES.build({"name": loss}),
-        **kwargs,
     )
+
+
+class GradientSpy(torch.optim.SGD):
+    """SGD at lr 0 that keeps, at each step, which of its parameters had a non-zero gradient."""
+
+    def __init__(self, params):
+        super().__init__(params, lr=0.0)
+        self.nonzero = []
+
+    def step(self, closure=None):
+        self.nonzero.append([p.grad is not None and p.grad.abs().sum() > 0 for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
+
+
+def make_shaping(objective=None, **kwargs):
+    objective = objective or make_objective()
+    head_step = HeadStep(objective, GradientSpy)
+    head_step.configure()
+    return ContrastiveRewardShaping(objective, head_step, **kwargs)
 
 
 def test_reward_mode_keeps_gradient_away_from_the_policy():
     policy, hidden, mask, y, g = make_batch()
-    objective = make_objective(mode="reward")
-    out = objective(hidden, mask, y, g)
-    out.batch_loss.backward()
+    shaping = make_shaping()
+    shaped, out = shaping(hidden, mask, y.bool(), g, y)
     assert policy.weight.grad is None and policy.bias.grad is None
-    assert objective.head.proj.weight.grad.abs().sum() > 0
-    assert objective.pooler.query.grad.abs().sum() > 0
-    assert not out.bonus.requires_grad and not out.policy_term.requires_grad
-    assert out.policy_term.item() == 0.0
+    assert all(shaping.head_step.optimizer.nonzero[0])  # head and attention pooler got their gradient
+    assert not shaped.requires_grad and not out.bonus.requires_grad and not out.loss.requires_grad
 
 
 def test_loss_mode_reaches_the_policy():
     policy, hidden, mask, y, g = make_batch()
-    objective = make_objective(mode="loss", coef=0.3)
-    out = objective(hidden, mask, y, g)
-    torch.testing.assert_close(out.policy_term, 0.3 * out.batch_loss)
-    out.policy_term.backward()
+    objective = make_objective()
+    term = ContrastiveLossTerm(objective, HeadStep(objective, torch.optim.SGD), coef=0.3, hidden_layer=-1)
+    loss, metrics = term(hidden, mask, y, g, len(y), len(y))
+    torch.testing.assert_close(loss, 0.3 * metrics["contrastive/loss"])
+    loss.backward()
     assert policy.weight.grad.abs().sum() > 0
     assert objective.head.proj.weight.grad.abs().sum() > 0
-    assert torch.equal(out.bonus, torch.zeros_like(out.bonus))
+    assert "contrastive/reward_bonus" not in metrics  # loss mode adds no bonus
 
 
 def test_bonus_formula_by_hand():
@@ -68,16 +93,18 @@ def test_bonus_formula_by_hand():
 
 def test_objective_bonus_uses_its_own_losses():
     _, hidden, mask, y, g = make_batch(1)
-    objective = make_objective(lam=0.5, c=0.1, floor=-2.0)
-    out = objective(hidden, mask, y, g)
-    expected = torch.where(y == 1, torch.clamp(0.1 - 0.5 * out.per_sample.detach(), min=-2.0), torch.zeros_like(y))
+    shaping = make_shaping(lam=0.5, c=0.1, floor=-2.0)
+    per_sample = shaping.objective(hidden, mask, y, g).per_sample.detach()  # before the head's step (lr 0 here)
+    shaped, out = shaping(hidden, mask, y.bool(), g, y)
+    expected = torch.where(y == 1, torch.clamp(0.1 - 0.5 * per_sample, min=-2.0), torch.zeros_like(y))
     torch.testing.assert_close(out.bonus, expected)
+    torch.testing.assert_close(shaped, y + expected)
     torch.testing.assert_close(out.metrics["contrastive/reward_bonus"], expected[y == 1].mean())
 
 
 def test_metrics_by_hand():
     _, hidden, mask, y, g = make_batch(2)
-    out = make_objective()(hidden, mask, y, g)
+    _, out = make_shaping(make_objective())(hidden, mask, y.bool(), g, y)
     # groups with 2, 3, 1 correct of 4: anchors are correct rollouts with a fellow correct one: 2 + 3
     assert out.metrics["contrastive/anchor_frac"].item() == pytest.approx(5 / 12)
     assert all(not v.requires_grad and v.shape == () and torch.isfinite(v) for v in out.metrics.values())
@@ -115,24 +142,14 @@ def test_no_anchor_batch_is_zero_and_nan_free():
     assert all(torch.isfinite(v) for v in out.metrics.values())
 
 
-def test_loss_none_disables_everything_whatever_the_mode():
-    for mode in ("reward", "loss"):
-        objective = make_objective(loss="none", mode=mode)
-        assert not objective.enabled and objective.head is None and objective.pooler is None
-        assert objective.mode is ContrastiveMode.OFF and list(objective.parameters()) == []
-        out = objective(torch.randn(4, T, D), torch.ones(4, T, dtype=torch.bool), torch.ones(4), torch.zeros(4))
-        assert torch.equal(out.bonus, torch.zeros(4)) and out.batch_loss.item() == 0.0 and out.metrics == {}
-
-
 def test_warmup_holds_the_policy_in_reward_mode_only():
     # the official count (verl's critic_warmup <= global_steps, steps from 1): warm-up 3 means the
     # policy first updates at step 3, i.e. 0-based step 2, after 2 head-only steps
-    objective = make_objective(head_warmup_steps=3)
-    assert objective.enabled and objective.mode is ContrastiveMode.REWARD
-    assert [objective.policy_waits(s) for s in range(4)] == [True, True, False, False]
+    shaping = make_shaping(head_warmup_steps=3)
+    assert [shaping.policy_waits(s) for s in range(4)] == [True, True, False, False]
     for warmup in (0, 1):  # both: the policy updates from the first step
-        assert not make_objective(head_warmup_steps=warmup).policy_waits(0)
-    assert not make_objective(mode="loss", head_warmup_steps=3).policy_waits(0)
+        assert not make_shaping(head_warmup_steps=warmup).policy_waits(0)
+    assert not hasattr(ContrastiveLossTerm, "policy_waits")  # loss mode never holds the policy
 
 
 def test_infonce_generator_state_travels_in_the_objective_state_dict():
@@ -150,7 +167,6 @@ def test_infonce_generator_state_travels_in_the_objective_state_dict():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"mode": "both"}, "choose one of: reward, loss"),
         ({"floor": 0.5}, "floor"),
         ({"lam": -1.0}, "lam"),
         ({"head_warmup_steps": -1}, "head_warmup_steps"),
@@ -158,7 +174,9 @@ def test_infonce_generator_state_travels_in_the_objective_state_dict():
 )
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        make_objective(**kwargs)
+        make_shaping(**kwargs)
+    with pytest.raises(ValueError, match="coef"):
+        ContrastiveLossTerm(make_objective(), None, coef=-1.0, hidden_layer=-1)
 
 
 def test_enabled_loss_without_head_is_rejected():
@@ -169,8 +187,8 @@ def test_enabled_loss_without_head_is_rejected():
 
 def test_bonus_has_the_floor_and_zero_for_wrong_rollouts():
     _, hidden, mask, y, g = make_batch(4)
-    out = make_objective(lam=100.0)(hidden, mask, y, g)  # lam * L > 0.5 wherever L > 0.005: the floor
-    clipped = out.per_sample > 0.005
+    _, out = make_shaping(lam=100.0)(hidden, mask, y.bool(), g, y)  # lam * L > 0.5 wherever L > 0.005: the floor
+    clipped = out.loss > 0.005
     assert (out.bonus[clipped] == -0.5).all() and clipped.any()
     assert (out.bonus[y == 0] == 0).all()
     assert not math.isnan(out.metrics["contrastive/reward_bonus"].item())

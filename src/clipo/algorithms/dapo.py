@@ -1,4 +1,4 @@
-"""`algorithm=dapo`: DAPO's clip-higher objective (its sampling tricks are `sampling=dapo`, see `clipo.dapo`)."""
+"""`algorithm=dapo`: DAPO's clip-higher objective (its sampling tricks are `sampling=dapo`, see `clipo.rl.dynamic_sampling`)."""
 
 from __future__ import annotations
 

@@ -1,57 +1,86 @@
-"""Truncated importance sampling (TIS) for the mismatch between the engine that sampled and the trainer.
+"""Importance sampling for the mismatch between the engine that sampled and the trainer.
 
 An inference engine (vLLM) and the training forward compute slightly different probabilities for
 the same tokens (other kernels, other numerics), so the rollouts come from `pi_sampler`, not from
-the `pi_old` the PPO ratio assumes. Each token's policy-gradient term is re-weighted by
-`min(pi_old / pi_sampler, cap)` (Yao et al. 2025, "Your efficient RL framework secretly brings you
-off-policy RL training", https://fengyao.notion.site/off-policy-rl; TRL's
-`vllm_importance_sampling_correction`, verl's rollout correction). Shapes: `N` rollouts, `T` tokens.
+the `pi_old` the PPO ratio assumes. Each policy-gradient term is re-weighted by the ratio
+`pi_old / pi_sampler` (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy
+RL training", https://fengyao.notion.site/off-policy-rl), as TRL's `vllm_importance_sampling_mode`
+and verl's `algorithm.rollout_correction` do:
+
+    level token      r_t = exp(logp_old_t - logp_sampler_t), one weight per token
+    level sequence   r = exp(sum_t (logp_old_t - logp_sampler_t)), one weight for all of a sequence's tokens
+    mode truncate    w = min(r, cap)                          (TIS; TRL's default, cap 2)
+    mode mask        w = r inside [1/cap, cap], 0 outside     (rejection: the token or sequence is dropped)
+
+A dropped term still counts in the loss's normaliser (TRL multiplies the per-token loss by the
+weight). Shapes: `N` rollouts, `T` tokens.
 """
 
 from __future__ import annotations
 
 import torch
 
-from clipo.ops import masked_mean
 from clipo.algorithms.kl import token_kl
+from clipo.ops import masked_mean
+
+LEVELS = ("token", "sequence")
+MODES = ("truncate", "mask")
 
 
-def truncated_importance_weights(
+def importance_weights(
     train_logprobs: torch.Tensor,
     sampling_logprobs: torch.Tensor,
     mask: torch.Tensor,
     cap: float,
+    level: str = "token",
+    mode: str = "truncate",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Token weights `min(exp(train_logprobs - sampling_logprobs), cap)` and mismatch metrics.
+    """Weights of each response token and mismatch metrics.
 
     Args:
         train_logprobs: [N, T] the trainer's log-probs of the sampled tokens before the update (pi_old).
         sampling_logprobs: [N, T] the engine's log-probs of the same tokens (pi_sampler).
         mask: [N, T] bool, true on response tokens.
-        cap: upper bound of a weight (TRL's default 2.0); must be >= 1.
+        cap: >= 1; the truncation bound, or the mask's interval [1/cap, cap]. `inf` keeps every ratio.
+        level: `token` or `sequence` (see the module docstring).
+        mode: `truncate` or `mask`.
 
     Returns:
         (weights [N, T] float32, detached, 1 off the mask; metrics over response tokens:
         `rollout_corr/logprob_diff_mean` and `_max` (|train - sampling|), `rollout_corr/kl` (k3 estimate
-        of KL(pi_sampler || pi_old) on the sampler's tokens), `rollout_corr/weight_mean`,
-        `rollout_corr/capped_frac` (share of tokens whose weight the cap lowered)).
+        of KL(pi_sampler || pi_old) on the sampler's tokens), `rollout_corr/weight_mean`, and
+        `rollout_corr/capped_frac` (truncate: share of tokens whose weight the cap lowered) or
+        `rollout_corr/masked_frac` (mask: share of tokens dropped)).
     """
-    if cap < 1:
-        raise ValueError(f"the importance-weight cap must be >= 1 (TRL uses 2.0), got {cap}")
-    if train_logprobs.shape != sampling_logprobs.shape or train_logprobs.shape != mask.shape:
-        shapes = f"{tuple(train_logprobs.shape)}, {tuple(sampling_logprobs.shape)}, {tuple(mask.shape)}"
-        raise ValueError(f"train_logprobs, sampling_logprobs and mask must have one shape [N, T], got {shapes}")
+    _check(train_logprobs, sampling_logprobs, mask, cap, level, mode)
     mask = mask.bool()
     train, sampling = train_logprobs.detach().float(), sampling_logprobs.detach().float()
-    log_ratio = torch.where(mask, train - sampling, 0.0)  # log(pi_old / pi_sampler)
+    log_ratio = torch.where(mask, train - sampling, 0.0)  # log(pi_old / pi_sampler) per token
+    if level == "sequence":  # one ratio per sequence, on each of its tokens
+        log_ratio = torch.where(mask, log_ratio.sum(-1, keepdim=True), 0.0)
     ratio = log_ratio.exp()
-    weights = ratio.clamp(max=cap)
-    diff = log_ratio.abs()
+    if mode == "truncate":
+        weights, cut, cut_name = ratio.clamp(max=cap), ratio > cap, "capped_frac"
+    else:
+        cut = (ratio > cap) | (ratio < 1 / cap)
+        weights, cut_name = torch.where(cut, 0.0, ratio), "masked_frac"
+    token_diff = torch.where(mask, train - sampling, 0.0).abs()
     metrics = {
-        "rollout_corr/logprob_diff_mean": masked_mean(diff, mask),
-        "rollout_corr/logprob_diff_max": diff.max() if mask.any() else diff.new_zeros(()),
+        "rollout_corr/logprob_diff_mean": masked_mean(token_diff, mask),
+        "rollout_corr/logprob_diff_max": token_diff.max() if mask.any() else token_diff.new_zeros(()),
         "rollout_corr/kl": masked_mean(token_kl(sampling, train, "k3"), mask),
         "rollout_corr/weight_mean": masked_mean(weights, mask),
-        "rollout_corr/capped_frac": masked_mean((ratio > cap).float(), mask),
+        f"rollout_corr/{cut_name}": masked_mean(cut.float(), mask),
     }
-    return weights, metrics
+    return torch.where(mask, weights, 1.0), metrics
+
+
+def _check(train: torch.Tensor, sampling: torch.Tensor, mask: torch.Tensor, cap: float, level: str, mode: str) -> None:
+    if cap < 1:
+        raise ValueError(f"the importance-weight cap must be >= 1 (TRL uses 2.0), got {cap}")
+    if level not in LEVELS or mode not in MODES:
+        raise ValueError(f"importance sampling level={level!r}, mode={mode!r}: choose a level of {LEVELS} "
+                         f"and a mode of {MODES}")
+    if train.shape != sampling.shape or train.shape != mask.shape:
+        shapes = f"{tuple(train.shape)}, {tuple(sampling.shape)}, {tuple(mask.shape)}"
+        raise ValueError(f"train_logprobs, sampling_logprobs and mask must have one shape [N, T], got {shapes}")

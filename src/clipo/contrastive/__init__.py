@@ -17,6 +17,7 @@ from clipo.contrastive.losses import (
 )
 from clipo.contrastive.mode import ContrastiveMode
 from clipo.contrastive.objective import ContrastiveObjective, ContrastiveOutput
+from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
 from clipo.contrastive.poolers import AttentionPooler, LastTokenPooler, MaxPooler, MeanPooler, Pooler
 from clipo.contrastive.sets import ContrastiveSets, build_sets, sample_positives
 from clipo.contrastive.shaping import contrastive_reward, similarity_stats
@@ -24,11 +25,14 @@ from clipo.contrastive.shaping import contrastive_reward, similarity_stats
 __all__ = [
     "AttentionPooler",
     "ContrastiveLoss",
+    "ContrastiveLossTerm",
     "ContrastiveMode",
     "ContrastiveObjective",
     "ContrastiveOutput",
+    "ContrastiveRewardShaping",
     "ContrastiveSets",
     "FixedRandomHead",
+    "HeadStep",
     "InfoNCELoss",
     "LastTokenPooler",
     "LinearHead",

@@ -1,14 +1,15 @@
-"""CLIPO's contrastive objective: pooler -> head -> loss -> reward bonus and metrics.
+"""CLIPO's contrastive objective: pooler -> head -> loss, per rollout and over the batch, with metrics.
 
 Shapes: `N` rollouts, `T` response tokens, `D` hidden size. DESIGN.md section 1, arXiv 2603.10101.
 
-Usage in `mode=REWARD` (the paper's), by `clipo.contrastive.steps.ContrastiveRewardShaping`:
+The objective knows nothing of how its loss is used. The two modes are adapters in
+`clipo.contrastive.steps`, one of which the builders choose once:
 
-    out = objective(hidden, mask, labels, groups)   # hidden detached inside
-    out.batch_loss.backward(); head_opt.step()      # head_opt over objective.parameters()
-    rewards = rewards + out.bonus                   # bonus from the losses before the step
+    ContrastiveRewardShaping   (reward mode, the paper's) detaches the hidden states, trains the head
+                               on the batch loss and adds max(c - lam * L_i, floor) to correct rewards
+    ContrastiveLossTerm        (loss mode) adds coef * batch loss to the policy loss
 
-and in `mode=LOSS` (`ContrastiveLossTerm`): `policy_loss = policy_loss + out.policy_term` (coef * batch_loss).
+`loss=none` (plain RLVR) builds no objective at all.
 """
 
 from __future__ import annotations
@@ -19,92 +20,40 @@ import torch
 from torch import nn
 
 from clipo.contrastive.losses import ContrastiveLoss
-from clipo.contrastive.mode import ContrastiveMode
 from clipo.contrastive.sets import labels_to_bool
-from clipo.contrastive.shaping import contrastive_reward, similarity_stats
-from clipo.ops import masked_mean
+from clipo.contrastive.shaping import similarity_stats
 
 
 @dataclass
 class ContrastiveOutput:
     """What one contrastive pass returns; all float32."""
 
-    per_sample: torch.Tensor  # [N] L_i, with graph to head and pooler
-    batch_loss: torch.Tensor  # [] mean over anchors, with graph to head and pooler
-    bonus: torch.Tensor  # [N] detached reward bonus (zeros in loss mode)
-    policy_term: torch.Tensor  # [] coef * batch_loss in loss mode, 0 in reward mode
+    per_sample: torch.Tensor  # [N] L_i, with graph to head and pooler (and to the policy if `hidden` has one)
+    batch_loss: torch.Tensor  # [] mean over anchors, with the same graph
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars
 
 
 class ContrastiveObjective(nn.Module):
-    """Ties pooler, head and loss together and turns the loss into a reward bonus or a loss term.
-
-    Rule for `loss=none` (the plain-RLVR baseline): the objective's mode is OFF whatever `mode`
-    says. It drops the head and the pooler (so they hold no parameters, optimizer state or
-    unused DDP parameters), and `forward` returns zeros and no metrics without pooling
-    anything. This lets `loss=none` work with the default `head` and `pooler` configs unchanged.
+    """Ties pooler, head and loss together.
 
     Args:
         pooler: a POOLERS module (attention has parameters).
-        head: a HEADS module; required unless the loss is `none`.
-        loss: a LOSSES module.
-        mode: a `ContrastiveMode` (or its value): REWARD (detached representations, bonus added to
-            rewards) or LOSS (coef * batch loss added to the policy loss; gradient reaches the policy).
-        lam, c, floor: bonus_i = max(c - lam * L_i, floor) for correct rollouts.
-        coef: weight of the batch loss in the policy loss (loss mode).
-        head_warmup_steps: the RL step (from 1) of the first policy update (see `policy_waits`).
+        head: a HEADS module.
+        loss: a LOSSES module other than `none`.
     """
 
-    def __init__(
-        self,
-        pooler: nn.Module,
-        head: nn.Module | None,
-        loss: ContrastiveLoss,
-        mode: ContrastiveMode | str = ContrastiveMode.REWARD,
-        lam: float = 0.2,
-        c: float = 0.0,
-        floor: float = -0.5,
-        coef: float = 0.1,
-        head_warmup_steps: int = 0,
-    ) -> None:
+    def __init__(self, pooler: nn.Module, head: nn.Module, loss: ContrastiveLoss) -> None:
         super().__init__()
-        if mode not in ContrastiveMode.configurable() and mode is not ContrastiveMode.OFF:
-            raise ValueError(f"unknown contrastive mode {mode!r}; choose one of: {', '.join(ContrastiveMode.configurable())}")
-        if lam < 0 or coef < 0:
-            raise ValueError(
-                f"lam and coef must be >= 0 (a negative one rewards spreading correct answers), got {lam}, {coef}"
-            )
-        if floor > c:
-            raise ValueError(f"floor ({floor}) must be <= c ({c}), otherwise every bonus equals the floor")
-        if head_warmup_steps < 0:
-            raise ValueError(f"head_warmup_steps must be >= 0, got {head_warmup_steps}")
-        if loss.enabled and head is None:
+        if not loss.enabled:
+            raise ValueError("loss=none is plain RLVR: it has no contrastive objective to build")
+        if head is None:
             raise ValueError("a contrastive loss needs a head; build one with HEADS.build(...) or use loss=none")
-        self.loss = loss
-        self.pooler = pooler if loss.enabled else None
-        self.head = head if loss.enabled else None
-        self.mode = ContrastiveMode(mode) if loss.enabled else ContrastiveMode.OFF
-        self.lam, self.c, self.floor = float(lam), float(c), float(floor)
-        self.coef, self.head_warmup_steps = float(coef), int(head_warmup_steps)
-
-    @property
-    def enabled(self) -> bool:
-        return self.mode is not ContrastiveMode.OFF
-
-    def policy_waits(self, step: int) -> bool:
-        """True while only the head trains.
-
-        `step` counts rollout batches already seen (0 for the first). As the official trainer runs
-        `critic_warmup` (policy update when `critic_warmup <= global_steps`, steps counted from 1),
-        the policy first updates at step `head_warmup_steps` counted from 1: 14 gives 13 head-only
-        steps, 0 and 1 give none.
-        """
-        return self.mode is ContrastiveMode.REWARD and step + 1 < self.head_warmup_steps
+        self.pooler, self.head, self.loss = pooler, head, loss
 
     def forward(
         self, hidden: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor
     ) -> ContrastiveOutput:
-        """Contrastive loss, bonus and metrics for a batch.
+        """Per-rollout and batch losses, and metrics.
 
         Args:
             hidden: [N, T, D] response-token hidden states of the captured layer (`rollout.capture_layer`).
@@ -112,25 +61,13 @@ class ContrastiveObjective(nn.Module):
             labels: [N] verifier labels, bool or 0/1.
             groups: [N] prompt ids.
         """
-        if not self.enabled:
-            zeros = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
-            return ContrastiveOutput(zeros, zeros.sum(), zeros, zeros.sum())
         labels = labels_to_bool(labels)  # checked once; bool labels skip the later checks
-        if self.mode is ContrastiveMode.REWARD:
-            hidden = hidden.detach()  # the bonus is a reward: no gradient may reach the policy
         pooled = self.pooler(hidden, mask)  # [N, D] float32
         embeddings = self.head(pooled)  # [N, E] unit
         per_sample, batch_loss = self.loss(embeddings, labels, groups)
-        if self.mode is ContrastiveMode.REWARD:
-            bonus = contrastive_reward(per_sample.detach(), labels, self.lam, self.c, self.floor)
-            policy_term = torch.zeros_like(batch_loss)
-        else:
-            bonus = torch.zeros_like(per_sample).detach()
-            policy_term = self.coef * batch_loss
-        metrics = self._metrics(pooled, embeddings, labels, groups, batch_loss, bonus)
-        return ContrastiveOutput(per_sample, batch_loss, bonus, policy_term, metrics)
+        return ContrastiveOutput(per_sample, batch_loss, self._metrics(pooled, embeddings, labels, groups, batch_loss))
 
-    def _metrics(self, pooled, embeddings, labels, groups, batch_loss, bonus) -> dict[str, torch.Tensor]:
+    def _metrics(self, pooled, embeddings, labels, groups, batch_loss) -> dict[str, torch.Tensor]:
         sets = self.loss.sets(labels, groups)
         hidden_stats = similarity_stats(pooled, sets)
         embed_stats = similarity_stats(embeddings, sets)
@@ -144,5 +81,4 @@ class ContrastiveObjective(nn.Module):
             # the cosines read 0 when there are no pairs; the counts tell that apart
             "contrastive/pos_pairs": embed_stats["pos_pairs"],
             "contrastive/neg_pairs": embed_stats["neg_pairs"],
-            "contrastive/reward_bonus": masked_mean(bonus, labels),
         }

@@ -1,9 +1,9 @@
-"""Where CLIPO's objective enters the RL step: one class per mode, chosen once by the builders.
+"""Where CLIPO's objective enters the RL step: one adapter per mode, chosen once by the builders.
 
-- `ContrastiveRewardShaping` (mode REWARD): the collector calls it after scoring; it adds the
-  bonus to correct rollouts' rewards and trains the head on its own loss.
-- `ContrastiveLossTerm` (mode LOSS): the updater calls it on each micro-batch's training
-  forward; its loss joins the policy loss, and the head steps with each policy update.
+- `ContrastiveRewardShaping` (reward mode): the collector calls it after scoring; it detaches the
+  hidden states, adds the bonus to correct rollouts' rewards and trains the head on its own loss.
+- `ContrastiveLossTerm` (loss mode): the updater calls it on each micro-batch's training forward;
+  `coef` x its loss joins the policy loss, and the head steps with each policy update.
 - `HeadStep`: the optimizer step of the head (and a learned pooler), shared by both.
 
 Shapes: `N` rollouts, `T` response tokens, `D` hidden size.
@@ -11,12 +11,15 @@ Shapes: `N` rollouts, `T` response tokens, `D` hidden size.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
-from clipo.contrastive.objective import ContrastiveObjective, ContrastiveOutput
+from clipo.contrastive.objective import ContrastiveObjective
+from clipo.contrastive.shaping import contrastive_reward
 from clipo.distributed import mean_over_ranks
+from clipo.ops import masked_mean
 
 
 class HeadStep:
@@ -24,16 +27,16 @@ class HeadStep:
 
     It lives outside Lightning's optimizer list: DeepSpeed supports one optimizer, and in manual
     optimisation each Lightning optimizer step advances `global_step`. `optimizer` stays None
-    when nothing is trainable (a fixed head with a parameter-free pooler, or mode OFF).
+    when nothing is trainable (a fixed head with a parameter-free pooler, or no objective).
     """
 
-    def __init__(self, objective: ContrastiveObjective, factory: Callable[..., torch.optim.Optimizer]) -> None:
+    def __init__(self, objective: ContrastiveObjective | None, factory: Callable[..., torch.optim.Optimizer]) -> None:
         self.objective, self.factory = objective, factory
         self.optimizer: torch.optim.Optimizer | None = None
 
     def configure(self) -> torch.optim.Optimizer | None:
         """Create the optimizer (from `configure_optimizers`, once the parameters are on their device)."""
-        params = [p for p in self.objective.parameters() if p.requires_grad]
+        params = [] if self.objective is None else [p for p in self.objective.parameters() if p.requires_grad]
         self.optimizer = self.factory(params) if params else None
         return self.optimizer
 
@@ -47,36 +50,84 @@ class HeadStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def state_dict(self) -> dict[str, Any] | None:
+        return None if self.optimizer is None else self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is not None and self.optimizer is not None:
+            self.optimizer.load_state_dict(state)
+
+
+@dataclass
+class RewardShapingOutput:
+    """What reward shaping adds to a batch: CLIPO's per-rollout losses and bonuses, for the rollout log."""
+
+    loss: torch.Tensor  # [N] L_i before the head's step, detached
+    bonus: torch.Tensor  # [N] max(c - lam * L_i, floor) on correct rollouts, 0 on the others
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
 
 class ContrastiveRewardShaping:
-    """Mode REWARD: `rewards + bonus`, the bonus from the head's losses before its own step."""
+    """Reward mode: `rewards + bonus`, the bonus from the head's losses before its own step.
 
-    def __init__(self, objective: ContrastiveObjective, head_step: HeadStep) -> None:
+    Args:
+        objective, head_step: the contrastive objective and its optimizer step.
+        lam, c, floor: bonus_i = max(c - lam * L_i, floor) for correct rollouts.
+        head_warmup_steps: the RL step (from 1) of the first policy update (see `policy_waits`).
+    """
+
+    def __init__(
+        self, objective: ContrastiveObjective, head_step: HeadStep, lam: float = 0.2, c: float = 0.0,
+        floor: float = -0.5, head_warmup_steps: int = 0,
+    ) -> None:
+        if lam < 0:
+            raise ValueError(f"contrastive.lam={lam} must be >= 0 (a negative one rewards spreading correct answers)")
+        if floor > c:
+            raise ValueError(f"contrastive.floor ({floor}) must be <= contrastive.c ({c}), otherwise every bonus equals the floor")
+        if head_warmup_steps < 0:
+            raise ValueError(f"contrastive.head_warmup_steps={head_warmup_steps} must be >= 0")
         self.objective, self.head_step = objective, head_step
+        self.lam, self.c, self.floor, self.head_warmup_steps = float(lam), float(c), float(floor), int(head_warmup_steps)
 
     def policy_waits(self, step: int) -> bool:
-        """True during the head's warm-up (`contrastive.head_warmup_steps`): the policy does not update."""
-        return self.objective.policy_waits(step)
+        """True while only the head trains.
+
+        `step` counts rollout batches already seen (0 for the first). As the official trainer runs
+        `critic_warmup` (policy update when `critic_warmup <= global_steps`, steps counted from 1),
+        the policy first updates at step `head_warmup_steps` counted from 1: 14 gives 13 head-only
+        steps, 0 and 1 give none.
+        """
+        return step + 1 < self.head_warmup_steps
 
     def __call__(
         self, hidden: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor, groups: torch.Tensor,
         rewards: torch.Tensor,
-    ) -> tuple[torch.Tensor, ContrastiveOutput]:
-        """Shaped rewards [N] and the objective's output (per-rollout losses, bonus, metrics), from
-        hidden [N, T, D], mask [N, T], bool correct [N], groups [N]."""
-        out = self.objective(hidden, mask, correct, groups)
+    ) -> tuple[torch.Tensor, RewardShapingOutput]:
+        """Shaped rewards [N] and the bonus it added, from hidden [N, T, D], mask [N, T], bool correct [N],
+        groups [N] and rewards [N]."""
+        out = self.objective(hidden.detach(), mask, correct, groups)  # a reward: no gradient may reach the policy
+        bonus = contrastive_reward(out.per_sample.detach(), correct, self.lam, self.c, self.floor)
         if self.head_step.optimizer is not None:
             self.head_step.optimizer.zero_grad(set_to_none=True)
             out.batch_loss.backward()
             self.head_step.step()
-        return rewards + out.bonus.to(rewards.dtype), out
+        metrics = out.metrics | {"contrastive/reward_bonus": masked_mean(bonus, correct.bool())}
+        return rewards + bonus.to(rewards.dtype), RewardShapingOutput(out.per_sample.detach(), bonus, metrics)
 
 
 class ContrastiveLossTerm:
-    """Mode LOSS: `coef * contrastive loss` of a micro-batch, added to its policy loss."""
+    """Loss mode: `coef * contrastive loss` of a micro-batch, added to its policy loss.
 
-    def __init__(self, objective: ContrastiveObjective, head_step: HeadStep) -> None:
-        self.objective, self.head_step = objective, head_step
+    Args:
+        objective, head_step: the contrastive objective and its optimizer step.
+        coef: weight of the batch loss in the policy loss.
+        hidden_layer: the layer of the training forward the objective pools (`rollout.capture_layer`).
+    """
+
+    def __init__(self, objective: ContrastiveObjective, head_step: HeadStep, coef: float, hidden_layer: int) -> None:
+        if coef < 0:
+            raise ValueError(f"contrastive.coef={coef} must be >= 0 (a negative one rewards spreading correct answers)")
+        self.objective, self.head_step, self.coef, self.hidden_layer = objective, head_step, float(coef), hidden_layer
 
     def __call__(
         self, hidden: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor, groups: torch.Tensor,
@@ -84,7 +135,7 @@ class ContrastiveLossTerm:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(coef * batch loss * `rollouts` / `of`, metrics): the micro-batch's share of its mini-batch of `of`."""
         out = self.objective(hidden, mask, correct, groups)
-        return out.policy_term * rollouts / of, out.metrics
+        return self.coef * out.batch_loss * rollouts / of, out.metrics
 
     def after_update(self) -> None:
         """The head (and a learned pooler) learn from the same backward as the policy update."""

@@ -13,31 +13,29 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from clipo.collector import CollectedBatch, RolloutCollector
 from clipo.contrastive import ContrastiveObjective
 from clipo.contrastive.steps import HeadStep
 from clipo.distributed import gathered_for_generation, mean_over_ranks
-from clipo.interfaces import RolloutEngine, Verifier
+from clipo.evaluation.validation import Validation
+from clipo.rl.collector import RolloutCollector, Trajectory
+from clipo.rl.updater import PolicyUpdater
 from clipo.rng import collect_rng_states, set_rng_states
-from clipo.rollout.sampling import Sampling
 from clipo.rollout_log import RolloutLog, rollout_rows
-from clipo.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.steps import RLStepCounter
 from clipo.timing import PhaseTimer
-from clipo.updater import PolicyUpdater
 
 
 class ClipoModule(L.LightningModule):
     """Args:
         policy, tokenizer: the model being trained.
         collector, updater: the two halves of the RL step.
-        contrastive: CLIPO's objective (its head and pooler are this module's submodules).
+        contrastive: CLIPO's objective (its head and pooler are this module's submodules), or None.
         head_step: the head's optimizer step (created in `configure_optimizers`).
         optimizer: partial optimizer of the policy.
-        engine, val_sampling: how validation generates.
-        reference: the frozen reference model, when the loss has a KL term.
+        validation: the validation sets, their verifiers and metrics.
+        reference: the frozen reference model the collector scores with (here so that Lightning moves
+            it to the device), or None.
         rollout_log: where rollouts are logged (`logging.rollouts_*`), or None.
-        val_verifiers, val_twins, val_n, val_ks: validation sets' verifiers, twins, samples and k's.
         run_config: the resolved config, saved in every checkpoint (so `evaluate.py ckpt_path=...`
             rebuilds the right model without `model=`).
     """
@@ -48,17 +46,12 @@ class ClipoModule(L.LightningModule):
         tokenizer: Any,
         collector: RolloutCollector,
         updater: PolicyUpdater,
-        contrastive: ContrastiveObjective,
+        contrastive: ContrastiveObjective | None,
         head_step: HeadStep,
         optimizer: Callable[..., torch.optim.Optimizer],
-        engine: RolloutEngine,
-        val_sampling: Sampling,
+        validation: Validation,
         reference: torch.nn.Module | None = None,
         rollout_log: RolloutLog | None = None,
-        val_verifiers: dict[str, Verifier] | None = None,
-        val_twins: dict[str, list[str]] | None = None,
-        val_n: int = 1,
-        val_ks: list[int] | None = None,
         run_config: dict | None = None,
     ) -> None:
         super().__init__()
@@ -66,24 +59,22 @@ class ClipoModule(L.LightningModule):
         self.strict_loading = False  # the frozen reference is not stored in checkpoints
         self.policy, self.tokenizer, self.reference = policy, tokenizer, reference
         self.collector, self.updater, self.contrastive, self.head_step = collector, updater, contrastive, head_step
-        self.optimizer_factory, self.engine, self.val_sampling = optimizer, engine, val_sampling
+        self.optimizer_factory, self.validation, self.rollout_log = optimizer, validation, rollout_log
         self.run_config = run_config or {}
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
         self.last_validation: tuple[int, dict[str, float]] | None = None  # (rl_step, metrics) of the latest pass
         self.step_counter = RLStepCounter()  # global_step counts RL steps, not optimizer updates
-        self.rollout_log = rollout_log
-        self.val_verifiers, self.val_twins, self.val_n = val_verifiers or {}, val_twins or {}, val_n
-        self.val_metrics = torch.nn.ModuleDict({name: SetMetrics(val_n, val_ks or []) for name in self.val_verifiers})
         if reference is not None:
             reference.requires_grad_(False).eval()
         # The head trains on its own backward pass, outside the policy loss: DDP must not track it
         # (its gradients are averaged across ranks explicitly in `HeadStep.step`).
-        names = [f"contrastive.{name}" for name, _ in [*contrastive.named_parameters(), *contrastive.named_buffers()]]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
+        parts = [] if contrastive is None else [*contrastive.named_parameters(), *contrastive.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, [f"contrastive.{n}" for n, _ in parts])
 
-    @property
-    def verifier(self) -> Verifier:
-        return self.collector.verifier
+    def close_verifiers(self) -> None:
+        """Shut the verifiers' worker pools down (training's and every validation set's)."""
+        self.collector.close()
+        self.validation.close()
 
     # ---- the RL step -------------------------------------------------------------------
     def training_step(self, batch: list[dict], batch_idx: int) -> None:
@@ -108,14 +99,15 @@ class ClipoModule(L.LightningModule):
         self.log_dict(metrics, batch_size=len(batch))
         self.log_dict({"reward": metrics["train/reward"], "acc": metrics["train/acc"]}, prog_bar=True, logger=False)
 
-    def _log_rollouts(self, collected: CollectedBatch) -> None:
+    def _log_rollouts(self, collected: Trajectory) -> None:
         """Rows of this RL step (numbered as its logged metrics: steps done, this one included) into
         rollouts.jsonl and the W&B / TensorBoard loggers; rank 0 logs its own rollouts."""
         step = self.rl_step + 1
         if self.rollout_log is None or not self.rollout_log.due(step) or not self.trainer.is_global_zero:
             return
-        c = collected
-        rows = rollout_rows(step, c.rollouts, c.scores, c.shaped_rewards, c.advantages, c.contrastive_loss, c.bonus,
+        c, shaping = collected, collected.contrastive
+        loss, bonus = (None, None) if shaping is None else (shaping.loss, shaping.bonus)
+        rows = rollout_rows(step, c.rollouts, c.scores, c.shaped_rewards, c.advantages, loss, bonus,
                             self.rollout_log.max_rows_per_step)
         self.rollout_log.write(rows, self.trainer.loggers, step)
 
@@ -132,23 +124,14 @@ class ClipoModule(L.LightningModule):
     # ---- validation --------------------------------------------------------------------
     def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.trainer.datamodule.val_set_names[dataloader_idx]
-        verifier = self.val_verifiers[name]
-        with self._generation_context():
-            scores = score_batch(self.engine, batch, verifier, answer_extractor(verifier), self.val_sampling, self.val_n)
-        self.val_metrics[name].update(scores.correct.to(self.device), scores.answers)
+        self.validation.score(batch, name, self._generation_context, self.device)
 
     def on_validation_epoch_end(self) -> None:
         """Per-set accuracy (mean@n), pass@k and maj@k; robustness gaps to each twin; averages over sets."""
-        per_set = {name: {k: float(v) for k, v in m.compute().items()} for name, m in self.val_metrics.items()}
-        logged = {f"val/{name}/{key}": value for name, values in per_set.items() for key, value in values.items()}
-        table = robustness_table(per_set, self.val_twins)
-        logged |= {f"val/gap/{name}/{twin}": row["gap"] for (name, twin), row in table["gaps"].items()}
-        logged |= {f"val/avg/{key}": value for key, value in table["average"].items()}
+        logged = self.validation.compute()
         self.log_dict(logged, prog_bar=False)
         if not self.trainer.sanity_checking:
             self.last_validation = (self.rl_step, logged)
-        for metrics in self.val_metrics.values():
-            metrics.reset()
 
     # ---- optimisers and checkpoints ----------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -165,13 +148,12 @@ class ClipoModule(L.LightningModule):
             k: v for k, v in checkpoint["state_dict"].items()
             if not k.startswith("reference.") and not (partly_frozen and k.startswith("policy.") and k not in trainable)
         }
-        head_optimizer = self.head_step.optimizer
         checkpoint["clipo"] = {
             "rl_step": self.rl_step,
             "optimizer_updates": self.step_counter.state_dict(),
-            "skipped_updates": self.updater.skipped_updates,
+            **self.updater.state_dict(),
             "rng": collect_rng_states(),
-            "head_pooler_optimizer": None if head_optimizer is None else head_optimizer.state_dict(),
+            "head_pooler_optimizer": self.head_step.state_dict(),
             "config": self.run_config,
         }
 
@@ -179,7 +161,7 @@ class ClipoModule(L.LightningModule):
         state = checkpoint.get("clipo", {})
         self.rl_step = state.get("rl_step", 0)
         self.step_counter.load_state_dict(state.get("optimizer_updates", {}))
-        self.updater.skipped_updates = state.get("skipped_updates", 0)
+        self.updater.load_state_dict(state)
         self._pending_rng = state.get("rng")
         self._pending_head_state = state.get("head_pooler_optimizer")
 
@@ -195,9 +177,8 @@ class ClipoModule(L.LightningModule):
         # the module to bf16/fp16 in place, the head's too. The head and a learned pooler train on
         # their own AdamW at lr 1e-3 / weight decay 0.01, which bf16 weights would round away: cast
         # them back in place (same Parameter objects: the head optimizer keeps them, its state is float32).
-        self.contrastive.float()
+        if self.contrastive is not None:
+            self.contrastive.float()
 
     def on_train_start(self) -> None:
-        pending = getattr(self, "_pending_head_state", None)
-        if pending is not None and self.head_step.optimizer is not None:
-            self.head_step.optimizer.load_state_dict(pending)
+        self.head_step.load_state_dict(getattr(self, "_pending_head_state", None))

@@ -1,14 +1,15 @@
-"""DAPO's sampling-side tricks: dynamic sampling and soft overlong punishment.
+"""DAPO's sampling-side tricks (`sampling=`): dynamic sampling and soft overlong punishment.
 
 Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale",
 https://arxiv.org/abs/2503.14476 (Sec. 3.2 dynamic sampling, Sec. 3.4 overlong reward shaping).
 Shapes: `N` rollouts, each with a scalar reward and an integer group (prompt) id.
 
-Dynamic sampling, as the module runs it (pass the verifier's rewards, before any shaping:
-DAPO filters on accuracy):
+Dynamic sampling, as `DynamicSampling.fill` runs it on the signal `sampling.filter_on` names
+(`accuracy`: the verifier's correctness, DAPO's and verl's default; `reward`: the reward
+functions' weighted sum), before any shaping:
 
     rollouts, refills = sample(), 0
-    while (selection := select_groups(rollouts.rewards, rollouts.groups, target, refills, limit)).need_more:
+    while (selection := select_groups(signal(rollouts), rollouts.groups, target, refills, limit)).need_more:
         rollouts, refills = concat(rollouts, sample()), refills + 1
     rollouts = rollouts[selection.keep]
 """
@@ -16,10 +17,15 @@ DAPO filters on accuracy):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from clipo.groups import group_stats
+from clipo.rewards import RewardScores, concat_scores
+from clipo.rollout.batch import RolloutBatch, concat_rollouts
+
+FILTER_SIGNALS = ("accuracy", "reward")
 
 
 def zero_variance_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
@@ -122,18 +128,49 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, penalty: 
 
 @dataclass(frozen=True)
 class DynamicSampling:
-    """`sampling.dynamic`: keep only groups with reward variance, refilling from further prompts.
+    """`sampling.dynamic`: keep only groups whose `filter_on` signal varies, refilling from further prompts.
 
     Attributes:
+        pad_token_id: to re-pad batches joined by a refill.
         max_refill_batches: extra generation rounds a step may take before it gives up and
             tops the batch up with zero-variance groups (verl's default 10).
+        filter_on: `accuracy` (the verifier's correctness) or `reward` (the summed reward).
     """
 
+    pad_token_id: int
     max_refill_batches: int = 10
+    filter_on: str = "accuracy"
 
     def __post_init__(self) -> None:
         if self.max_refill_batches < 0:
-            raise ValueError(f"sampling.max_refill_batches must be >= 0, got {self.max_refill_batches}")
+            raise ValueError(f"sampling.max_refill_batches={self.max_refill_batches} must be >= 0")
+        if self.filter_on not in FILTER_SIGNALS:
+            raise ValueError(f"sampling.filter_on={self.filter_on!r}: choose one of {FILTER_SIGNALS}")
+
+    def signal(self, scores: RewardScores) -> torch.Tensor:
+        """[N] what a group must vary in to be kept."""
+        return scores.correct.float() if self.filter_on == "accuracy" else scores.total
+
+    def fill(
+        self, rollouts: RolloutBatch, scores: RewardScores, target: int,
+        sample_more: Callable[[], tuple[RolloutBatch, RewardScores]],
+    ) -> tuple[RolloutBatch, RewardScores, dict[str, torch.Tensor]]:
+        """`target` groups with variance from `rollouts` and as many refills (`sample_more`) as needed."""
+        refills, limit = 0, self.max_refill_batches
+        selection = select_groups(self.signal(scores), rollouts.groups.cpu(), target, refills, limit)
+        while selection.need_more:
+            more_rollouts, more_scores = sample_more()
+            rollouts = concat_rollouts([rollouts, more_rollouts], self.pad_token_id)
+            scores = concat_scores([scores, more_scores])
+            refills += 1
+            selection = select_groups(self.signal(scores), rollouts.groups.cpu(), target, refills, limit)
+        keep = selection.keep.nonzero().squeeze(-1)  # on the CPU, as the scores are
+        metrics = {
+            "dapo/refills": torch.tensor(float(refills)),
+            "dapo/limit_hit": torch.tensor(float(selection.limit_hit)),
+            "dapo/informative_group_frac": torch.tensor(selection.num_informative / target),
+        }
+        return rollouts.select(keep.to(rollouts.sequences.device)), scores.select(keep), metrics
 
 
 @dataclass(frozen=True)

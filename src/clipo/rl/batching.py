@@ -1,0 +1,55 @@
+"""How a step's rollouts are cut for the update: epochs of mini-batches of micro-batches.
+
+`ppo.mini_batch_size` counts rollouts per optimizer update over all processes (verl's
+`ppo_mini_batch_size` x rollout.n); `ppo.micro_batch_size` counts rollouts per forward pass in one
+process, or `ppo.max_tokens_per_micro_batch` packs them by tokens instead. The config check and the
+updater both use `batch_sizes`, so the rule lives here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clipo.distributed import max_over_ranks
+from clipo.rollout.batch import RolloutBatch
+from clipo.rollout.packing import pack_by_tokens
+
+
+def batch_sizes(n: int, world_size: int, mini_batch_size: int | None, micro_batch_size: int | None) -> tuple[int, int]:
+    """(mini, micro): one process's rollouts per optimizer update and per forward pass, from its `n`."""
+    mini = mini_batch_size // world_size if mini_batch_size else n  # this process's share of an update
+    return mini, min(micro_batch_size or mini, mini)
+
+
+@dataclass(frozen=True)
+class UpdateBatching:
+    """`ppo.epochs`, `ppo.mini_batch_size`, `ppo.micro_batch_size`, `ppo.max_tokens_per_micro_batch`."""
+
+    epochs: int = 1
+    mini_batch_size: int | None = None
+    micro_batch_size: int | None = None
+    max_tokens_per_micro_batch: int | None = None
+
+    def sizes(self, n: int, world_size: int) -> tuple[int, int]:
+        return batch_sizes(n, world_size, self.mini_batch_size, self.micro_batch_size)
+
+    def reuses_batch(self, global_rollouts: int) -> bool:
+        """Whether a step's rollouts get several optimizer updates (then pi_old needs a pass of its own)."""
+        return self.epochs > 1 or bool(self.mini_batch_size) and self.mini_batch_size < global_rollouts
+
+    def micro_batches(self, rollouts: RolloutBatch, index: torch.Tensor, micro: int,
+                      whole_groups: bool = False) -> list[torch.Tensor]:
+        """The forward passes over `index`: slices of `micro` rollouts, or packed by the token budget
+        (whole groups when the contrastive loss, taken per forward pass, compares a group's rollouts)."""
+        if self.max_tokens_per_micro_batch is None:
+            return list(index.split(micro))
+        lengths = rollouts.attention_mask[index].sum(-1)  # [n] prompt + response tokens
+        budget, groups = self.max_tokens_per_micro_batch, rollouts.groups[index]
+        packed = pack_by_tokens(lengths, budget, groups, whole_groups)
+        # every rank runs as many passes (each backward synchronises gradients under DDP)
+        count = int(max_over_ranks(torch.tensor(len(packed), device=index.device)))
+        if count > len(packed):
+            packed = pack_by_tokens(lengths, budget, groups, whole_groups, min_batches=count)
+        return [index[part.to(index.device)] for part in packed]
