@@ -45,7 +45,7 @@ def median(values: list[float]) -> float:
 
 def cpu_precision() -> tuple[str, str]:
     """This CPU in words (model, family/model, native bf16 or not) and what `trainer.precision=auto` picks on it."""
-    from clipo.runtime import choose_precision, detect_cpu_flags
+    from clipo.run.runtime import choose_precision, detect_cpu_flags
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     first_cpu = info.split("\n\n", 1)[0]

@@ -29,12 +29,11 @@ from clipo.compose import compose
 
 def time_rollouts(cfg, repeats: int) -> dict[str, dict[str, float]]:
     """Per engine: median seconds and tokens/s of one rollout phase on the same records and seed."""
-    from clipo.builders import plain, rollout_sampling
+    from clipo.builders import build_batching, plain, rollout_sampling
     from clipo.data import build_dataset
     from clipo.models import load_model
-    from clipo.rollout import HFEngine, VLLMEngine
-    from clipo.builders import build_batching
     from clipo.rl.old_policy import RolloutLogprobs
+    from clipo.rollout import HFEngine, VLLMEngine
 
     policy, tokenizer = load_model(**plain(cfg.model), seed=cfg.seed)
     sampling, _ = rollout_sampling(cfg)

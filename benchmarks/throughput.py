@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, train_and_report
 
 from clipo.compose import compose
-from clipo.runtime import resolve_precision
+from clipo.run.runtime import resolve_precision
 
 
 def time_generation(cfg, repeats: int) -> dict[str, float]:

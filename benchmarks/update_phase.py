@@ -94,14 +94,14 @@ def child(args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             if hasattr(getattr(module, "collector", None), "logprobs"):  # since issue #23: the trajectory carries pi_old
                 from clipo.rl.collector import Trajectory
-                from clipo.timing import PhaseTimer
+                from clipo.run.timing import PhaseTimer
 
                 old, ref = module.collector.logprobs(rollouts)
                 middle = time.perf_counter()
                 batch = Trajectory(rollouts, correct.float(), correct, correct.float(), advantages, old, ref)
                 module.updater.update(batch, optimizer, module.manual_backward, PhaseTimer())
             elif hasattr(module, "updater"):  # since issue #13: the PolicyUpdater
-                from clipo.collector import CollectedBatch
+                from clipo.rl.collector import CollectedBatch
 
                 old, ref = module.updater.old_and_reference_logprobs(rollouts)
                 middle = time.perf_counter()

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf, open_dict
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from clipo.rl.collector import RolloutCollector  # noqa: E402
 from clipo.compose import compose  # noqa: E402
 from clipo.data import build_dataset  # noqa: E402
 from clipo.distributed import world  # noqa: E402
 from clipo.registry import VERIFIERS  # noqa: E402
+from clipo.rl.collector import RolloutCollector  # noqa: E402
 from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipo.checkpointing import AtomicCheckpointIO
+from clipo.run.checkpointing import AtomicCheckpointIO
 from clipo.train import train
 from tests.conftest import tiny_parity_config as _config
 
@@ -211,7 +211,7 @@ def test_an_interrupted_write_leaves_the_previous_checkpoint(parity_verifier, tm
         file.write(b"\0" * 1000)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("clipo.checkpointing.torch.save", crash_mid_write)
+    monkeypatch.setattr("clipo.run.checkpointing.torch.save", crash_mid_write)
     with pytest.raises(OSError, match="No space left"):  # continue the run in the same folder, as ckpt_path=last does
         train(_config(tmp_path, *overrides, "trainer.max_steps=2", "ckpt_path=last"))
     assert last.read_bytes() == before

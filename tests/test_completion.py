@@ -12,7 +12,7 @@ import torch
 from clipo.builders import build_module
 from clipo.rl.old_policy import OnPolicy
 from clipo.rollout import forward_responses
-from clipo.timing import PhaseTimer
+from clipo.run.timing import PhaseTimer
 from tests.conftest import TINY_OVERRIDES, compose_config
 
 RECORDS = [

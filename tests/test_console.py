@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from clipo.console import LineProgressBar, progress_bar
+from clipo.run.console import LineProgressBar, progress_bar
 from tests.test_cli import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def _trainer(step: int, max_steps: int = 12, num_val_batches=(5,)) -> SimpleName
 
 def test_training_lines_come_at_most_once_per_interval(monkeypatch):
     clock, stream = Clock(), io.StringIO()
-    monkeypatch.setattr("clipo.console.time.monotonic", clock)
+    monkeypatch.setattr("clipo.run.console.time.monotonic", clock)
     bar = LineProgressBar(interval_s=10.0, stream=stream)
     bar.on_train_start(_trainer(0), None)
     for step in range(1, 13):  # a step every 3 s: lines at 12 s, 24 s, 36 s (the last step)
@@ -45,7 +45,7 @@ def test_training_lines_come_at_most_once_per_interval(monkeypatch):
 
 def test_validation_lines_come_at_most_once_per_interval(monkeypatch):
     clock, stream = Clock(), io.StringIO()
-    monkeypatch.setattr("clipo.console.time.monotonic", clock)
+    monkeypatch.setattr("clipo.run.console.time.monotonic", clock)
     bar = LineProgressBar(interval_s=10.0, stream=stream)
     trainer = _trainer(0, num_val_batches=[5])
     for batch in range(5):  # 6 s a batch: a line at 12 s and 24 s, then the set's end

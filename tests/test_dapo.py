@@ -109,7 +109,7 @@ class _Rollouts:
 
 
 def _scores(verifier, user, correct):
-    from clipo.rewards import RewardScores
+    from clipo.rl.rewards import RewardScores
 
     return RewardScores(["verifier", "brevity"], torch.tensor([1.0, 1.0]), torch.tensor([verifier, user]).T,
                         torch.tensor(correct), ["p"] * len(correct))

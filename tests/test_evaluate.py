@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from clipo.compose import compose
 from clipo.data import bench_dir
 from clipo.evaluate import evaluate, load_checkpoint_policy, load_policy
+from clipo.evaluation.scoring import split_set_spec
 from clipo.models import build_tiny
 from clipo.registry import VERIFIERS, register_components
-from clipo.scoring import split_set_spec
 from clipo.train import train
 from tests.conftest import CONFIG_DIR, tiny_parity_config
 

@@ -119,7 +119,6 @@ def test_lora_run_trains_only_adapter_and_head_with_the_base_as_reference(parity
     changed = {k for k, v in module.policy.named_parameters() if not torch.equal(before[k], v.detach())}
     assert changed and all("lora_" in k for k in changed), sorted(changed)[:3]
     from clipo.builders import build_contrastive
-
     from clipo.contrastive import ContrastiveMode
 
     fresh = build_contrastive(cfg, ContrastiveMode.REWARD, hidden_size=64)  # the head as it started (seeded)

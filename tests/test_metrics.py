@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from clipo.metrics import (
+from clipo.evaluation.metrics import (
     MajAtK,
     MeanAtN,
     PassAtK,

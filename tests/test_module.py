@@ -10,7 +10,7 @@ from clipo.builders import build_module
 from clipo.rl.collector import Trajectory
 from clipo.rl.old_policy import OnPolicy, TakenOld
 from clipo.rollout import forward_responses
-from clipo.timing import PhaseTimer
+from clipo.run.timing import PhaseTimer
 from tests.conftest import TINY_OVERRIDES, compose_config
 
 RECORDS = [

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from clipo.rewards import (
+from clipo.rl.rewards import (
     RewardFunctionError,
     build_reward_functions,
     concat_scores,
@@ -132,7 +132,7 @@ def test_nan_is_rejected_none_is_not():
     def nan_fn(prompts, completions, **kwargs):
         return [0.0, float("nan"), 0.0, 0.0]
 
-    from clipo.rewards import RewardFunction, verifier_reward
+    from clipo.rl.rewards import RewardFunction, verifier_reward
 
     functions = [RewardFunction("verifier", verifier_reward(exact_verifier), 1.0), RewardFunction("nan_fn", nan_fn, 1.0)]
     with pytest.raises(RewardFunctionError, match=r"'nan_fn' returned nan \(float\) for completion 1"):

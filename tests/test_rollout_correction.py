@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from clipo.algorithms.rollout_correction import importance_weights
 from clipo.algorithms import DAPOLoss, GRPOLoss, GSPOLoss, StepNormalizer
+from clipo.algorithms.rollout_correction import importance_weights
 
 TRAIN = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.0, -7.0]])
 SAMPLING = torch.tensor([[-1.0, -2.5, -0.1], [-1.3, -1.0, 3.0]])  # last token is padding

@@ -9,11 +9,11 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from clipo.report import main
 from clipo.multirun.rollouts import extremes, load_rollouts, step_summary
-from clipo.rewards import RewardScores
+from clipo.report import main
+from clipo.rl.rewards import RewardScores
+from clipo.rl.rollout_log import RolloutLog, markdown_rows, publish, rollout_rows
 from clipo.rollout import RolloutBatch
-from clipo.rollout_log import RolloutLog, markdown_rows, publish, rollout_rows
 
 
 def batch(responses: list[str], lengths: list[int]) -> RolloutBatch:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clipo.config import ConfigError, validate_config
-from clipo.runtime import cgroup_cpu_limit, choose_precision, choose_threads, cpu_processes, detect_cpu_flags
+from clipo.run.runtime import cgroup_cpu_limit, choose_precision, choose_threads, cpu_processes, detect_cpu_flags
 from tests.conftest import compose_config, tiny_parity_config
 
 ICE_LAKE = frozenset("fpu sse4_2 avx2 avx512f avx512bw avx512vl avx512_vnni".split())  # AVX-512, no bf16
@@ -56,8 +56,8 @@ def test_unknown_precision_fails_before_the_model_loads(tmp_path):
 
 
 def test_train_resolves_auto_and_reports_it(parity_verifier, tmp_path, monkeypatch):
-    monkeypatch.setattr("clipo.runtime.detect_cuda_bf16", lambda: None)
-    monkeypatch.setattr("clipo.runtime.detect_cpu_flags", lambda: ZEN4)
+    monkeypatch.setattr("clipo.run.runtime.detect_cuda_bf16", lambda: None)
+    monkeypatch.setattr("clipo.run.runtime.detect_cpu_flags", lambda: ZEN4)
     _, objects = train_once(tmp_path, "trainer.precision=auto")
     assert objects["trainer"].precision == "bf16-mixed"
     runtime = json.loads((tmp_path / "summary.json").read_text())["runtime"]
@@ -121,7 +121,7 @@ def test_cpu_data_parallel_processes_share_the_cores():
 
 
 def test_detected_threads_use_affinity_and_cgroup(monkeypatch):
-    import clipo.runtime as runtime
+    import clipo.run.runtime as runtime
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})

@@ -5,9 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from clipo.models import build_tiny_tokenizer
-from clipo.rollout import generation_config
-from clipo.scoring import (
+from clipo.evaluation.scoring import (
     SetMetrics,
     SetScores,
     answer_extractor,
@@ -17,6 +15,8 @@ from clipo.scoring import (
     set_metrics,
     split_set_spec,
 )
+from clipo.models import build_tiny_tokenizer
+from clipo.rollout import generation_config
 from clipo.verifiers import GSM8KVerifier, MathVerifier
 
 

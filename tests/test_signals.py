@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from clipo.signals import StopSignals
+from clipo.run.signals import StopSignals
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])

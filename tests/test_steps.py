@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from clipo.steps import RLStepCounter
+from clipo.run.step_counter import RLStepCounter
 
 
 class TwoUpdatesAStep(L.LightningModule):

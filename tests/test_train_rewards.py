@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from clipo.rewards import RewardFunctionError
+from clipo.rl.rewards import RewardFunctionError
 from clipo.train import train
 from tests.conftest import tiny_parity_config as _config
 from tests.test_cli import TINY, _run

@@ -9,6 +9,7 @@ vLLM (`./scripts/setup.sh --vllm` installs it).
 from __future__ import annotations
 
 import importlib.util
+
 import pytest
 import torch
 

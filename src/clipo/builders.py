@@ -12,22 +12,28 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from clipo.checkpointing import AtomicCheckpointIO
-from clipo.contrastive import ContrastiveLossTerm, ContrastiveMode, ContrastiveObjective, ContrastiveRewardShaping, HeadStep
+from clipo.contrastive import (
+    ContrastiveLossTerm,
+    ContrastiveMode,
+    ContrastiveObjective,
+    ContrastiveRewardShaping,
+    HeadStep,
+)
 from clipo.data import PromptDataModule
+from clipo.evaluation.scoring import eval_sampling, split_set_spec
 from clipo.evaluation.validation import Validation
 from clipo.models import is_adapter, load_model
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
-from clipo.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rl.batching import UpdateBatching
 from clipo.rl.collector import RolloutCollector
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.module import ClipoModule
 from clipo.rl.old_policy import ImportanceCorrection, RolloutLogprobs
+from clipo.rl.rewards import RewardScorer, build_reward_functions, chat_prompt
+from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
 from clipo.rollout.sampling import Sampling
-from clipo.rollout_log import RolloutLog
-from clipo.scoring import eval_sampling, split_set_spec
+from clipo.run.checkpointing import AtomicCheckpointIO
 
 
 def plain(node: Any) -> Any:

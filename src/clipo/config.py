@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from typing import Any, Callable
-
 from clipo.algorithms.kl import KL_ESTIMATORS
-from clipo.contrastive.mode import ContrastiveMode
-from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping
+from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rl.batching import batch_sizes
 from clipo.rl.dynamic_sampling import DynamicSampling
 from clipo.rl.old_policy import ImportanceCorrection
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
-from clipo.rewards import reward_config_problems
+from clipo.rl.rewards import reward_config_problems
 
 
 class ConfigError(ValueError):
@@ -284,7 +282,7 @@ def validate_model_source(cfg: DictConfig) -> None:
 
 def _precision_problems(cfg: DictConfig) -> list[str]:
     """`trainer.precision` is `auto` or one Lightning accepts (checked here, before the model loads)."""
-    from clipo.runtime import PRECISIONS
+    from clipo.run.runtime import PRECISIONS
 
     precision = cfg.trainer.get("precision", "auto")
     if str(precision) not in PRECISIONS:

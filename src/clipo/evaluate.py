@@ -29,8 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from clipo.builders import build_engine, build_verifier
 from clipo.config import engine_problems
 from clipo.data import build_dataset
-from clipo.models import is_adapter, load_model
-from clipo.scoring import (
+from clipo.evaluation.scoring import (
     SetScores,
     eval_sampling,
     robustness_table,
@@ -38,6 +37,7 @@ from clipo.scoring import (
     set_metrics,
     split_set_spec,
 )
+from clipo.models import is_adapter, load_model
 
 log = logging.getLogger(__name__)
 PERCENT_PREFIXES = ("acc", "pass@", "maj@", "truncated")

@@ -20,12 +20,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
 from clipo.builders import build_datamodule, build_module, build_trainer
-from clipo.callbacks import RunSummary, format_summary
-from clipo.console import quiet_third_party_output
 from clipo.config import ConfigError, validate_config, validate_model_source
-from clipo.runtime import configure_threads, cpu_processes, resolve_precision
-from clipo.signals import StopOnSignal, StopSignals
 from clipo.models import is_adapter, save_merged
+from clipo.run.callbacks import RunSummary, format_summary
+from clipo.run.console import quiet_third_party_output
+from clipo.run.runtime import configure_threads, cpu_processes, resolve_precision
+from clipo.run.signals import StopOnSignal, StopSignals
 
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)

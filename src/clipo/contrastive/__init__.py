@@ -15,9 +15,8 @@ from clipo.contrastive.losses import (
     SupConLoss,
     TripletLoss,
 )
-from clipo.contrastive.mode import ContrastiveMode
+from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping, HeadStep
 from clipo.contrastive.objective import ContrastiveObjective, ContrastiveOutput
-from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
 from clipo.contrastive.poolers import AttentionPooler, LastTokenPooler, MaxPooler, MeanPooler, Pooler
 from clipo.contrastive.sets import ContrastiveSets, build_sets, sample_positives
 from clipo.contrastive.shaping import contrastive_reward, similarity_stats

@@ -3,7 +3,7 @@
 Shapes: `N` rollouts, `T` response tokens, `D` hidden size. DESIGN.md section 1, arXiv 2603.10101.
 
 The objective knows nothing of how its loss is used. The two modes are adapters in
-`clipo.contrastive.steps`, one of which the builders choose once:
+`clipo.contrastive.modes`, one of which the builders choose once:
 
     ContrastiveRewardShaping   (reward mode, the paper's) detaches the hidden states, trains the head
                                on the batch loss and adds max(c - lam * L_i, floor) to correct rewards

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from clipo.data.sampler import ResumableBatchSampler
 from clipo.data.sources import build_dataset
-from clipo.scoring import split_set_spec
+from clipo.evaluation.scoring import split_set_spec
 
 __all__ = ["PromptDataModule", "ResumableBatchSampler", "ResumableLoader", "collate_records"]
 

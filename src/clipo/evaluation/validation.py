@@ -7,9 +7,9 @@ from typing import Callable
 
 import torch
 
+from clipo.evaluation.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.interfaces import RolloutEngine, Verifier
 from clipo.rollout.sampling import Sampling
-from clipo.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
 
 
 class Validation(torch.nn.Module):

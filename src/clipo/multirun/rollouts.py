@@ -1,4 +1,4 @@
-"""Reading a run's `rollouts.jsonl` (written by `clipo.rollout_log`): a frame, per-step summaries,
+"""Reading a run's `rollouts.jsonl` (written by `clipo.rl.rollout_log`): a frame, per-step summaries,
 the highest and lowest samples, and a markdown page of them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from clipo.multirun.tables import markdown_table
-from clipo.rollout_log import flat_row
+from clipo.rl.rollout_log import flat_row
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 SUMMARY_COLUMNS = ["correct", "bonus", "contrastive_loss", "shaped_reward", "advantage", "length", "truncated"]

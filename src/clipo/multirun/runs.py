@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from clipo.metrics import robustness_gap
+from clipo.evaluation.metrics import robustness_gap
 
 # Columns every row has besides the run's choices and metrics.
 RUN_COLUMNS = ["run", "metrics_from", "path"]

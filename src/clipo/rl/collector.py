@@ -18,15 +18,15 @@ from typing import Any, Callable
 
 import torch
 
-from clipo.contrastive.steps import ContrastiveRewardShaping, RewardShapingOutput
+from clipo.contrastive.modes import ContrastiveRewardShaping, RewardShapingOutput
 from clipo.groups import group_stats
 from clipo.interfaces import AdvantageEstimator, RolloutEngine, Verifier
-from clipo.rewards import RewardScorer, RewardScores, reward_metrics
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.old_policy import OldPolicy, RolloutLogprobs
+from clipo.rl.rewards import RewardScorer, RewardScores, reward_metrics
 from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.sampling import Sampling
-from clipo.timing import PhaseTimer
+from clipo.run.timing import PhaseTimer
 
 
 @dataclass

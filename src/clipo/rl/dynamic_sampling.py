@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from clipo.groups import group_stats
-from clipo.rewards import RewardScores, concat_scores
+from clipo.rl.rewards import RewardScores, concat_scores
 from clipo.rollout.batch import RolloutBatch, concat_rollouts
 
 FILTER_SIGNALS = ("accuracy", "reward")

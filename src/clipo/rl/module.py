@@ -14,15 +14,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from clipo.contrastive import ContrastiveObjective
-from clipo.contrastive.steps import HeadStep
+from clipo.contrastive.modes import HeadStep
 from clipo.distributed import gathered_for_generation, mean_over_ranks
 from clipo.evaluation.validation import Validation
 from clipo.rl.collector import RolloutCollector, Trajectory
+from clipo.rl.rollout_log import RolloutLog, rollout_rows
 from clipo.rl.updater import PolicyUpdater
-from clipo.rng import collect_rng_states, set_rng_states
-from clipo.rollout_log import RolloutLog, rollout_rows
-from clipo.steps import RLStepCounter
-from clipo.timing import PhaseTimer
+from clipo.run.rng import collect_rng_states, set_rng_states
+from clipo.run.step_counter import RLStepCounter
+from clipo.run.timing import PhaseTimer
 
 
 class ClipoModule(L.LightningModule):

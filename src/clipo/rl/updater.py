@@ -16,13 +16,13 @@ from typing import Any, Callable
 import torch
 
 from clipo.algorithms import StepNormalizer
-from clipo.contrastive.steps import ContrastiveLossTerm
+from clipo.contrastive.modes import ContrastiveLossTerm
 from clipo.distributed import sum_over_ranks, world
 from clipo.interfaces import PolicyLoss
 from clipo.rl.batching import UpdateBatching
 from clipo.rl.collector import Trajectory
 from clipo.rollout.forward import forward_responses
-from clipo.timing import PhaseTimer
+from clipo.run.timing import PhaseTimer
 
 
 class PolicyUpdater:

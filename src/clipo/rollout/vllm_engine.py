@@ -29,10 +29,10 @@ import torch
 from clipo.distributed import world
 from clipo.models import is_adapter, merged_weights, save_merged
 from clipo.registry import ENGINES
-from clipo.rng import collect_rng_states, set_rng_states
 from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_batch import rollout_batch_from_outputs
+from clipo.run.rng import collect_rng_states, set_rng_states
 
 GiB = 2**30
 KV_CACHE_AUTO_CAP = 4 * GiB  # beyond it, vLLM schedules a rollout phase's sequences in waves

@@ -17,8 +17,15 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from clipo.evaluation.metrics import (
+    MajAtK,
+    MeanAtN,
+    PassAtK,
+    benchmark_average,
+    relative_robustness_drop,
+    robustness_gap,
+)
 from clipo.interfaces import RolloutEngine
-from clipo.metrics import MajAtK, MeanAtN, PassAtK, benchmark_average, relative_robustness_drop, robustness_gap
 from clipo.rollout.sampling import Sampling
 from clipo.verifiers.numbers import last_number, parse_number
 from clipo.verifiers.text import answer_statement, clean_response, last_boxed, normalize_answer

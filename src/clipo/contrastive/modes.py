@@ -1,4 +1,12 @@
-"""Where CLIPO's objective enters the RL step: one adapter per mode, chosen once by the builders.
+"""How CLIPO's contrastive term enters the RL step: the mode, decided once, and one adapter per mode.
+
+`ContrastiveMode.resolve(loss_name, mode)` is the one place that reads `loss=` and
+`contrastive.mode`; the config check and the builders use its answer:
+
+    OFF     loss=none: plain RLVR, no objective, no head, no hidden states captured
+    REWARD  the paper's: detached representations, bonus added to correct rollouts' rewards,
+            the head (and a learned pooler) trained on their own loss
+    LOSS    coef * contrastive loss added to the policy loss (its gradient reaches the policy)
 
 - `ContrastiveRewardShaping` (reward mode): the collector calls it after scoring; it detaches the
   hidden states, adds the bonus to correct rollouts' rewards and trains the head on its own loss.
@@ -12,6 +20,7 @@ Shapes: `N` rollouts, `T` response tokens, `D` hidden size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable
 
 import torch
@@ -20,6 +29,35 @@ from clipo.contrastive.objective import ContrastiveObjective
 from clipo.contrastive.shaping import contrastive_reward
 from clipo.distributed import mean_over_ranks
 from clipo.ops import masked_mean
+
+
+class ContrastiveMode(str, Enum):
+    OFF = "off"
+    REWARD = "reward"
+    LOSS = "loss"
+
+    @classmethod
+    def configurable(cls) -> tuple[str, ...]:
+        """The values `contrastive.mode` accepts (besides null)."""
+        return (cls.REWARD.value, cls.LOSS.value)
+
+    @classmethod
+    def resolve(cls, loss_name: str, mode: str | None) -> ContrastiveMode:
+        """OFF for `loss=none`, else the configured mode (REWARD when null).
+
+        Raises:
+            ValueError: an unknown mode, or a mode set together with `loss=none`.
+        """
+        if mode is not None and mode not in cls.configurable():
+            raise ValueError(f"contrastive.mode={mode!r} is unknown; choose reward, loss, or null")
+        if loss_name == "none":
+            if mode is not None:
+                raise ValueError(
+                    f"contrastive.mode={mode} needs a contrastive loss, but loss=none (plain RLVR) is selected; "
+                    "pick a loss (e.g. loss=infonce) or drop contrastive.mode"
+                )
+            return cls.OFF
+        return cls(mode or cls.REWARD.value)
 
 
 class HeadStep:

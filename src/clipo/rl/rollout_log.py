@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from clipo.rewards import RewardScores
+from clipo.rl.rewards import RewardScores
 from clipo.rollout import RolloutBatch
 
 TEXT_CHARS = 400  # response characters shown in a TensorBoard cell

@@ -103,7 +103,7 @@ class StopOnSignal(L.Callback):
 
 def save_last(trainer: L.Trainer) -> None:
     """`last.ckpt` through the checkpoint callback (so `ckpt_path=last` and its bookkeeping see it)."""
-    from clipo.checkpointing import LastStepCheckpoint
+    from clipo.run.checkpointing import LastStepCheckpoint
 
     callback = trainer.checkpoint_callback
     if isinstance(callback, LastStepCheckpoint):
