@@ -49,7 +49,7 @@ def time_rollouts(cfg, repeats: int) -> dict[str, dict[str, float]]:
         for name in ("hf", "vllm") if repeat % 2 else ("vllm", "hf"):
             torch.manual_seed(repeat)
             start = time.perf_counter()
-            batch = engines[name].generate(records, group, sampling, capture_layer=-1 if name == "hf" else None)
+            batch = engines[name].generate(records, group, sampling, hidden_layer=-1 if name == "hf" else None)
             elapsed = time.perf_counter() - start
             if repeat:
                 seconds[name].append(elapsed)

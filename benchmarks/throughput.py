@@ -51,7 +51,7 @@ def time_generation(cfg, repeats: int) -> dict[str, float]:
 
     def clipo() -> int:
         with autocast:
-            return int(engine.generate(records, group, sampling, capture_layer=-1).response_lengths.sum())
+            return int(engine.generate(records, group, sampling, hidden_layer=-1).response_lengths.sum())
 
     rates: dict[str, list[float]] = {"bare": [], "clipo": []}
     for repeat in range(repeats + 1):  # the first round warms up

@@ -37,7 +37,7 @@ def replay_share(self: RolloutCollector, batch: list[dict], timer, generation_co
     records = [TRAIN_SET[i] for i in range(GLOBAL_PROMPTS)]
     with torch.random.fork_rng():
         torch.manual_seed(1234)
-        rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
+        rollouts = self.engine.generate(records, self.group_size, self.sampling, self.hidden_layer)
     scores = self.rewards(records, rollouts, self.group_size, trainer_state)
     rank, world_size = world()
     share = len(rollouts.responses) // world_size

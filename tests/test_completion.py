@@ -34,7 +34,7 @@ class EngineWithoutHidden:
     def __init__(self, inner, micro_batch_size, shift=0.0):
         self.inner, self.micro_batch_size, self.shift = inner, micro_batch_size, shift
 
-    def generate(self, records, group_size, sampling, capture_layer=None):
+    def generate(self, records, group_size, sampling, hidden_layer=None):
         batch = self.inner.generate(records, group_size, sampling, None)
         logprobs = trainer_logprobs(self.inner.policy, batch, sampling.logprob_temperature, self.micro_batch_size)
         batch.sampling_logprobs = logprobs + self.shift

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from clipo.rl.dynamic_sampling import overlong_penalty, select_groups, zero_variance_groups
+from clipo.groups import group_stats
+from clipo.rl.dynamic_sampling import overlong_penalty, select_groups
+
+
+def zero_variance_groups(rewards, groups):
+    """[N] whether each rollout's group has no reward variance: what dynamic sampling drops."""
+    stats = group_stats(rewards, groups)
+    return stats.per_rollout(stats.zero_variance)
 
 
 def test_zero_variance_filter_hand_example():

@@ -155,11 +155,11 @@ def _zero3_worker(rank: int, rendezvous: str) -> None:
     generation = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, top_k=0,
                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    expected = generate_rollouts(reference, tokenizer, records, 3, generation, capture_layer=-1)
+    expected = generate_rollouts(reference, tokenizer, records, 3, generation, hidden_layer=-1)
     torch.manual_seed(0)
     with gathered_for_generation(SimpleNamespace(zero_stage_3=True, model=engine)):
         assert sum(p.numel() for p in engine.module.parameters()) == sum(p.numel() for p in reference.parameters())
-        got = generate_rollouts(engine.module, tokenizer, records, 3, generation, capture_layer=-1)
+        got = generate_rollouts(engine.module, tokenizer, records, 3, generation, hidden_layer=-1)
     assert got.responses == expected.responses
     torch.testing.assert_close(got.hidden, expected.hidden)
     # afterwards the weights are shards again and ZeRO's hooks gather them for a forward pass

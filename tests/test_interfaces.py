@@ -93,7 +93,7 @@ def test_rollout_engines(name):
     assert isinstance(engine, RolloutEngine)
     records = [{"messages": [{"role": "user", "content": q}], "ground_truth": "4", "data_source": "t"} for q in ("2+2?", "1+3=")]
     sampling = Sampling(max_new_tokens=6, seed=3)
-    batch = engine.generate(records, 3, sampling, capture_layer=-1)
+    batch = engine.generate(records, 3, sampling, hidden_layer=-1)
     assert isinstance(batch, RolloutBatch) and len(batch.responses) == 6 and batch.groups.tolist() == [0, 0, 0, 1, 1, 1]
     width = batch.response_mask.shape[1]
     assert batch.response_ids.shape == (6, width) and batch.ground_truths == ["4"] * 6

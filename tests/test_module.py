@@ -24,7 +24,7 @@ def _module_and_rollouts(tmp_path, *overrides):
     module = build_module(compose_config(TINY_OVERRIDES + list(overrides), output_dir=tmp_path))
     module.configure_optimizers()
     torch.manual_seed(0)
-    rollouts = module.collector.engine.generate(RECORDS, 4, module.collector.sampling, capture_layer=-1)
+    rollouts = module.collector.engine.generate(RECORDS, 4, module.collector.sampling, hidden_layer=-1)
     return module, rollouts
 
 
@@ -39,13 +39,13 @@ def _update(module, rollouts, advantages, optimizer):
 def test_each_mode_builds_only_its_own_stage(tmp_path):
     reward = build_module(compose_config(TINY_OVERRIDES, output_dir=tmp_path))
     assert reward.collector.reward_shaping is not None and reward.updater.contrastive is None
-    assert reward.collector.capture_layer == -1 and reward.updater.hidden_layer is None
+    assert reward.collector.hidden_layer == -1 and reward.updater.hidden_layer is None
     loss = build_module(compose_config(TINY_OVERRIDES + ["contrastive.mode=loss"], output_dir=tmp_path))
     assert loss.collector.reward_shaping is None and loss.updater.contrastive is not None
-    assert loss.collector.capture_layer is None and loss.updater.hidden_layer == -1
+    assert loss.collector.hidden_layer is None and loss.updater.hidden_layer == -1
     off = build_module(compose_config(TINY_OVERRIDES + ["loss=none"], output_dir=tmp_path))
     assert off.collector.reward_shaping is None and off.updater.contrastive is None
-    assert off.collector.capture_layer is None and off.updater.hidden_layer is None
+    assert off.collector.hidden_layer is None and off.updater.hidden_layer is None
 
 
 def test_reward_mode_trains_the_head_and_never_touches_the_policy(tmp_path):

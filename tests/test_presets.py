@@ -73,7 +73,7 @@ def test_preset_composes_to_the_official_numbers(name):
     # reward clamped at -0.5, the head's own AdamW (lr 1e-3, weight decay 0.01), critic_warmup
     assert cfg.loss.name == "infonce" and cfg.loss.temperature == 0.05 and cfg.loss.level == "group"
     assert cfg.loss.anchors == "correct" and cfg.loss.skip_trivial is True
-    assert cfg.pooler.name == "mean" and cfg.rollout.capture_layer == -1
+    assert cfg.pooler.name == "mean" and cfg.rollout.hidden_layer == -1
     assert cfg.head.name == "linear" and cfg.head.dim == official["head_dim"]
     assert cfg.contrastive.mode == "reward" and cfg.contrastive.lam == 0.2
     assert cfg.contrastive.c == 0.0 and cfg.contrastive.floor == -0.5

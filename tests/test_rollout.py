@@ -26,7 +26,7 @@ def _tiny_rollouts(group_size=3, layer=-1, max_new_tokens=16):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    return model, tokenizer, generate_rollouts(model, tokenizer, RECORDS, group_size, generation, capture_layer=layer)
+    return model, tokenizer, generate_rollouts(model, tokenizer, RECORDS, group_size, generation, hidden_layer=layer)
 
 
 def test_response_mask_keeps_tokens_through_first_eos():
@@ -139,7 +139,7 @@ def test_concat_rollouts_repads_and_keeps_every_forward_result():
                                   pad_token_id=tokenizer.pad_token_id)
     long_prompt = [{"messages": [{"role": "user", "content": "A much longer question, with many more characters?"}],
                     "ground_truth": "1"}]
-    second = generate_rollouts(model, tokenizer, long_prompt, 2, generation, capture_layer=-1)
+    second = generate_rollouts(model, tokenizer, long_prompt, 2, generation, hidden_layer=-1)
     both = concat_rollouts([first, second], tokenizer.pad_token_id)
 
     assert both.prompt_len == max(first.prompt_len, second.prompt_len)

@@ -113,7 +113,7 @@ def test_robustness_table_gaps_and_average():
 def _fake_generate(calls):
     """Canned rollouts: sample k of a record answers `ground_truth + k` (so only sample 0 is right)."""
 
-    def generate(records, group_size, sampling, capture_layer=None):
+    def generate(records, group_size, sampling, hidden_layer=None):
         calls.append(len(records) * group_size)
         responses = [f"\\boxed{{{int(r['ground_truth']) + k}}}" for r in records for k in range(group_size)]
         return SimpleNamespace(responses=responses, ground_truths=[r["ground_truth"] for r in records

@@ -95,7 +95,7 @@ def build_contrastive(cfg: DictConfig, mode: ContrastiveMode, hidden_size: int) 
         shaping = ContrastiveRewardShaping(objective, head_step, c.lam, c.c, c.floor, c.head_warmup_steps)
         return ContrastiveParts(objective, head_step, reward_shaping=shaping)
     if mode is ContrastiveMode.LOSS:
-        term = ContrastiveLossTerm(objective, head_step, c.coef, cfg.rollout.capture_layer)
+        term = ContrastiveLossTerm(objective, head_step, c.coef, cfg.rollout.hidden_layer)
         return ContrastiveParts(objective, head_step, loss_term=term)
     return ContrastiveParts(None, head_step)
 
@@ -168,7 +168,7 @@ def build_rollout_logprobs(
         batching,
         old_before_update=batching.reuses_batch(cfg.data.prompts_per_step * cfg.rollout.group_size),
         correction=ImportanceCorrection(correction.cap, correction.level, correction.mode) if correction.enabled else None,
-        hidden_layer=cfg.rollout.capture_layer if mode is ContrastiveMode.REWARD else None,
+        hidden_layer=cfg.rollout.hidden_layer if mode is ContrastiveMode.REWARD else None,
         reference=policy if base_reference else reference,
         reference_context=policy.disable_adapter if base_reference else nullcontext,
     )

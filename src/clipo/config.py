@@ -74,7 +74,7 @@ def _contrastive_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list
     if mode is ContrastiveMode.REWARD:
         _rule(problems, lambda: ContrastiveRewardShaping(None, None, c.lam, c.c, c.floor, c.head_warmup_steps))
     elif mode is ContrastiveMode.LOSS:
-        _rule(problems, lambda: ContrastiveLossTerm(None, None, c.coef, cfg.rollout.capture_layer))
+        _rule(problems, lambda: ContrastiveLossTerm(None, None, c.coef, cfg.rollout.hidden_layer))
     return problems
 
 

@@ -41,13 +41,13 @@ class RolloutEngine(Protocol):
     """Samples `group_size` responses per prompt record.
 
     `records` are the datamodule's prompt dicts (`messages`, `ground_truth`, `data_source`, ...).
-    An engine that can capture hidden states returns `hidden` [N, T, D] of `capture_layer` (HF
+    An engine that can capture hidden states returns `hidden` [N, T, D] of `hidden_layer` (HF
     `hidden_states` index) at the positions predicting each response token; one that cannot
     returns `hidden=None`.
     """
 
     def generate(
-        self, records: list[dict], group_size: int, sampling: Sampling, capture_layer: int | None = None
+        self, records: list[dict], group_size: int, sampling: Sampling, hidden_layer: int | None = None
     ) -> RolloutBatch: ...
 
     def sync_weights(self, policy: torch.nn.Module) -> None:

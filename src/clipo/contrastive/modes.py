@@ -159,7 +159,7 @@ class ContrastiveLossTerm:
     Args:
         objective, head_step: the contrastive objective and its optimizer step.
         coef: weight of the batch loss in the policy loss.
-        hidden_layer: the layer of the training forward the objective pools (`rollout.capture_layer`).
+        hidden_layer: the layer of the training forward the objective pools (`rollout.hidden_layer`).
     """
 
     def __init__(self, objective: ContrastiveObjective, head_step: HeadStep, coef: float, hidden_layer: int) -> None:

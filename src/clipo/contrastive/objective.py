@@ -56,7 +56,7 @@ class ContrastiveObjective(nn.Module):
         """Per-rollout and batch losses, and metrics.
 
         Args:
-            hidden: [N, T, D] response-token hidden states of the captured layer (`rollout.capture_layer`).
+            hidden: [N, T, D] response-token hidden states of the captured layer (`rollout.hidden_layer`).
             mask: [N, T] True on the rows to pool (`RolloutBatch.hidden_mask`: response tokens 0..L-2).
             labels: [N] verifier labels, bool or 0/1.
             groups: [N] prompt ids.

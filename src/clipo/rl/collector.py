@@ -79,7 +79,7 @@ class RolloutCollector:
         self.sampling, self.group_size, self.logprobs = sampling, group_size, logprobs
         self.dynamic_sampling, self.overlong, self.reward_shaping = dynamic_sampling, overlong, reward_shaping
         # hidden states to capture while sampling: reward shaping pools them
-        self.capture_layer = logprobs.hidden_layer
+        self.hidden_layer = logprobs.hidden_layer
 
     def close(self) -> None:
         """Shut the training verifier's worker pool down."""
@@ -138,7 +138,7 @@ class RolloutCollector:
         trainer_state: Any,
     ) -> tuple[RolloutBatch, RewardScores]:
         with timer("generate"), generation_context():
-            rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
+            rollouts = self.engine.generate(records, self.group_size, self.sampling, self.hidden_layer)
         scores = self.rewards(records, rollouts, self.group_size, trainer_state)
         for name, seconds in scores.seconds.items():  # each function is a phase of its own
             timer.seconds["verify" if name == "verifier" else f"reward/{name}"] += seconds

@@ -28,21 +28,6 @@ from clipo.rollout.batch import RolloutBatch, concat_rollouts
 FILTER_SIGNALS = ("accuracy", "reward")
 
 
-def zero_variance_groups(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Which rollouts belong to a group without reward variance (dynamic sampling drops those).
-
-    Args:
-        rewards: [N] reward per rollout.
-        groups: [N] integer group id per rollout.
-
-    Returns:
-        [N] bool: true where all the rewards of the rollout's group are equal (all-correct,
-        all-wrong and size-1 groups), whose group-relative advantages are all 0.
-    """
-    stats = group_stats(rewards, groups)
-    return stats.per_rollout(stats.zero_variance)
-
-
 @dataclass(frozen=True)
 class GroupSelection:
     """Outcome of `select_groups`.

@@ -30,9 +30,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
+
+from clipo.rollout.prompts import prompt_text
 
 VERIFIER = "verifier"
 SIGNATURE = "fn(prompts, completions, completion_ids=..., ground_truth=..., **kwargs) -> list[float | None]"
@@ -297,8 +300,4 @@ class RewardScorer:
 
 def chat_prompt(tokenizer: Any) -> Callable[[dict], str]:
     """A record's prompt text as the engines build it: its messages with the generation prompt."""
-
-    def prompt_text(record: dict) -> str:
-        return tokenizer.apply_chat_template(record["messages"], add_generation_prompt=True, tokenize=False)
-
-    return prompt_text
+    return partial(prompt_text, tokenizer)

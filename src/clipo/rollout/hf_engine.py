@@ -19,6 +19,7 @@ from transformers import GenerationConfig
 
 from clipo.registry import ENGINES
 from clipo.rollout.batch import RolloutBatch, pad_time, response_mask_from_ids
+from clipo.rollout.prompts import prompt_texts
 from clipo.rollout.sampling import Sampling
 
 
@@ -70,18 +71,16 @@ def generate_rollouts(
     records: list[dict],
     group_size: int,
     generation: GenerationConfig,
-    capture_layer: int | None = None,
+    hidden_layer: int | None = None,
 ) -> RolloutBatch:
     """Sample `group_size` responses for each prompt record (HF `generate`, KV cache, left padding).
 
     Args:
         records: B prompt records with `messages`, `ground_truth`, `data_source`.
         generation: sampling settings (`max_new_tokens`, `temperature`, `top_p`, ...).
-        capture_layer: hidden layer to keep for CLIPO (None: keep nothing).
+        hidden_layer: hidden layer to keep for CLIPO (None: keep nothing).
     """
-    prompts = [
-        tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in records
-    ]
+    prompts = prompt_texts(tokenizer, records)
     device = next(model.parameters()).device
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     input_ids = encoded.input_ids.repeat_interleave(group_size, dim=0)  # [N, P]
@@ -89,7 +88,7 @@ def generate_rollouts(
 
     was_training = model.training
     model.eval()  # no dropout while sampling
-    module = hidden_layer_module(model, capture_layer) if capture_layer is not None else None
+    module = hidden_layer_module(model, hidden_layer) if hidden_layer is not None else None
     try:
         if module is None:
             sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation)
@@ -145,15 +144,15 @@ class HFEngine:
         self.policy, self.tokenizer = policy, tokenizer
 
     def generate(
-        self, records: list[dict], group_size: int, sampling: Sampling, capture_layer: int | None = None
+        self, records: list[dict], group_size: int, sampling: Sampling, hidden_layer: int | None = None
     ) -> RolloutBatch:
         generation = generation_config(sampling, self.tokenizer)
         if sampling.seed is None:
-            return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, capture_layer)
+            return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, hidden_layer)
         device = next(self.policy.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(sampling.seed)
-            return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, capture_layer)
+            return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, hidden_layer)
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """Nothing to do: this engine generates with `policy` itself."""

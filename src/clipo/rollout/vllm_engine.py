@@ -30,6 +30,7 @@ from clipo.distributed import world
 from clipo.models import is_adapter, merged_weights, save_merged
 from clipo.registry import ENGINES
 from clipo.rollout.batch import RolloutBatch
+from clipo.rollout.prompts import prompt_texts
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_batch import rollout_batch_from_outputs
 from clipo.run.rng import collect_rng_states, set_rng_states
@@ -94,14 +95,12 @@ class VLLMEngine:
 
     # ---- the Protocol ---------------------------------------------------------------------------
     def generate(
-        self, records: list[dict], group_size: int, sampling: Sampling, capture_layer: int | None = None
+        self, records: list[dict], group_size: int, sampling: Sampling, hidden_layer: int | None = None
     ) -> RolloutBatch:
-        """`group_size` responses per record; `capture_layer` is ignored (vLLM returns no hidden states)."""
+        """`group_size` responses per record; `hidden_layer` is ignored (vLLM returns no hidden states)."""
         from vllm import SamplingParams
 
-        prompts = [
-            self.tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in records
-        ]
+        prompts = prompt_texts(self.tokenizer, records)
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
         llm = self._engine(rows=len(records) * group_size, tokens_per_row=max(map(len, prompt_ids)) + sampling.max_new_tokens)
         if self.sleep:

@@ -43,8 +43,6 @@ class ChoiceVerifier(Verifier):
     """Exact match of the chosen letter against a letter ground truth.
 
     Args:
-        timeout: unused (no check needs a worker); kept so all verifiers share arguments.
-        num_workers: unused, as above.
         fallback: "last_letter", "answer_phrase" or "none" (see the module docstring).
         tail_chars: only the last `tail_chars` characters of a response are read.
         max_letter: the last option letter ("D" for four-option sets).
@@ -52,9 +50,9 @@ class ChoiceVerifier(Verifier):
 
     fallbacks = FALLBACKS
 
-    def __init__(self, timeout: float = 5.0, num_workers: int | None = None, fallback: str = "last_letter",
+    def __init__(self, fallback: str = "last_letter",
                  tail_chars: int = DEFAULT_TAIL_CHARS, max_letter: str = "Z") -> None:
-        super().__init__(timeout=timeout, num_workers=num_workers, fallback=fallback, tail_chars=tail_chars)
+        super().__init__(fallback=fallback, tail_chars=tail_chars)  # no check needs a worker or a time limit
         if not re.fullmatch(r"[B-Z]", max_letter):
             raise ValueError(f"max_letter must be one capital letter B-Z, got {max_letter!r}")
         self.letters = f"A-{max_letter}"

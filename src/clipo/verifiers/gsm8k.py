@@ -28,17 +28,15 @@ class GSM8KVerifier(Verifier):
     """Exact numeric match of the final number against a numeric ground truth.
 
     Args:
-        timeout: unused (no check needs a worker); kept so all verifiers share arguments.
-        num_workers: unused, as above.
         fallback: "last_number", "answer_phrase" or "none" (see the module docstring).
         tail_chars: only the last `tail_chars` characters of a response are read.
     """
 
     fallbacks = FALLBACKS
 
-    def __init__(self, timeout: float = 5.0, num_workers: int | None = None, fallback: str = "last_number",
+    def __init__(self, fallback: str = "last_number",
                  tail_chars: int = DEFAULT_TAIL_CHARS) -> None:
-        super().__init__(timeout=timeout, num_workers=num_workers, fallback=fallback, tail_chars=tail_chars)
+        super().__init__(fallback=fallback, tail_chars=tail_chars)  # no check needs a worker or a time limit
 
     def extract(self, response: str) -> str | None:
         """The answer text `response` gives (a boxed answer, a statement or a number), or None."""

@@ -16,19 +16,18 @@ class TripletLoss(ContrastiveLoss):
 
     Args:
         margin: the hinge margin (distances lie in [0, 2]).
-        The other arguments are `ContrastiveLoss`'s.
+        The other arguments are `ContrastiveLoss`'s; a triplet loss has no temperature.
     """
 
     def __init__(
         self,
-        temperature: float = 0.05,
         level: str = "group",
         anchors: str = "correct",
         skip_trivial: bool = True,
         seed: int = 0,
         margin: float = 0.2,
     ) -> None:
-        super().__init__(temperature, level, anchors, skip_trivial, seed)
+        super().__init__(1.0, level, anchors, skip_trivial, seed)  # distances, not similarities: no temperature
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
         self.margin = float(margin)

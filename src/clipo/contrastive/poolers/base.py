@@ -10,7 +10,7 @@ In training the mask is `RolloutBatch.hidden_mask`: row t of the rollout hidden 
 state at response token t, and the rows pooled are tokens 0..L-2 of a length-L rollout (the
 official code's positions; the last token has no state, a length-1 rollout pools to zeros).
 
-Which hidden layer is pooled is not the pooler's choice: `rollout.capture_layer` tells the
+Which hidden layer is pooled is not the pooler's choice: `rollout.hidden_layer` tells the
 rollout engine (and the training forward in loss mode) which layer to return.
 """
 
