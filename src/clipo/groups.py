@@ -4,6 +4,10 @@ Shapes: `N` rollouts, `K` groups. Group ids are arbitrary integers: groups may d
 (dynamic sampling drops whole groups, a refill adds more) and their rollouts need not be
 contiguous, so nothing here assumes `view(-1, G)`. Groups are numbered 0..K-1 in the order of
 their sorted ids (`torch.unique`).
+
+Sums are taken in float64 and a group whose values are all equal is centred to exactly 0: in
+float32 the mean of 16 copies of 0.9 is one rounding step off 0.9, and GRPO's division by
+`std + 1e-6` turns that step into advantages up to 0.1 for a group that carries no signal.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class GroupStats:
         zero_variance: [K] bool, all of the group's values are equal (exact: max == min), which
             includes groups of size 1.
         first: [K] long, position of each group's first rollout (for "in order of appearance").
+        centered: [N] float32, each value minus its group's mean (taken in float64); exactly 0 in
+            a zero-variance group, whatever the values.
     """
 
     index: torch.Tensor
@@ -33,6 +39,7 @@ class GroupStats:
     var: torch.Tensor
     zero_variance: torch.Tensor
     first: torch.Tensor
+    centered: torch.Tensor
 
     @property
     def num_groups(self) -> int:
@@ -64,18 +71,20 @@ def group_stats(values: torch.Tensor, groups: torch.Tensor) -> GroupStats:
         )
     if groups.dtype.is_floating_point or groups.dtype == torch.bool:
         raise ValueError(f"groups must hold integer group ids, got dtype {groups.dtype}; pass e.g. groups.long()")
-    values = values.float()
+    values = values.double()  # exact sums of float32 values (what the mean of equal values needs)
     _, index = torch.unique(groups, return_inverse=True)
     num_groups = int(index.max()) + 1 if index.numel() else 0
     counts = torch.bincount(index, minlength=num_groups).to(values.dtype)  # [K]
     sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
     mean = sums / counts
-    sq_dev = torch.zeros_like(sums).index_add_(0, index, (values - mean[index]) ** 2)  # [K]
-    var = sq_dev / (counts - 1).clamp(min=1)
     empty = torch.empty(num_groups, dtype=values.dtype, device=values.device)
     high = empty.scatter_reduce(0, index, values, "amax", include_self=False)
     low = empty.clone().scatter_reduce(0, index, values, "amin", include_self=False)
+    zero_variance = high == low  # [K]
+    centered = torch.where(zero_variance[index], 0.0, values - mean[index])  # [N]
+    var = torch.zeros_like(sums).index_add_(0, index, centered**2) / (counts - 1).clamp(min=1)  # [K]
     positions = torch.arange(index.numel(), device=index.device)
     first = torch.full((num_groups,), index.numel(), dtype=torch.long, device=index.device)
     first = first.scatter_reduce(0, index, positions, "amin")
-    return GroupStats(index=index, counts=counts, mean=mean, var=var, zero_variance=high == low, first=first)
+    return GroupStats(index=index, counts=counts.float(), mean=mean.float(), var=var.float(),
+                      zero_variance=zero_variance, first=first, centered=centered.float())
