@@ -156,7 +156,7 @@ def test_config_problems(user_module):
     assert "module 'nonexistent_mod' does not import" in text and "PYTHONPATH" in text
     assert "has no attribute 'missing'" in text
     assert "'my_rewards:NOT_CALLABLE' is a int" in text
-    assert "'bare_name' must be `verifier` or `module:function`" in text
+    assert "'bare_name' must be `verifier`, `module:function`" in text
     assert "needs one number per reward_funcs entry (5" in text
     assert "more than once" in reward_config_problems(["verifier", "verifier"], None)[0]
     assert "non-empty list" in reward_config_problems([], None)[0]

@@ -118,8 +118,9 @@ def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
 
 
 def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
-    """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`)."""
-    functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier)
+    """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`, `reward_timeout_s`)."""
+    functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier,
+                                       cfg.get("reward_timeout_s"))
     return RewardScorer(functions, chat_prompt(tokenizer))
 
 
