@@ -35,7 +35,7 @@ def text_completions(fn: Callable) -> Callable:
 
 def _annotated_list_of_str(annotation: Any) -> bool:
     if isinstance(annotation, str):  # `from __future__ import annotations` leaves strings
-        return bool(_LIST_OF_STR.match(annotation.replace(" ", "")))
+        return bool(_LIST_OF_STR.match(annotation.replace(" ", "").strip("'\"")))
     origin = typing.get_origin(annotation)
     return origin in (list, collections.abc.Sequence) and typing.get_args(annotation) == (str,)
 
