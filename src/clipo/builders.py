@@ -24,6 +24,7 @@ from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLE
 from clipo.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rollout.completion import TrainingForwardCompletion
 from clipo.rollout.sampling import Sampling
+from clipo.loggers import log_run_config
 from clipo.rollout_log import RolloutLog
 from clipo.scoring import eval_sampling, split_set_spec
 from clipo.updater import PolicyUpdater
@@ -225,6 +226,7 @@ def build_strategy(cfg: DictConfig) -> Any:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
+    log_run_config(loggers, run_config(cfg))
     no_validation = {} if cfg.data.get("val") else {"limit_val_batches": 0}
     strategy = build_strategy(cfg)
     # DeepSpeed writes its own sharded checkpoint folders; every other strategy writes through this
