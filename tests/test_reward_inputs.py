@@ -9,8 +9,7 @@ import pytest
 from trl.data_utils import is_conversational as trl_is_conversational
 from trl.rewards import accuracy_reward, think_format_reward
 
-from clipo.reward_inputs import TEXT, TRL, completions_format, is_conversational, text_completions
-from clipo.reward_inputs import trl_prompts
+from clipo.reward_inputs import TEXT, TRL, completions_format, is_conversational, text_completions, trl_prompts
 from clipo.rewards import RewardFunction, build_reward_functions, repeat_columns, score_rollouts, verifier_reward
 
 CHAT = [

@@ -161,6 +161,8 @@ def test_config_problems(user_module):
     assert "needs one number per reward_funcs entry (5" in text
     assert "more than once" in reward_config_problems(["verifier", "verifier"], None)[0]
     assert "non-empty list" in reward_config_problems([], None)[0]
+    (problem,) = reward_config_problems(["verifier", "no-such-org/no-such-reward-model"], None)  # offline, not cached
+    assert "reward model 'no-such-org/no-such-reward-model' does not load" in problem
 
 
 def test_a_function_past_its_time_limit_fails_naming_it():

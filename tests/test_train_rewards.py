@@ -121,8 +121,8 @@ def test_trl_reward_functions_and_a_reward_model_on_a_trl_dataset(parity_verifie
     (tmp_path / "my_trl.py").write_text(textwrap.dedent(TRL_SHAPES))
     monkeypatch.syspath_prepend(str(tmp_path))
     classifier = save_tiny_classifier(tmp_path / "tiny-rm")
-    cfg = _config(tmp_path / "run", "reward_funcs=[verifier,trl.rewards:accuracy_reward,trl.rewards:think_format_reward,"
-                  f"my_trl:trl_shapes,{classifier}]", "reward_weights=[1.0,1.0,1.0,0.0,0.5]", "data.val=null",
+    cfg = _config(tmp_path / "run", "reward_funcs=[verifier,trl.rewards:accuracy_reward,"
+                  f"trl.rewards:think_format_reward,my_trl:trl_shapes,{classifier}]", "reward_weights=[1.0,1.0,1.0,0.0,0.5]", "data.val=null",
                   "trainer.max_steps=1")
     with open_dict(cfg):
         cfg.data.train = {"source": "hub", "name": str(tmp_path / "trl.jsonl")}  # TRL's columns, found by name
@@ -135,7 +135,8 @@ def test_trl_reward_functions_and_a_reward_model_on_a_trl_dataset(parity_verifie
     by_prompt = {r["prompt"][0]["content"]: r for r in rows}
     completions = [[{"role": "assistant", "content": r["response"]}] for r in rollouts]
     records = [next(v for k, v in by_prompt.items() if k in r["prompt"]) for r in rollouts]
-    assert [r["rewards"]["accuracy_reward"] for r in rollouts] == accuracy_reward(completions, [r["solution"] for r in records])
+    solutions = [r["solution"] for r in records]
+    assert [r["rewards"]["accuracy_reward"] for r in rollouts] == accuracy_reward(completions, solutions)
     assert [r["rewards"]["think_format_reward"] for r in rollouts] == think_format_reward(completions)
     tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(classifier)
     texts = [tokenizer.apply_chat_template(rec["prompt"] + c, tokenize=False) for rec, c in zip(records, completions)]

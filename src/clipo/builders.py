@@ -18,13 +18,13 @@ from clipo.contrastive import ContrastiveMode, ContrastiveObjective
 from clipo.contrastive.steps import ContrastiveLossTerm, ContrastiveRewardShaping, HeadStep
 from clipo.dapo import DynamicSampling, OverlongShaping
 from clipo.data import PromptDataModule
+from clipo.loggers import log_run_config
 from clipo.models import is_adapter, load_model
 from clipo.module import ClipoModule
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rollout.completion import TrainingForwardCompletion
 from clipo.rollout.sampling import Sampling
-from clipo.loggers import log_run_config
 from clipo.rollout_log import RolloutLog
 from clipo.scoring import eval_sampling, split_set_spec
 from clipo.updater import PolicyUpdater

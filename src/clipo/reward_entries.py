@@ -67,6 +67,8 @@ def _model_problem(entry: str) -> str | None:
     """Why the reward model `entry` cannot load (its config is read, not its weights), or None."""
     from transformers import AutoConfig
 
+    if entry.startswith((".", "/", "~")) and not Path(entry).expanduser().is_dir():
+        return f"reward model folder {entry!r} does not exist ({Path(entry).expanduser().resolve()})"
     try:
         AutoConfig.from_pretrained(entry)
     except Exception as error:  # noqa: BLE001 - any failure gets the same advice

@@ -44,11 +44,12 @@ from clipo.reward_entries import (
     is_model_entry,
     reward_config_problems,
 )
-from clipo.reward_model import RewardModel
 from clipo.reward_inputs import RESERVED, TEXT, completions_format, text_completions, trl_completions, trl_prompts
+from clipo.reward_model import RewardModel
 
-__all__ = ["VERIFIER", "RewardFunction", "RewardFunctionError", "RewardScorer", "RewardScores", "build_reward_functions",
-           "entry_name", "import_reward_function", "reward_config_problems", "score_rollouts", "text_completions"]
+__all__ = ["VERIFIER", "RewardFunction", "RewardFunctionError", "RewardScorer", "RewardScores",
+           "build_reward_functions", "entry_name", "import_reward_function", "reward_config_problems", "score_rollouts",
+           "text_completions"]
 
 
 class RewardFunctionError(RuntimeError):

@@ -86,7 +86,8 @@ def test_plain_prompt_csv_and_a_saved_dataset_folder(tmp_path):
     (tmp_path / "plain.csv").write_text("prompt,answer,source\nWhat is 2+2?,4,toy\nWhat is 3+3?,6,toy\n")
     records = load_hub(str(tmp_path / "plain.csv"), instruction="Box it.")
     assert records[0]["prompt"] == "What is 2+2? Box it." and records[0]["ground_truth"] == "4"
-    assert records[0]["source"] == "toy" and records[0]["messages"] == [{"role": "user", "content": "What is 2+2? Box it."}]
+    assert records[0]["source"] == "toy"
+    assert records[0]["messages"] == [{"role": "user", "content": "What is 2+2? Box it."}]
     saved = datasets.Dataset.from_dict({"question": ["q0", "q1"], "solution": ["1", "2"], "id": [7, 8]})
     datasets.DatasetDict({"train": saved}).save_to_disk(str(tmp_path / "saved"))
     records = load_hub(str(tmp_path / "saved"))

@@ -63,12 +63,13 @@ def test_missing_column_lists_the_file_columns(tmp_path):
     write_verl_parquet(tmp_path / "toy.parquet", drop=("reward_model",))
     with pytest.raises(ValueError, match=r"none of the answer columns \['solution', 'answer'") as error:
         load_parquet(tmp_path / "toy.parquet")
-    assert "'prompt'" in str(error.value) and "'extra_info'" in str(error.value) and "'reward_model'" in str(error.value)
+    assert all(f"'{name}'" in str(error.value) for name in ("prompt", "extra_info", "reward_model"))
 
 
 def test_trl_layout_file_is_read_with_its_columns(tmp_path):
     prompts = [[{"role": "user", "content": "2+2?"}], [{"role": "user", "content": "3+3?"}]]
-    pq.write_table(pa.table({"prompt": prompts, "solution": ["4", "6"], "difficulty": [1, 2]}), tmp_path / "trl.parquet")
+    table = pa.table({"prompt": prompts, "solution": ["4", "6"], "difficulty": [1, 2]})
+    pq.write_table(table, tmp_path / "trl.parquet")
     records = load_parquet(tmp_path / "trl.parquet")
     assert records[1] == {"messages": prompts[1], "ground_truth": "6", "data_source": "trl", "index": 1,
                           "solution": "6", "difficulty": 2}

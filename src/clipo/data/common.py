@@ -48,7 +48,8 @@ def find_column(names: list[str], given: str | None, candidates: tuple[str, ...]
     """`given` when the data has it; None picks the first of `candidates` the data has."""
     if given is not None:
         if given not in names:
-            raise ValueError(f"{where} has no {what} column {given!r}; it has {names}. Set {what}_column to one of them.")
+            raise ValueError(f"{where} has no {what} column {given!r}; it has {names}. "
+                             f"Set {what}_column to one of them.")
         return given
     found = [c for c in candidates if c in names]
     if not found:
