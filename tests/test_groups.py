@@ -72,4 +72,5 @@ def test_centered_is_exactly_zero_for_equal_fractional_groups():
     stats = group_stats(values, groups)
     assert torch.equal(stats.centered[:16], torch.zeros(16)) and torch.equal(stats.var[0], torch.tensor(0.0))
     assert_close(stats.centered[16:], torch.tensor([-0.2, 0.2]))
+    assert stats.mean[0] == torch.tensor(0.9) and stats.zero_variance.tolist() == [True, False]  # exactly its value
     assert_close(stats.mean, torch.tensor([0.9, 0.4]))
