@@ -111,6 +111,20 @@ def test_size_one_and_equal_reward_groups_get_zero(estimator):
     assert adv[3] < 0 < adv[4]
 
 
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+@pytest.mark.parametrize("value", [0.9, 0.1, 0.7, 1 / 3, -2.3, 0.35 + 0.5 * 0.6])
+def test_fractional_equal_groups_get_exactly_zero(estimator, value):
+    # weighted functions or a reward model give non-binary rewards: in float32 the mean of 16
+    # copies of 0.9 is one rounding step off, which GRPO's std + 1e-6 blew up to 0.1
+    rewards = torch.cat([torch.full((16,), value), torch.tensor([0.0, 1.0, 0.25, 0.5])])
+    groups = torch.tensor([4] * 16 + [9] * 4)
+    adv = ESTIMATORS[estimator](rewards, groups)
+    assert torch.equal(adv[:16], torch.zeros(16))  # exactly, not within a tolerance
+    assert (adv[16:] != 0).all()
+    alone = ESTIMATORS[estimator](torch.full((16,), value), torch.zeros(16, dtype=torch.long))
+    assert torch.equal(alone, torch.zeros(16))
+
+
 def test_unequal_group_sizes_grpo():
     # group 0 = [0, 1] (size 2), group 1 = [0, 0, 0, 3] (size 4): statistics must not mix
     rewards = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 3.0])

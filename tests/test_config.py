@@ -160,6 +160,9 @@ def test_reward_funcs_that_do_not_import_fail_before_the_model_loads(tmp_path, m
     assert "module 'my_rewardz' does not import" in text
     text = _errors(["reward_funcs=[verifier,my_rewards:brevity]", "reward_weights=[1.0]"], tmp_path)
     assert "reward_weights=[1.0] needs one number per reward_funcs entry (2" in text
+    assert "reward_timeout_s=-5 must be a positive number" in _errors(["reward_timeout_s=-5"], tmp_path)
+    text = _errors([f"reward_funcs=[verifier,{tmp_path}/no_model]"], tmp_path)  # a folder that is not there
+    assert f"reward model folder '{tmp_path}/no_model' does not exist" in text
 
 
 def test_rollout_log_and_lora_settings_are_checked(tmp_path):

@@ -64,3 +64,13 @@ def test_bad_input_says_what_is_wrong():
         group_stats(torch.zeros(3), torch.zeros(3))
     empty = group_stats(torch.zeros(0), torch.zeros(0, dtype=torch.long))
     assert empty.num_groups == 0 and empty.zero_variance_fraction == 0
+
+
+def test_centered_is_exactly_zero_for_equal_fractional_groups():
+    values = torch.tensor([0.9] * 16 + [0.2, 0.6])  # float32: the mean of 16 x 0.9 rounds off 0.9
+    groups = torch.tensor([1] * 16 + [2, 2])
+    stats = group_stats(values, groups)
+    assert torch.equal(stats.centered[:16], torch.zeros(16)) and torch.equal(stats.var[0], torch.tensor(0.0))
+    assert_close(stats.centered[16:], torch.tensor([-0.2, 0.2]))
+    assert stats.mean[0] == torch.tensor(0.9) and stats.zero_variance.tolist() == [True, False]  # exactly its value
+    assert_close(stats.mean, torch.tensor([0.9, 0.4]))

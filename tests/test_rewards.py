@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clipo.rl.rewards import (
+    RewardFunction,
     RewardFunctionError,
     build_reward_functions,
     concat_scores,
@@ -156,7 +157,41 @@ def test_config_problems(user_module):
     assert "module 'nonexistent_mod' does not import" in text and "PYTHONPATH" in text
     assert "has no attribute 'missing'" in text
     assert "'my_rewards:NOT_CALLABLE' is a int" in text
-    assert "'bare_name' must be `verifier` or `module:function`" in text
+    assert "'bare_name' must be `verifier`, `module:function`" in text
     assert "needs one number per reward_funcs entry (5" in text
     assert "more than once" in reward_config_problems(["verifier", "verifier"], None)[0]
     assert "non-empty list" in reward_config_problems([], None)[0]
+    (problem,) = reward_config_problems(["verifier", "no-such-org/no-such-reward-model"], None)  # offline, not cached
+    assert "reward model 'no-such-org/no-such-reward-model' does not load" in problem
+
+
+def test_a_function_past_its_time_limit_fails_naming_it():
+    import threading
+
+    release = threading.Event()
+
+    def stuck(prompts, completions, **kwargs):
+        release.wait(30)  # released below, so the thread ends with the test
+        return [0.0] * len(completions)
+
+    functions = build_reward_functions(["verifier"], None, exact_verifier)
+    functions.append(RewardFunction("stuck", stuck, 1.0, timeout_s=0.2))
+    try:
+        with pytest.raises(RewardFunctionError, match=r"'stuck' raised TimeoutError: did not return within "
+                                                      r"reward_timeout_s=0.2 s \(it keeps running"):
+            score(functions)
+    finally:
+        release.set()
+    fast = RewardFunction("fast", lambda prompts, completions, **kw: [1.0] * len(completions), 1.0, timeout_s=5)
+    assert score([*functions[:1], fast]).scores[:, 1].tolist() == [1.0] * 4  # a result within the limit
+    raising = RewardFunction("raising", lambda **kw: 1 / 0, 1.0, timeout_s=5)
+    with pytest.raises(RewardFunctionError, match="'raising' raised ZeroDivisionError"):  # its error, from the thread
+        score([*functions[:1], raising])
+
+
+def test_timeout_is_configured_and_checked(user_module):
+    functions = build_reward_functions(["verifier", "my_rewards:brevity"], None, exact_verifier, timeout_s=7)
+    assert [f.timeout_s for f in functions] == [None, 7]  # the verifier has its own limits
+    assert reward_config_problems(["verifier"], None, 60) == reward_config_problems(["verifier"], None, None) == []
+    for bad in (0, -1, "60", float("inf"), True):
+        assert "reward_timeout_s" in reward_config_problems(["verifier"], None, bad)[0]

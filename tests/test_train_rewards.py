@@ -97,3 +97,50 @@ def test_command_line_imports_reward_functions_from_the_working_directory(tmp_pa
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "module 'my_rewardz' does not import" in output
     assert "Traceback" not in output and "Seed set" not in output  # failed before anything was built
+
+
+TRL_SHAPES = """
+    def trl_shapes(prompts, completions, solution, difficulty, **kwargs):
+        # 1.0 when the keywords are as TRL's GRPOTrainer gives them for a conversational data set
+        ok = all(isinstance(p, list) and p[-1]["role"] == "user" for p in prompts)
+        ok &= all(c == [{"role": "assistant", "content": c[0]["content"]}] for c in completions)
+        ok &= "prompt" not in kwargs and len(solution) == len(difficulty) == len(completions)
+        return [float(ok)] * len(completions)
+"""
+
+
+def test_trl_reward_functions_and_a_reward_model_on_a_trl_dataset(parity_verifier, tmp_path, monkeypatch):
+    from omegaconf import open_dict
+    from trl.rewards import accuracy_reward, think_format_reward
+
+    from tests.test_reward_model import by_hand, save_tiny_classifier
+
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "solution": f"${2 * i}$", "difficulty": i}
+            for i in range(8)]
+    (tmp_path / "trl.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "my_trl.py").write_text(textwrap.dedent(TRL_SHAPES))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    classifier = save_tiny_classifier(tmp_path / "tiny-rm")
+    cfg = _config(tmp_path / "run", "reward_funcs=[verifier,trl.rewards:accuracy_reward,"
+                  f"trl.rewards:think_format_reward,my_trl:trl_shapes,{classifier}]", "reward_weights=[1.0,1.0,1.0,0.0,0.5]", "data.val=null",
+                  "trainer.max_steps=1")
+    with open_dict(cfg):
+        cfg.data.train = {"source": "hub", "name": str(tmp_path / "trl.jsonl")}  # TRL's columns, found by name
+    _, objects = train(cfg)
+    (logged,) = objects["summary"].history
+    for name in ("accuracy_reward", "think_format_reward", "trl_shapes", "tiny-rm"):
+        assert f"reward/{name}/mean" in logged and f"time/reward/{name}" in logged
+    assert logged["reward/trl_shapes/mean"] == 1.0
+    rollouts = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    by_prompt = {r["prompt"][0]["content"]: r for r in rows}
+    completions = [[{"role": "assistant", "content": r["response"]}] for r in rollouts]
+    records = [next(v for k, v in by_prompt.items() if k in r["prompt"]) for r in rollouts]
+    solutions = [r["solution"] for r in records]
+    assert [r["rewards"]["accuracy_reward"] for r in rollouts] == accuracy_reward(completions, solutions)
+    assert [r["rewards"]["think_format_reward"] for r in rollouts] == think_format_reward(completions)
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(classifier)
+    texts = [tokenizer.apply_chat_template(rec["prompt"] + c, tokenize=False) for rec, c in zip(records, completions)]
+    assert [r["rewards"]["tiny-rm"] for r in rollouts] == pytest.approx(by_hand(classifier, texts), abs=1e-4)
+    assert logged["train/reward"] == pytest.approx(sum(
+        r["rewards"]["verifier"] + r["rewards"]["accuracy_reward"] + r["rewards"]["think_format_reward"]
+        + 0.5 * r["rewards"]["tiny-rm"] for r in rollouts) / len(rollouts), abs=1e-5)

@@ -34,6 +34,7 @@ from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
 from clipo.rollout.sampling import Sampling
 from clipo.run.checkpointing import AtomicCheckpointIO
+from clipo.run.loggers import log_run_config
 
 
 def plain(node: Any) -> Any:
@@ -134,8 +135,9 @@ def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
 
 
 def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
-    """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`)."""
-    functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier)
+    """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`, `reward_timeout_s`)."""
+    functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier,
+                                       cfg.get("reward_timeout_s"))
     return RewardScorer(functions, chat_prompt(tokenizer))
 
 
@@ -251,6 +253,7 @@ def build_strategy(cfg: DictConfig) -> Any:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
+    log_run_config(loggers, run_config(cfg))
     no_validation = {} if cfg.data.get("val") else {"limit_val_batches": 0}
     strategy = build_strategy(cfg)
     # DeepSpeed writes its own sharded checkpoint folders; every other strategy writes through this

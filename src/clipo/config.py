@@ -82,7 +82,7 @@ def _reward_problems(cfg: DictConfig) -> list[str]:
     """`reward_funcs` import and `reward_weights` match them (the user's modules are imported here)."""
     funcs, weights = cfg.get("reward_funcs", ["verifier"]), cfg.get("reward_weights")
     plain = [OmegaConf.to_object(x) if isinstance(x, (DictConfig, ListConfig)) else x for x in (funcs, weights)]
-    return reward_config_problems(*plain)
+    return reward_config_problems(*plain, cfg.get("reward_timeout_s"))
 
 
 def _logging_and_lora_problems(cfg: DictConfig) -> list[str]:

@@ -4,6 +4,11 @@ Shapes: `N` rollouts, `K` groups. Group ids are arbitrary integers: groups may d
 (dynamic sampling drops whole groups, a refill adds more) and their rollouts need not be
 contiguous, so nothing here assumes `view(-1, G)`. Groups are numbered 0..K-1 in the order of
 their sorted ids (`torch.unique`).
+
+A group whose values are all equal (max == min) has exactly its value as mean, and 0 as centred
+values and variance: in float32 the mean of 16 copies of 0.9 is one rounding step off 0.9, and
+GRPO's division by `std + 1e-6` turned that step into advantages up to 0.1 for a group that
+carries no signal. Other groups keep float32 arithmetic as before (same numbers bit for bit).
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ class GroupStats:
     Attributes:
         index: [N] long, the group (0..K-1) of each rollout.
         counts: [K] float32, rollouts per group.
-        mean: [K] float32, group mean.
+        mean: [K] float32, group mean (exactly the value of a zero-variance group).
         var: [K] float32, unbiased group variance (divides by size - 1, like `torch.var`); 0 for size 1.
         zero_variance: [K] bool, all of the group's values are equal (exact: max == min), which
             includes groups of size 1.
         first: [K] long, position of each group's first rollout (for "in order of appearance").
+        centered: [N] float32, each value minus its group's mean; exactly 0 in a zero-variance
+            group, whatever the values.
     """
 
     index: torch.Tensor
@@ -33,6 +40,7 @@ class GroupStats:
     var: torch.Tensor
     zero_variance: torch.Tensor
     first: torch.Tensor
+    centered: torch.Tensor
 
     @property
     def num_groups(self) -> int:
@@ -68,14 +76,16 @@ def group_stats(values: torch.Tensor, groups: torch.Tensor) -> GroupStats:
     _, index = torch.unique(groups, return_inverse=True)
     num_groups = int(index.max()) + 1 if index.numel() else 0
     counts = torch.bincount(index, minlength=num_groups).to(values.dtype)  # [K]
-    sums = torch.zeros(num_groups, dtype=values.dtype, device=values.device).index_add_(0, index, values)
-    mean = sums / counts
-    sq_dev = torch.zeros_like(sums).index_add_(0, index, (values - mean[index]) ** 2)  # [K]
-    var = sq_dev / (counts - 1).clamp(min=1)
     empty = torch.empty(num_groups, dtype=values.dtype, device=values.device)
     high = empty.scatter_reduce(0, index, values, "amax", include_self=False)
     low = empty.clone().scatter_reduce(0, index, values, "amin", include_self=False)
+    zero_variance = high == low  # [K]
+    sums = torch.zeros_like(empty).index_add_(0, index, values)
+    mean = torch.where(zero_variance, high, sums / counts)  # a sum of equal floats need not divide back exactly
+    centered = torch.where(zero_variance[index], 0.0, values - mean[index])  # [N]
+    var = torch.zeros_like(sums).index_add_(0, index, centered**2) / (counts - 1).clamp(min=1)  # [K]
     positions = torch.arange(index.numel(), device=index.device)
     first = torch.full((num_groups,), index.numel(), dtype=torch.long, device=index.device)
     first = first.scatter_reduce(0, index, positions, "amin")
-    return GroupStats(index=index, counts=counts, mean=mean, var=var, zero_variance=high == low, first=first)
+    return GroupStats(index=index, counts=counts, mean=mean, var=var, zero_variance=zero_variance, first=first,
+                      centered=centered)

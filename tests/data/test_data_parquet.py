@@ -29,7 +29,10 @@ def test_synthetic_file_maps_to_records(tmp_path):
         "ground_truth": "4",
         "data_source": "toy/1",
         "index": 103,
-        "split": "train",
+        "split": "train",  # extra_info's fields are columns too
+        "ability": "math",  # every other column is kept
+        "reward_model": {"ground_truth": "4", "style": "rule"},
+        "extra_info": {"index": 103, "split": "train"},
     }
 
 
@@ -58,9 +61,18 @@ def test_missing_file_names_the_path_and_the_env_var(tmp_path, monkeypatch):
 
 def test_missing_column_lists_the_file_columns(tmp_path):
     write_verl_parquet(tmp_path / "toy.parquet", drop=("reward_model",))
-    with pytest.raises(ValueError, match=r"\['reward_model'\]") as error:
+    with pytest.raises(ValueError, match=r"none of the answer columns \['solution', 'answer'") as error:
         load_parquet(tmp_path / "toy.parquet")
-    assert "'prompt'" in str(error.value) and "'extra_info'" in str(error.value)
+    assert all(f"'{name}'" in str(error.value) for name in ("prompt", "extra_info", "reward_model"))
+
+
+def test_trl_layout_file_is_read_with_its_columns(tmp_path):
+    prompts = [[{"role": "user", "content": "2+2?"}], [{"role": "user", "content": "3+3?"}]]
+    table = pa.table({"prompt": prompts, "solution": ["4", "6"], "difficulty": [1, 2]})
+    pq.write_table(table, tmp_path / "trl.parquet")
+    records = load_parquet(tmp_path / "trl.parquet")
+    assert records[1] == {"messages": prompts[1], "ground_truth": "6", "data_source": "trl", "index": 1,
+                          "solution": "6", "difficulty": 2}
 
 
 def test_relative_path_is_found_in_the_bench_dir(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from clipo.groups import group_stats
 def group_stats_per_rollout(
     rewards: torch.Tensor, groups: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-rollout group (mean, unbiased variance, size), each [N]; variance 0 for groups of size 1."""
+    """Per rollout: `r - group mean` (exactly 0 in a group of equal rewards, see `clipo.groups`),
+    the group's unbiased variance (0 for size 1) and its size, each [N]."""
     stats = group_stats(rewards, groups)
-    return stats.per_rollout(stats.mean), stats.per_rollout(stats.var), stats.per_rollout(stats.counts)
+    return stats.centered, stats.per_rollout(stats.var), stats.per_rollout(stats.counts)

@@ -20,8 +20,8 @@ def dr_grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Ten
     Returns:
         [N] float32 advantages (0 for groups of size 1).
     """
-    mean, _, _ = group_stats_per_rollout(rewards, groups)
-    return rewards.float() - mean
+    centered, _, _ = group_stats_per_rollout(rewards, groups)
+    return centered
 
 
 @ADVANTAGES.register("dr_grpo")

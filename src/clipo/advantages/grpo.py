@@ -22,8 +22,8 @@ def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e
     Returns:
         [N] float32 advantages; 0 for groups of size 1 and groups with equal rewards.
     """
-    mean, var, _ = group_stats_per_rollout(rewards, groups)
-    return (rewards.float() - mean) / (var.sqrt() + eps)  # a size-1 group has r - mean = 0
+    centered, var, _ = group_stats_per_rollout(rewards, groups)
+    return centered / (var.sqrt() + eps)  # a size-1 or equal-reward group has centered = 0
 
 
 @ADVANTAGES.register("grpo")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from clipo.advantages.base import group_stats_per_rollout
 from clipo.distributed import sum_over_ranks
+from clipo.groups import group_stats
 from clipo.registry import ADVANTAGES
 
 
@@ -16,8 +16,9 @@ def reinforce_pp_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: fl
     Whitening is `(x - mean) / sqrt(var + eps)` with the unbiased batch variance, as verl's
     `masked_whiten`; unlike verl, which whitens over tokens (weighting rollouts by length), the
     statistics here are over rollouts, since the estimator sees no lengths. Rollouts in groups of
-    size 1 stay 0 and are left out of the batch statistics. Under data parallelism the batch is
-    the global one: the sums behind the statistics are added over ranks.
+    size 1 stay 0 and are left out of the batch statistics; a group of equal rewards stays exactly 0
+    (its zeros count in the statistics). Under data parallelism the batch is the global one: the
+    sums behind the statistics are added over ranks.
 
     Args:
         rewards: [N] scalar reward per rollout.
@@ -27,16 +28,19 @@ def reinforce_pp_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: fl
     Returns:
         [N] float32 advantages.
     """
-    mean, _, size = group_stats_per_rollout(rewards, groups)
-    centered = rewards.float() - mean  # [N]
+    stats = group_stats(rewards, groups)
+    centered, size = stats.centered, stats.per_rollout(stats.counts)  # [N]
     counted = size > 1
+    equal = stats.per_rollout(stats.zero_variance)  # [N] in a group of equal rewards
     kept = torch.where(counted, centered, 0.0).double()
     # sums, not means, so that under data parallelism the statistics are the global batch's
     n, total, total_sq = sum_over_ranks(torch.stack([counted.sum().double(), kept.sum(), (kept**2).sum()]))
     batch_mean = total / n.clamp(min=1)
     batch_var = (total_sq - n * batch_mean**2).clamp(min=0) / (n - 1).clamp(min=1)
     whitened = (centered - batch_mean.float()) * torch.rsqrt(batch_var.float() + eps)
-    return torch.where(counted, whitened, torch.zeros_like(whitened))
+    # a group of equal rewards stays exactly 0 (its centred rewards are 0 and, in exact arithmetic,
+    # so is the batch mean of centred rewards; in float it is a rounding residue)
+    return torch.where(counted & ~equal, whitened, torch.zeros_like(whitened))
 
 
 @ADVANTAGES.register("reinforce_pp")

@@ -21,8 +21,8 @@ def rloo_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor
     Returns:
         [N] float32 advantages (0 for groups of size 1, which have no other rollout).
     """
-    mean, _, size = group_stats_per_rollout(rewards, groups)
-    return (rewards.float() - mean) * size / (size - 1).clamp(min=1)
+    centered, _, size = group_stats_per_rollout(rewards, groups)
+    return centered * size / (size - 1).clamp(min=1)
 
 
 @ADVANTAGES.register("rloo")

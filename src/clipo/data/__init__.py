@@ -3,7 +3,10 @@
 Every source yields records (plain dicts) of one schema::
 
     {"messages": [{"role": str, "content": str}, ...], "ground_truth": str,
-     "data_source": str, "index": int, ...extra keys}
+     "data_source": str, "index": int, ...every other column of the data, by its name}
+
+A record made from a plain-text prompt also has `prompt` (that text); reward functions then get
+TRL's plain-text convention (`clipo.rl.reward_inputs`).
 
 The chat template is applied later by the rollout code, with the tokenizer.
 """

@@ -36,3 +36,67 @@ def select_rows(num_rows: int, max_rows: int | None, sample_seed: int | None) ->
     if sample_seed is None:
         return list(range(max_rows))
     return sorted(random.Random(sample_seed).sample(range(num_rows), max_rows))
+
+
+# TRL's prompt-only datasets name their prompt column `prompt`; math sets use `question` / `problem`
+PROMPT_COLUMNS = ("prompt", "question", "problem")
+# the column holding the ground truth: TRL's accuracy_reward reads `solution`
+ANSWER_COLUMNS = ("solution", "answer", "ground_truth")
+
+
+def find_column(names: list[str], given: str | None, candidates: tuple[str, ...], what: str, where: str) -> str:
+    """`given` when the data has it; None picks the first of `candidates` the data has."""
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"{where} has no {what} column {given!r}; it has {names}. "
+                             f"Set {what}_column to one of them.")
+        return given
+    found = [c for c in candidates if c in names]
+    if not found:
+        raise ValueError(f"{where} has none of the {what} columns {list(candidates)}; it has {names}. "
+                         f"Set {what}_column to the right one.")
+    return found[0]
+
+
+def chat_messages(prompt: object, instruction: str | None, system_prompt: str | None, where: str) -> list[dict]:
+    """A prompt string, or a list of chat messages, as the messages the policy sees: `instruction`
+    appended to the last message, `system_prompt` put first."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) and {"role", "content"} <= m.keys()
+                                                     for m in prompt):
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    else:
+        raise ValueError(f"{where}: the prompt column must hold a string or chat messages "
+                         f"([{{'role': ..., 'content': ...}}, ...]), got {prompt!r:.200}")
+    if instruction:
+        messages[-1] = {**messages[-1], "content": f"{messages[-1]['content'].rstrip()} {instruction}"}
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return system + messages
+
+
+def prompt_record(row: dict, prompt_column: str, messages: list[dict], ground_truth: str, data_source: str,
+                  index: int) -> dict:
+    """A record keeping every column of `row` under its own name but the prompt column, which
+    becomes `messages`; a plain-text prompt also stays as `prompt` (its text, instruction
+    appended), which makes the record plain text for TRL-style reward functions."""
+    record = {k: v for k, v in row.items() if k not in (prompt_column, "prompt")}
+    if isinstance(row[prompt_column], str):
+        record["prompt"] = messages[-1]["content"]
+    return record | {"messages": messages, "ground_truth": ground_truth, "data_source": data_source, "index": index}
+
+
+def verl_record(row: dict, row_number: int, default_source: str, where: str) -> dict:
+    """A verl-layout row (`prompt` messages, `reward_model.ground_truth`, `data_source`,
+    `extra_info`) as a record: every column kept, `extra_info`'s fields also spread as columns."""
+    reward_model = row.get("reward_model")
+    if not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
+        raise ValueError(f"{where}: 'reward_model' must be a struct with a 'ground_truth', got {reward_model!r:.200}")
+    prompt = row.get("prompt")
+    if not isinstance(prompt, list):
+        raise ValueError(f"{where}: 'prompt' must be a list of {{'role', 'content'}} messages, got {prompt!r:.200}")
+    extra_info = row.get("extra_info") or {}
+    spread = {k: v for k, v in extra_info.items() if k not in row}
+    return prompt_record(row | spread, "prompt", chat_messages(prompt, None, None, where),
+                         str(reward_model["ground_truth"]), str(row.get("data_source") or default_source),
+                         int(extra_info.get("index", row_number)))

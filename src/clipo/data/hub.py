@@ -1,8 +1,16 @@
-"""Any Hugging Face dataset (hub name or local path) as clipo records, via a column mapping.
+"""Any Hugging Face dataset (hub name, local dataset folder, or a .json/.jsonl/.parquet/.csv
+file) as clipo records, in TRL's standard prompt-only format or by a column mapping.
 
+    load_hub("trl-lib/DeepMath-103K")                      # `prompt` (messages) and `solution`
     load_hub("openai/gsm8k", config_name="main", split="test", prompt_column="question",
              answer_column="answer", answer_pattern=r"####\\s*(.+)$",
              instruction="Put the final answer in \\\\boxed{}.")
+
+The prompt column (default: the first of `prompt`, `question`, `problem`) holds chat messages or
+a string; the answer column (default: the first of `solution`, `answer`, `ground_truth`) becomes
+the verifier's `ground_truth`. Every other column, the answer column included, stays in the
+record under its own name, so reward functions get it as a keyword (TRL's `solution`). A dataset
+in verl's layout (`prompt` and `reward_model`) is read as `clipo.data.parquet` reads it.
 """
 
 from __future__ import annotations
@@ -10,7 +18,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from clipo.data.common import select_rows
+from clipo.data.common import (
+    ANSWER_COLUMNS,
+    PROMPT_COLUMNS,
+    chat_messages,
+    find_column,
+    prompt_record,
+    select_rows,
+    verl_record,
+)
 
 # a local file with one of these suffixes is loaded with the matching `datasets` builder
 _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -23,6 +39,9 @@ def _load(name: str, config_name: str | None, split: str, data_files: object):
     if data_files is None and local.is_file() and local.suffix in _BUILDERS:
         name, data_files = _BUILDERS[local.suffix], str(local)
     try:
+        if (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file():
+            saved = datasets.load_from_disk(str(local))  # a folder written by `Dataset.save_to_disk`
+            return saved[split] if isinstance(saved, datasets.DatasetDict) else saved
         return datasets.load_dataset(name, config_name, split=split, data_files=data_files)
     except Exception as error:  # noqa: BLE001 - re-raised with what to check
         raise RuntimeError(
@@ -31,23 +50,10 @@ def _load(name: str, config_name: str | None, split: str, data_files: object):
         ) from error
 
 
-def _user_messages(prompt: object, instruction: str | None, where: str) -> list[dict]:
-    """A question string, or a list of chat messages, with `instruction` appended to the last message."""
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    elif isinstance(prompt, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in prompt):
-        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
-    else:
-        raise ValueError(f"{where}: the prompt column must hold a string or chat messages, got {prompt!r:.200}")
-    if instruction:
-        messages[-1] = {**messages[-1], "content": f"{messages[-1]['content'].rstrip()} {instruction}"}
-    return messages
-
-
 def load_hub(
     name: str,
-    prompt_column: str = "question",
-    answer_column: str = "answer",
+    prompt_column: str | None = None,
+    answer_column: str | None = None,
     split: str = "train",
     system_prompt: str | None = None,
     instruction: str | None = None,
@@ -63,8 +69,10 @@ def load_hub(
     Args:
         name: hub name ("openai/gsm8k"), a local dataset folder, a local
             .parquet/.json/.jsonl/.csv file, or a builder name with `data_files`.
-        prompt_column: column with the question (a string) or chat messages.
-        answer_column: column with the ground truth.
+        prompt_column: column with the question (a string) or chat messages (None: the first
+            of `prompt`, `question`, `problem`).
+        answer_column: column with the ground truth (None: the first of `solution`, `answer`,
+            `ground_truth`; a verl-layout dataset's `reward_model.ground_truth`).
         split: split to read.
         system_prompt: optional system message put first.
         instruction: optional text appended to the question.
@@ -76,27 +84,24 @@ def load_hub(
         max_rows, sample_seed: as in `clipo.data.parquet.load_parquet`.
     """
     dataset = _load(name, config_name, split, data_files)
-    missing = [c for c in (prompt_column, answer_column) if c not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"dataset {name!r} (split {split!r}) has no column(s) {missing}; it has {dataset.column_names}. "
-            "Set prompt_column / answer_column to the right ones."
-        )
+    names, where = dataset.column_names, f"dataset {name!r} (split {split!r})"
+    verl = {"prompt", "reward_model"} <= set(names) and prompt_column is None and answer_column is None
+    prompt_column = "prompt" if verl else find_column(names, prompt_column, PROMPT_COLUMNS, "prompt", where)
+    answer_column = None if verl else find_column(names, answer_column, ANSWER_COLUMNS, "answer", where)
     pattern = re.compile(answer_pattern, re.MULTILINE) if answer_pattern else None
-    rows = select_rows(len(dataset), max_rows, sample_seed)
     records = []
-    for i in rows:
-        row, where = dataset[i], f"dataset {name!r} split {split!r} row {i}"
-        answer = str(row[answer_column])
-        if pattern is not None:
-            if (match := pattern.search(answer)) is None:
-                raise ValueError(f"{where}: answer_pattern {answer_pattern!r} does not match {answer!r:.200}")
-            answer = match.group(1)
-        system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        records.append({
-            "messages": system + _user_messages(row[prompt_column], instruction, where),
-            "ground_truth": answer.strip(),
-            "data_source": data_source or name,
-            "index": i,
-        })  # fmt: skip
+    for i in select_rows(len(dataset), max_rows, sample_seed):
+        row, at = dataset[i], f"{where} row {i}"
+        if verl:
+            record = verl_record(row, i, data_source or name, at)
+            record["messages"] = chat_messages(record["messages"], instruction, system_prompt, at)
+        else:
+            answer = str(row[answer_column])
+            if pattern is not None:
+                if (match := pattern.search(answer)) is None:
+                    raise ValueError(f"{at}: answer_pattern {answer_pattern!r} does not match {answer!r:.200}")
+                answer = match.group(1)
+            messages = chat_messages(row[prompt_column], instruction, system_prompt, at)
+            record = prompt_record(row, prompt_column, messages, answer.strip(), data_source or name, i)
+        records.append(record)
     return records

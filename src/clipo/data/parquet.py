@@ -1,9 +1,12 @@
-"""verl-style parquet files as clipo records.
+"""Parquet files as clipo records: the verl layout, or TRL's prompt + answer columns.
 
-Each row: `prompt` (a list of chat messages), `reward_model` (a struct with
-`ground_truth`), `data_source`, `extra_info` (a struct with `index`); other
-columns (e.g. `ability`) are ignored. This is the layout of the CLIPO release
-and of verl's preprocessed GSM8K / MATH files.
+verl layout: each row has `prompt` (a list of chat messages), `reward_model` (a struct with
+`ground_truth`), `data_source` and `extra_info` (a struct with `index`); every other column (e.g.
+`ability`) is kept, and `extra_info`'s fields are also columns of their own. This is the layout of
+the CLIPO release and of verl's preprocessed GSM8K / MATH files. A file without `reward_model` is
+read in TRL's layout: a `prompt` (or `question`, `problem`) column, conversational or plain
+text, and the answer column (`solution`, `answer` or `ground_truth`; `answer_column` picks
+another), every other column kept.
 """
 
 from __future__ import annotations
@@ -12,10 +15,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from clipo.data.common import bench_dir, select_rows
-
-REQUIRED_COLUMNS = ("prompt", "reward_model")
-OPTIONAL_COLUMNS = ("data_source", "extra_info")
+from clipo.data.common import (
+    ANSWER_COLUMNS,
+    PROMPT_COLUMNS,
+    bench_dir,
+    chat_messages,
+    find_column,
+    prompt_record,
+    select_rows,
+    verl_record,
+)
 
 
 def resolve_parquet_path(path: str | Path) -> Path:
@@ -34,50 +43,38 @@ def resolve_parquet_path(path: str | Path) -> Path:
     )
 
 
-def _messages(prompt: object, where: str) -> list[dict]:
-    if not isinstance(prompt, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in prompt):
-        raise ValueError(f"{where}: 'prompt' must be a list of {{'role', 'content'}} messages, got {prompt!r:.200}")
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
-
-
-def _record(row: dict, row_number: int, file: Path) -> dict:
-    where = f"{file} row {row_number}"
-    reward_model = row["reward_model"]
-    if not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
-        raise ValueError(f"{where}: 'reward_model' must be a struct with a 'ground_truth', got {reward_model!r:.200}")
-    extra_info = row.get("extra_info") or {}
-    record = {
-        "messages": _messages(row["prompt"], where),
-        "ground_truth": str(reward_model["ground_truth"]),
-        "data_source": str(row.get("data_source") or file.stem),
-        "index": int(extra_info.get("index", row_number)),
-    }
-    if "split" in extra_info:
-        record["split"] = extra_info["split"]
-    return record
-
-
-def load_parquet(path: str | Path, max_rows: int | None = None, sample_seed: int | None = None) -> list[dict]:
-    """Records of a verl-style parquet file.
+def load_parquet(path: str | Path, max_rows: int | None = None, sample_seed: int | None = None,
+                 answer_column: str | None = None) -> list[dict]:
+    """Records of a parquet file in verl's or TRL's layout (see the module).
 
     Args:
         path: the file; a relative path that does not exist is looked up in `bench_dir()`.
         max_rows: keep at most this many rows (None: all).
-        sample_seed: None keeps the first `max_rows` rows; an int keeps a seeded
-            random sample of them (in file order).
+        sample_seed: None keeps the first `max_rows` rows; an int keeps a seeded random sample of
+            them (in file order).
+        answer_column: the ground-truth column of a TRL-layout file (None: the first of
+            `solution`, `answer`, `ground_truth`).
     """
     file = resolve_parquet_path(path)
     parquet = pq.ParquetFile(file)
     names = parquet.schema_arrow.names
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(
-            f"{file} lacks column(s) {missing}; it has {names}. A verl-style file needs 'prompt' (chat messages) and "
-            "'reward_model' (a struct with 'ground_truth'); for other layouts use the 'hub' source with a column mapping."
-        )
+    verl = "reward_model" in names and answer_column is None
+    prompt_column = "prompt" if verl else find_column(names, None, PROMPT_COLUMNS, "prompt", str(file))
+    try:
+        answer = None if verl else find_column(names, answer_column, ANSWER_COLUMNS, "answer", str(file))
+    except ValueError as error:
+        raise ValueError(f"{error} (a verl-layout file has 'prompt' messages and 'reward_model' with a "
+                         "'ground_truth')") from None
     rows = select_rows(parquet.metadata.num_rows, max_rows, sample_seed)
-    columns = [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in names]
-    table = pq.read_table(file, columns=columns)
+    table = pq.read_table(file)
     if len(rows) < table.num_rows:
         table = table.take(rows)
-    return [_record(row, i, file) for i, row in zip(rows, table.to_pylist())]
+    records = []
+    for i, row in zip(rows, table.to_pylist()):
+        where = f"{file} row {i}"
+        if verl:
+            records.append(verl_record(row, i, file.stem, where))
+        else:
+            messages = chat_messages(row[prompt_column], None, None, where)
+            records.append(prompt_record(row, prompt_column, messages, str(row[answer]), file.stem, i))
+    return records

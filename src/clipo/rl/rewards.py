@@ -2,17 +2,21 @@
 
     python src/clipo/train.py 'reward_funcs=[verifier,my_rewards:brevity]' 'reward_weights=[1.0,0.5]'
 
-An entry of `reward_funcs` is `verifier` (the `verifier=` part) or `module:function`, importable
-from the working directory or PYTHONPATH. A function has TRL's reward signature, so TRL reward
-functions work unchanged (TRL's `GRPOTrainer._calculate_rewards` passes the same keywords):
+An entry of `reward_funcs` is `verifier` (the `verifier=` part), `module:function`, importable
+from the working directory or PYTHONPATH, or a sequence-classification reward model (hub id or
+folder, `clipo.rl.reward_model`). A function has TRL's reward signature and gets TRL's keywords
+(`GRPOTrainer._calculate_rewards`), so TRL reward functions work unchanged:
 
-    fn(prompts, completions, completion_ids=..., ground_truth=..., **dataset_columns) -> list[float | None]
+    fn(prompts, completions, completion_ids=..., **dataset_columns) -> list[float | None]
 
-`prompts` are the prompt texts the policy saw (chat template applied), `completions` the decoded
-responses, `completion_ids` their token ids (no padding), every dataset column (`ground_truth`,
-`data_source`, `messages`, ...) one value per rollout, plus `trainer_state` (the Lightning
+`prompts` and `completions` follow TRL's convention (message lists and `[{"role": "assistant",
+"content": text}]` for a conversational record, strings for a plain-text one), or clipo's text
+convention for a function that declares it (`clipo.rl.reward_inputs`). `completion_ids` are the
+responses' token ids (no padding); every column of the record (`ground_truth`, `data_source`,
+`messages`, `solution`, ...) comes one value per rollout, plus `trainer_state` (the Lightning
 trainer, or None), `log_metric(name, value)` and `log_extra(column, values)`. None means "does not
-apply": NaN in the per-function scores, 0 in the weighted sum.
+apply": NaN in the per-function scores, 0 in the weighted sum. A `module:function` entry runs in a
+thread limited to `reward_timeout_s` seconds.
 
 CLIPO's positives and the logged accuracy are the verifier's correct rollouts (score > 0.5),
 never the sum; when `verifier` is not listed it is still scored, with weight 0.
@@ -22,11 +26,9 @@ Shapes: `N` rollouts, `F` reward functions.
 
 from __future__ import annotations
 
-import importlib
 import math
 import numbers
-import os
-import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +37,21 @@ from typing import Any
 
 import torch
 
+from clipo.rl.reward_entries import (
+    SIGNATURE,
+    VERIFIER,
+    entry_name,
+    import_reward_function,
+    is_model_entry,
+    reward_config_problems,
+)
+from clipo.rl.reward_inputs import RESERVED, TEXT, completions_format, text_completions, trl_completions, trl_prompts
+from clipo.rl.reward_model import RewardModel
 from clipo.rollout.prompts import prompt_text
 
-VERIFIER = "verifier"
-SIGNATURE = "fn(prompts, completions, completion_ids=..., ground_truth=..., **kwargs) -> list[float | None]"
+__all__ = ["VERIFIER", "RewardFunction", "RewardFunctionError", "RewardScorer", "RewardScores",
+           "build_reward_functions", "entry_name", "import_reward_function", "reward_config_problems", "score_rollouts",
+           "text_completions"]
 
 
 class RewardFunctionError(RuntimeError):
@@ -47,73 +60,11 @@ class RewardFunctionError(RuntimeError):
 
 @dataclass(frozen=True)
 class RewardFunction:
-    name: str  # `verifier`, or the function's name (metrics `reward/<name>/mean`)
+    name: str  # `verifier`, the function's name or the reward model's (metrics `reward/<name>/mean`)
     fn: Callable[..., Sequence[Any]]
     weight: float
-
-
-def import_reward_function(entry: str) -> Callable[..., Sequence[Any]]:
-    """The callable named by `module:function` (`function` may be dotted, e.g. `Class.method`).
-
-    The working directory is importable, as with `python -m`, even when the entry point is
-    `python src/clipo/train.py` (which puts only `src/clipo` on the path).
-
-    Raises:
-        ValueError: the entry is malformed, does not import, or is not callable.
-    """
-    module_name, sep, attribute = entry.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"reward function {entry!r} must be `verifier` or `module:function` (e.g. my_rewards:brevity)")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.append(cwd)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as error:  # noqa: BLE001 - any import failure gets the same advice
-        raise ValueError(
-            f"reward function {entry!r}: module {module_name!r} does not import ({type(error).__name__}: {error}); "
-            "put it in the working directory or on PYTHONPATH"
-        ) from error
-    for part in attribute.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"reward function {entry!r}: {obj.__name__ if hasattr(obj, '__name__') else obj!r} "
-                             f"has no attribute {part!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"reward function {entry!r} is a {type(obj).__name__}, not a function with signature {SIGNATURE}")
-    return obj
-
-
-def entry_name(entry: str) -> str:
-    """The metric name of an entry: `verifier`, or the last part of `module:function`."""
-    return VERIFIER if entry == VERIFIER else entry.partition(":")[2].rsplit(".", 1)[-1]
-
-
-def reward_config_problems(entries: Any, weights: Any) -> list[str]:
-    """Problems with `reward_funcs` / `reward_weights`, found before any model loads (imports each function)."""
-    if isinstance(entries, str) or not isinstance(entries, Sequence) or not entries:
-        return [f"reward_funcs={entries!r} must be a non-empty list, e.g. [verifier] or [verifier,my_rewards:brevity]"]
-    problems = []
-    for entry in entries:
-        if not isinstance(entry, str):
-            problems.append(f"reward_funcs entry {entry!r} must be a string: `verifier` or `module:function`")
-        elif entry != VERIFIER:
-            try:
-                import_reward_function(entry)
-            except ValueError as error:
-                problems.append(str(error))
-    names = [entry_name(e) for e in entries if isinstance(e, str)]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        problems.append(f"reward_funcs names {', '.join(duplicates)} more than once; each function's metrics are "
-                        "logged under its name, so list each once (rename one of the functions)")
-    if weights is not None:
-        if isinstance(weights, str) or not isinstance(weights, Sequence) or len(weights) != len(entries):
-            problems.append(f"reward_weights={list(weights) if isinstance(weights, Sequence) else weights!r} needs one "
-                            f"number per reward_funcs entry ({len(entries)}: {list(entries)}), or null for all 1")
-        elif not all(isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
-            problems.append(f"reward_weights={list(weights)} must be finite numbers")
-    return problems
+    text: bool = False  # clipo's text convention (prompt texts, response strings), else TRL's
+    timeout_s: float | None = None  # a limit on one call (run in a thread); None runs it on this thread
 
 
 def verifier_reward(verifier: Callable[[list[str], list[str]], list[float]]) -> Callable[..., list[float]]:
@@ -125,19 +76,28 @@ def verifier_reward(verifier: Callable[[list[str], list[str]], list[float]]) -> 
     return verifier_fn
 
 
-def build_reward_functions(entries: Sequence[str], weights: Sequence[float] | None, verifier: Callable) -> list[RewardFunction]:
+def _reward_function(entry: str, weight: float, verifier: Callable, timeout_s: float | None) -> RewardFunction:
+    """The verifier and a reward model run on the calling thread (the verifier has its own limits);
+    a `module:function` runs under `timeout_s`."""
+    if entry == VERIFIER:
+        return RewardFunction(VERIFIER, verifier_reward(verifier), weight, text=True)
+    if is_model_entry(entry):
+        return RewardFunction(entry_name(entry), RewardModel(entry), weight)
+    fn = import_reward_function(entry)
+    return RewardFunction(entry_name(entry), fn, weight, completions_format(fn) == TEXT, timeout_s)
+
+
+def build_reward_functions(entries: Sequence[str], weights: Sequence[float] | None, verifier: Callable,
+                           timeout_s: float | None = None) -> list[RewardFunction]:
     """The configured functions with their weights (default 1); the verifier is added with weight 0
-    when not listed, since it defines correctness."""
-    problems = reward_config_problems(entries, weights)
+    when not listed, since it defines correctness. Loads the reward models."""
+    problems = reward_config_problems(entries, weights, timeout_s)
     if problems:
         raise ValueError("; ".join(problems))
     weights = [1.0] * len(entries) if weights is None else [float(w) for w in weights]
-    functions = [
-        RewardFunction(entry_name(e), verifier_reward(verifier) if e == VERIFIER else import_reward_function(e), w)
-        for e, w in zip(entries, weights)
-    ]
+    functions = [_reward_function(e, w, verifier, timeout_s) for e, w in zip(entries, weights)]
     if VERIFIER not in entries:
-        functions.append(RewardFunction(VERIFIER, verifier_reward(verifier), 0.0))
+        functions.append(_reward_function(VERIFIER, 0.0, verifier, None))
     return functions
 
 
@@ -185,8 +145,9 @@ def concat_scores(parts: Sequence[RewardScores]) -> RewardScores:
 
 def repeat_columns(records: Sequence[dict], group_size: int) -> dict[str, list[Any]]:
     """Every dataset column as one value per rollout (each record repeated `group_size` times),
-    the keywords TRL passes; a column missing from a record gives None."""
-    keys = dict.fromkeys(k for record in records for k in record)
+    the keywords TRL passes; a column missing from a record gives None. `prompt` (TRL's `prompts`)
+    and columns named like clipo's own keywords are left out, as TRL leaves out `prompt`."""
+    keys = dict.fromkeys(k for record in records for k in record if k not in RESERVED)
     return {k: [record.get(k) for record in records for _ in range(group_size)] for k in keys}
 
 
@@ -216,6 +177,34 @@ def _checked(name: str, output: Any, n: int) -> list[float]:
     return values
 
 
+def call_with_timeout(function: RewardFunction, kwargs: dict[str, Any]) -> Any:
+    """`function.fn(**kwargs)`, in a daemon thread joined for at most `function.timeout_s` seconds.
+
+    Python cannot stop a thread: a function past its limit keeps running in the background (its
+    result is dropped) while the step fails. With no limit it runs on the calling thread, which a
+    function using `signal.alarm` (math_verify's own timeouts) needs.
+    """
+    if function.timeout_s is None:
+        return function.fn(**kwargs)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = function.fn(**kwargs)
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread
+            result["error"] = error
+
+    thread = threading.Thread(target=run, name=f"reward-{function.name}", daemon=True)
+    thread.start()
+    thread.join(function.timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"did not return within reward_timeout_s={function.timeout_s:g} s (it keeps running in "
+                           "a background thread); make it faster, or raise reward_timeout_s (null: no limit)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
 def score_rollouts(
     functions: Sequence[RewardFunction],
     prompts: list[str],
@@ -223,15 +212,20 @@ def score_rollouts(
     completion_ids: list[list[int]],
     columns: dict[str, list[Any]],
     trainer_state: Any = None,
+    trl_prompts: list[Any] | None = None,
 ) -> RewardScores:
     """Call every reward function on N rollouts (TRL's keywords) and collect their checked scores.
 
     Args:
-        prompts, completions, completion_ids: N prompt texts, responses and response token ids.
+        prompts, completions, completion_ids: N prompt texts (chat template applied), responses and
+            response token ids.
         columns: dataset columns, N values each (`repeat_columns`); must hold `ground_truth`.
+        trl_prompts: N prompts in TRL's convention (`clipo.rl.reward_inputs.trl_prompts`): message
+            lists make the batch conversational. None: every function gets the texts.
 
     Raises:
-        RewardFunctionError: a function raised or returned a bad value; the step cannot go on.
+        RewardFunctionError: a function raised, ran past its time limit or returned a bad value;
+            the step cannot go on.
     """
     n = len(completions)
     logged: dict[str, list[float]] = {}
@@ -244,11 +238,15 @@ def score_rollouts(
         extra[column] = list(values)
 
     kwargs = {**columns, "trainer_state": trainer_state, "log_metric": log_metric, "log_extra": log_extra}
+    as_text = {"prompts": prompts, "completions": completions}
+    as_trl = as_text if trl_prompts is None else {
+        "prompts": trl_prompts, "completions": trl_completions(completions, isinstance(trl_prompts[0], list))}
     rows, seconds = [], {}
     for function in functions:
         start = time.perf_counter()
+        inputs = as_text if function.text else as_trl
         try:
-            output = function.fn(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+            output = call_with_timeout(function, {**inputs, "completion_ids": completion_ids, **kwargs})
         except Exception as error:
             raise RewardFunctionError(
                 f"reward function {function.name!r} raised {type(error).__name__}: {error} (signature: {SIGNATURE})"
@@ -294,8 +292,11 @@ class RewardScorer:
         prompts = [text for text in texts for _ in range(group_size)]
         ids = rollouts.response_ids.masked_fill(~rollouts.response_mask, -1).tolist()  # one transfer, then per row
         completion_ids = [[t for t in row if t >= 0] for row in ids]
+        for function in self.functions:  # reward models score on the policy's device
+            if isinstance(function.fn, RewardModel):
+                function.fn.to(rollouts.response_ids.device)
         return score_rollouts(self.functions, prompts, rollouts.responses, completion_ids,
-                              repeat_columns(records, group_size), trainer_state)
+                              repeat_columns(records, group_size), trainer_state, trl_prompts(records, group_size))
 
 
 def chat_prompt(tokenizer: Any) -> Callable[[dict], str]:

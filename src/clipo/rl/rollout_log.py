@@ -1,4 +1,5 @@
-"""Rollouts a researcher can read: rows in `<run dir>/rollouts.jsonl`, a W&B Table, TensorBoard text.
+"""Rollouts a researcher can read: rows in `<run dir>/rollouts.jsonl`, a W&B Table, TensorBoard
+text, an MLflow table artifact.
 
 Every `logging.rollouts_every_n_steps` RL steps (0: never) the step's first
 `logging.rollouts_max_rows_per_step` rollouts (whole groups first, in batch order) become one
@@ -129,11 +130,12 @@ def markdown_rows(rows: list[dict[str, Any]], text_chars: int = TEXT_CHARS) -> s
 
 
 def publish(loggers: Sequence[Any], rows: list[dict[str, Any]], step: int) -> None:
-    """A W&B Table for a `WandbLogger`, a text summary for a `TensorBoardLogger`; other loggers get nothing.
-    Only the logger classes are imported here (Lightning imports wandb itself, when that logger is used)."""
+    """A W&B Table for a `WandbLogger`, a text summary for a `TensorBoardLogger`, rows appended to the
+    run's `rollouts.json` table artifact for an `MLFlowLogger`; other loggers get nothing. Only the
+    logger classes are imported here (Lightning imports wandb and mlflow itself, when used)."""
     if not rows:
         return
-    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
     for logger in loggers:
         if isinstance(logger, WandbLogger):
@@ -142,3 +144,7 @@ def publish(loggers: Sequence[Any], rows: list[dict[str, Any]], step: int) -> No
             logger.log_table(key="rollouts", columns=columns, data=[[r.get(c) for c in columns] for r in flat], step=step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text("rollouts", markdown_rows(rows), global_step=step)
+        elif isinstance(logger, MLFlowLogger):
+            flat = [flat_row(r) for r in rows]
+            columns = {c: [r.get(c) for r in flat] for c in dict.fromkeys(c for r in flat for c in r)}
+            logger.experiment.log_table(logger.run_id, data=columns, artifact_file="rollouts.json")
