@@ -122,7 +122,7 @@ def test_lora_run_trains_only_adapter_and_head_with_the_base_as_reference(parity
     from clipo.contrastive import ContrastiveMode
 
     fresh = build_contrastive(cfg, ContrastiveMode.REWARD, hidden_size=64)  # the head as it started (seeded)
-    fresh = dict(fresh.named_parameters())
+    fresh = dict(fresh.objective.named_parameters())
     assert any(not torch.equal(fresh[k], v.detach()) for k, v in module.contrastive.named_parameters())
     # the checkpoint holds the adapter (not the frozen base), the head and both optimizers
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)

@@ -21,7 +21,7 @@ VLLM = ["rollout.engine=vllm", "model.tiny.num_attention_heads=2", "model.tiny.n
 def test_two_steps_checkpoint_and_resume_like_an_uninterrupted_run(parity_verifier, tmp_path):
     _, full = train(_config(tmp_path / "full", *VLLM, "trainer.max_steps=2"))
     module = full["module"]
-    assert module.engine.pushes == 2  # the start weights, then the first update's (the last one is never sampled)
+    assert module.collector.engine.pushes == 2  # the start weights, then the first update's (the last one is never sampled)
     history = full["summary"].history
     assert len(history) == 2
     for row in history:  # mismatch logged, weights ~1: the same fp32 weights in both
