@@ -23,6 +23,7 @@ from clipo.rollout.sampling import Sampling
 from clipo.rollout_log import RolloutLog, rollout_rows
 from clipo.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
 from clipo.steps import RLStepCounter
+from clipo.strategies import grad_norm_after_step, shard_module
 from clipo.timing import PhaseTimer
 from clipo.updater import PolicyUpdater
 
@@ -155,6 +156,9 @@ class ClipoModule(L.LightningModule):
         self.head_step.configure()
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
+    def configure_model(self) -> None:
+        shard_module(self)  # FSDP2 (`strategy=fsdp`) shards the policy here; other strategies: nothing
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the contrastive loss's RNG is in the state_dict already (module extra state). The frozen
         # reference, and a LoRA policy's frozen base (tied weights included), come from the model files,
@@ -196,6 +200,7 @@ class ClipoModule(L.LightningModule):
         # their own AdamW at lr 1e-3 / weight decay 0.01, which bf16 weights would round away: cast
         # them back in place (same Parameter objects: the head optimizer keeps them, its state is float32).
         self.contrastive.float()
+        self.updater.grad_norm_after_step = grad_norm_after_step(self.trainer.strategy)
 
     def on_train_start(self) -> None:
         pending = getattr(self, "_pending_head_state", None)

@@ -25,6 +25,7 @@ from clipo.interfaces import PolicyLoss
 from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.forward import forward_responses
 from clipo.rollout.packing import pack_by_tokens
+from clipo.strategies import full_tensor
 from clipo.timing import PhaseTimer
 
 
@@ -75,6 +76,8 @@ class PolicyUpdater:
         self.max_grad_norm, self.max_nonfinite_updates = max_grad_norm, max_nonfinite_updates
         self.contrastive, self.hidden_layer, self.importance_cap = contrastive, hidden_layer, importance_cap
         self.skipped_updates = self.nonfinite_in_a_row = 0
+        # set under DeepSpeed (`clipo.strategies.grad_norm_after_step`): the engine clips in its own step
+        self.grad_norm_after_step: Callable[[], torch.Tensor] | None = None
 
     def batch_sizes(self, n: int) -> tuple[int, int]:
         """(mini, micro): this rank's rollouts per optimizer update and per forward pass."""
@@ -200,9 +203,14 @@ class PolicyUpdater:
 
     def clip_and_step(self, optimizer: Any) -> torch.Tensor:
         """Clip and step; a non-finite gradient skips the update (counted, and fatal after too many in a row)."""
+        if self.grad_norm_after_step is not None:  # DeepSpeed: non-finite steps are its loss scaler's to skip
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return self.grad_norm_after_step().detach().float()
         params = [p for p in self.policy.parameters() if p.grad is not None]
         max_norm = self.max_grad_norm if self.max_grad_norm else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
+        grad_norm = full_tensor(grad_norm)  # FSDP2: a DTensor
         if torch.isfinite(grad_norm):
             optimizer.step()
             self.nonfinite_in_a_row = 0

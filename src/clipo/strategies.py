@@ -1,0 +1,234 @@
+"""Sharded strategies that also run on CPU processes: DeepSpeed ZeRO-2/3 and FSDP2.
+
+Lightning's `DeepSpeedStrategy` refuses any accelerator but CUDA, and its FSDP strategies refuse
+the CPU, yet DeepSpeed's CPU accelerator (gloo without oneCCL) and torch's FSDP2 (`fully_shard`)
+both train on CPU processes. These adapters lift only those guards, so a sharded run can be
+debugged on a laptop and the tests prove that a sharded step equals one process; on CUDA they
+behave exactly as Lightning's own strategies.
+
+- `ClipoDeepSpeedStrategy` (`strategy=deepspeed_zero{2,3}`): Lightning's strategy, with the CPU
+  allowed, the gradient clipping taken from `ppo.max_grad_norm`, and CLIPO's contrastive head and
+  pooler kept out of the engine (they train on their own float32 AdamW: ZeRO must neither cast,
+  partition nor reduce them).
+- `FSDP2Strategy` (`strategy=fsdp`): Lightning's `ModelParallelStrategy` as pure data parallelism,
+  `fully_shard` on every decoder layer of the policy (and the reference) and on the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+
+# submodules of the LightningModule that stay out of the DeepSpeed engine
+UNSHARDED_CHILDREN = ("contrastive",)
+
+
+class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
+    """`DeepSpeedStrategy` that also runs on CPU processes (gloo).
+
+    Args:
+        gradient_clipping: the norm DeepSpeed clips to inside its step (`ppo.max_grad_norm`; None or 0: none).
+        **kwargs: Lightning's `DeepSpeedStrategy` arguments (`stage`, `offload_optimizer`, ...).
+    """
+
+    strategy_name = "clipo_deepspeed"
+
+    def __init__(self, gradient_clipping: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gradient_clipping = float(gradient_clipping or 0.0)
+
+    def setup_environment(self) -> None:
+        if isinstance(self.accelerator, CPUAccelerator):  # Lightning's check accepts CUDA only
+            super(DeepSpeedStrategy, self).setup_environment()
+            return
+        super().setup_environment()
+
+    def setup_distributed(self) -> None:
+        if not isinstance(self.accelerator, CPUAccelerator):
+            super().setup_distributed()
+            return
+        # CPU devices have no index to match the local ranks against (Lightning checks CUDA indices)
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    def _init_config_if_needed(self) -> None:
+        super()._init_config_if_needed()
+        self.config["gradient_clipping"] = self.gradient_clipping
+        # clipo's updater runs several backward passes (micro-batches) per optimizer step: the engine
+        # then only accumulates in backward and reduces in step() (with its default, every backward of a
+        # gradient-accumulation-steps=1 engine is a boundary and replaces the gradient of the previous one)
+        self.config["managed_gradient_accumulation"] = False
+
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # clipo calls the policy inside the engine's module, not `engine.forward`, which would tell ZeRO-3
+        # that a new micro-batch starts (its gradient partitions then add up instead of being replaced)
+        if self.zero_stage_3:
+            self.model.optimizer.clear_backward_seen_flag()
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+    def _setup_model_and_optimizer(self, model: torch.nn.Module, optimizer: Any, lr_scheduler: Any = None) -> Any:
+        """`deepspeed.initialize` on the module without its contrastive part, put back afterwards: the
+        engine then neither casts it to bf16, partitions it (ZeRO-3) nor hooks its gradients."""
+        import deepspeed
+
+        kept = {name: model._modules.pop(name) for name in UNSHARDED_CHILDREN if name in model._modules}
+        # Lightning passes the CUDA index; a CPU device has none, and DeepSpeed reads -1 as "one process"
+        index = self.root_device.index
+        try:
+            engine, optimizer, _, _ = deepspeed.initialize(
+                args=argparse.Namespace(device_rank=self.local_rank if index is None else index),
+                config=self.config,
+                model=model,
+                model_parameters=[p for p in model.parameters() if p.requires_grad],
+                optimizer=optimizer,
+                lr_scheduler=lr_scheduler,
+                dist_init_required=False,
+            )
+        finally:
+            model._modules.update(kept)
+        return engine, optimizer
+
+
+def grad_norm_after_step(strategy: Any) -> Callable[[], torch.Tensor] | None:
+    """Under DeepSpeed, which clips inside its own step: the step's global gradient norm, read after it
+    (the gradients are partitioned or still unreduced before). None under other strategies."""
+    if not isinstance(strategy, DeepSpeedStrategy):
+        return None
+
+    def norm() -> torch.Tensor:
+        value = strategy.model.get_global_grad_norm()
+        return torch.as_tensor(0.0 if value is None else float(value))
+
+    return norm
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 data parallelism over all processes: `fully_shard` per decoder layer and on the policy.
+
+    Args:
+        process_group_backend: gloo on CPU, nccl on GPU (None: Lightning's choice for the device).
+        save_distributed_checkpoint: each rank writes its shard into a checkpoint folder (True), or
+            rank 0 writes one consolidated file (False).
+    """
+
+    strategy_name = "clipo_fsdp2"
+
+    def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = True) -> None:
+        super().__init__(process_group_backend=process_group_backend,
+                         save_distributed_checkpoint=save_distributed_checkpoint)
+
+    def setup_environment(self) -> None:
+        # one data-parallel dimension over every process, no tensor parallelism
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+
+def shard_module(module: Any) -> None:
+    """`LightningModule.configure_model`: under `FSDP2Strategy`, shard the policy and the reference
+    over the data-parallel mesh (once); under any other strategy, nothing."""
+    strategy = module.trainer.strategy
+    if not isinstance(strategy, FSDP2Strategy):
+        return
+    mesh = strategy.device_mesh["data_parallel"]
+    for model in (module.policy, getattr(module, "reference", None)):
+        if model is not None:
+            fully_shard_decoder(model, mesh)
+
+
+def fully_shard_decoder(model: torch.nn.Module, mesh: Any) -> None:
+    """`fully_shard` on each decoder layer, then on the whole model (embeddings, norm, LM head);
+    a model sharded already is left as it is."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(model, FSDPModule):
+        return
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a HF causal LM (a PEFT-wrapped one too)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return list(base.get_decoder().layers)
+
+
+def is_fsdp2(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def is_zero3(model: torch.nn.Module) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+@contextmanager
+def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Every rank holds `model`'s full parameters inside (a collective: all ranks enter together);
+    sharded again afterwards. ZeRO-3: DeepSpeed's `GatheredParameters`; FSDP2: each FSDP module is
+    unsharded and kept so across forward passes (generation runs many of them, a different number
+    on each rank); other models: as they are."""
+    if is_zero3(model):
+        from deepspeed.zero import GatheredParameters
+
+        with GatheredParameters(list(model.parameters())):
+            yield model
+        return
+    if not is_fsdp2(model):
+        yield model
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def full_tensor(param: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (a DTensor; a collective), or the tensor itself."""
+    from torch.distributed.tensor import DTensor
+
+    return param.full_tensor() if isinstance(param, DTensor) else param
+
+
+def consolidated_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s full state dict on CPU (a collective under ZeRO-3 and FSDP2: every rank calls it; under
+    FSDP2 only rank 0 receives the tensors, the others an empty dict)."""
+    if is_fsdp2(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    with full_parameters(model):
+        return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+
+
+def strategy_problems(cfg: Any, on_cpu: bool) -> list[str]:
+    """What a sharded strategy cannot do with this config, said before any model loads."""
+    import importlib.util
+
+    name = str(cfg.strategy.name)
+    problems = []
+    if name.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        problems.append(f"strategy={name} needs DeepSpeed: DS_BUILD_OPS=0 pip install deepspeed "
+                        "(scripts/setup.sh --dev installs it)")
+    if name.endswith("_offload") and on_cpu:
+        problems.append(f"strategy={name} moves ZeRO's state from GPU to CPU memory (DeepSpeed's CPU Adam, a CUDA "
+                        f"build): on CPU processes the state is in CPU memory already; use "
+                        f"strategy={name.removesuffix('_offload')}")
+    return problems
