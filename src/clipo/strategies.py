@@ -152,7 +152,11 @@ def fully_shard_decoder(model: torch.nn.Module, mesh: Any) -> None:
         return
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    # the model's own group (embeddings, final norm, tied LM head) stays unsharded from the first forward
+    # to the end of the backward: clipo's training forward calls the decoder and then the LM head weight
+    # directly, not the model's forward (which would unshard it), so the decoder's call unshards it
+    fully_shard(model, mesh=mesh, reshard_after_forward=False)
+    model.get_decoder().register_forward_pre_hook(lambda *_: model.unshard())
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -232,3 +236,9 @@ def strategy_problems(cfg: Any, on_cpu: bool) -> list[str]:
                         f"build): on CPU processes the state is in CPU memory already; use "
                         f"strategy={name.removesuffix('_offload')}")
     return problems
+
+
+def sharded_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """A sharded model's (ZeRO-3, FSDP2) full state dict (`consolidated_state_dict`: every rank calls
+    it), or None for a model whose parameters are whole already."""
+    return consolidated_state_dict(model) if is_zero3(model) or is_fsdp2(model) else None
