@@ -86,11 +86,10 @@ def gathered_for_generation(strategy: Any) -> AbstractContextManager:
     hooks meanwhile); FSDP2: the policy's FSDP modules unsharded (`clipo.strategies.full_parameters`);
     other strategies need nothing.
     """
-    if getattr(strategy, "zero_stage_3", False):
-        from deepspeed.runtime.zero import unwrap_model_for_generation
+    from clipo.strategies import full_parameters, is_fsdp2, zero3_generation
 
-        return unwrap_model_for_generation(strategy.model)
-    from clipo.strategies import full_parameters, is_fsdp2
+    if getattr(strategy, "zero_stage_3", False):
+        return zero3_generation(strategy.model)
 
     policy = getattr(getattr(strategy, "lightning_module", None), "policy", None)
     if isinstance(policy, torch.nn.Module) and is_fsdp2(policy):

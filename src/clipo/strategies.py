@@ -17,7 +17,7 @@ behave exactly as Lightning's own strategies.
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Callable, Iterator
 
 import torch
@@ -27,6 +27,8 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrateg
 
 # submodules of the LightningModule that stay out of the DeepSpeed engine
 UNSHARDED_CHILDREN = ("contrastive",)
+# where their state goes in a DeepSpeed checkpoint's client state
+UNSHARDED_KEY = "clipo_unsharded_modules"
 
 
 class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
@@ -73,15 +75,36 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
             self.model.optimizer.clear_backward_seen_flag()
         return super().backward(closure_loss, optimizer, *args, **kwargs)
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> Any:
+        # ZeRO-3's step re-partitions every parameter of the engine's module: not the contrastive part
+        with children_hidden(self.lightning_module) if self.zero_stage_3 else nullcontext():
+            return super().optimizer_step(*args, **kwargs)
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+        # DeepSpeed writes the engine's module (its shards under ZeRO-3); the contrastive part, hidden
+        # from it, travels in the client state
+        module = self.lightning_module
+        checkpoint[UNSHARDED_KEY] = {name: module._modules[name].state_dict() for name in UNSHARDED_CHILDREN
+                                     if name in module._modules}
+        with children_hidden(module):
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        module = self.lightning_module
+        with children_hidden(module):
+            state = super().load_checkpoint(checkpoint_path, weights_only)
+        for name, child_state in state.get(UNSHARDED_KEY, {}).items():
+            module._modules[name].load_state_dict(child_state)
+        return state
+
     def _setup_model_and_optimizer(self, model: torch.nn.Module, optimizer: Any, lr_scheduler: Any = None) -> Any:
         """`deepspeed.initialize` on the module without its contrastive part, put back afterwards: the
         engine then neither casts it to bf16, partitions it (ZeRO-3) nor hooks its gradients."""
         import deepspeed
 
-        kept = {name: model._modules.pop(name) for name in UNSHARDED_CHILDREN if name in model._modules}
         # Lightning passes the CUDA index; a CPU device has none, and DeepSpeed reads -1 as "one process"
         index = self.root_device.index
-        try:
+        with children_hidden(model):
             engine, optimizer, _, _ = deepspeed.initialize(
                 args=argparse.Namespace(device_rank=self.local_rank if index is None else index),
                 config=self.config,
@@ -91,9 +114,33 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
                 lr_scheduler=lr_scheduler,
                 dist_init_required=False,
             )
-        finally:
-            model._modules.update(kept)
         return engine, optimizer
+
+
+@contextmanager
+def children_hidden(module: torch.nn.Module) -> Iterator[None]:
+    """`UNSHARDED_CHILDREN` taken out of `module` inside (so DeepSpeed neither wraps nor hooks them)."""
+    kept = {name: module._modules.pop(name) for name in UNSHARDED_CHILDREN if name in module._modules}
+    try:
+        yield
+    finally:
+        module._modules.update(kept)
+
+
+@contextmanager
+def zero3_generation(engine: Any) -> Iterator[Any]:
+    """DeepSpeed's `unwrap_model_for_generation` (weights gathered once, ZeRO's fetch hooks lifted), whose
+    exit re-registers the hooks on the whole module: the contrastive part is hidden from that too."""
+    from deepspeed.runtime.zero import unwrap_model_for_generation
+
+    module = getattr(engine, "module", None)
+    with ExitStack() as after_exit:
+        with unwrap_model_for_generation(engine) as model:
+            try:
+                yield model
+            finally:
+                if isinstance(module, torch.nn.Module):
+                    after_exit.enter_context(children_hidden(module))
 
 
 def grad_norm_after_step(strategy: Any) -> Callable[[], torch.Tensor] | None:
@@ -182,7 +229,7 @@ def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     unsharded and kept so across forward passes (generation runs many of them, a different number
     on each rank); other models: as they are."""
     if is_zero3(model):
-        from deepspeed.zero import GatheredParameters
+        from deepspeed.runtime.zero import GatheredParameters
 
         with GatheredParameters(list(model.parameters())):
             yield model

@@ -236,7 +236,7 @@ def named_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
         return
     for name, param in policy.named_parameters():
         if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3
-            from deepspeed.zero import GatheredParameters
+            from deepspeed.runtime.zero import GatheredParameters
 
             with GatheredParameters([param]):
                 yield name, param.data.clone()
