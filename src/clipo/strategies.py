@@ -36,14 +36,18 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
 
     Args:
         gradient_clipping: the norm DeepSpeed clips to inside its step (`ppo.max_grad_norm`; None or 0: none).
+        param_persistence_threshold: ZeRO-3 keeps parameters of at most this many elements whole on every
+            rank (None: DeepSpeed's default, 100k).
         **kwargs: Lightning's `DeepSpeedStrategy` arguments (`stage`, `offload_optimizer`, ...).
     """
 
     strategy_name = "clipo_deepspeed"
 
-    def __init__(self, gradient_clipping: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, gradient_clipping: float | None = None, param_persistence_threshold: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gradient_clipping = float(gradient_clipping or 0.0)
+        self.param_persistence_threshold = param_persistence_threshold
 
     def setup_environment(self) -> None:
         if isinstance(self.accelerator, CPUAccelerator):  # Lightning's check accepts CUDA only
@@ -67,6 +71,8 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
         # then only accumulates in backward and reduces in step() (with its default, every backward of a
         # gradient-accumulation-steps=1 engine is a boundary and replaces the gradient of the previous one)
         self.config["managed_gradient_accumulation"] = False
+        if self.param_persistence_threshold is not None:
+            self.config["zero_optimization"]["stage3_param_persistence_threshold"] = self.param_persistence_threshold
 
     def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         # clipo calls the policy inside the engine's module, not `engine.forward`, which would tell ZeRO-3
