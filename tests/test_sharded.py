@@ -111,3 +111,18 @@ def test_zero3_bf16_casts_the_policy_but_the_head_stays_float32_on_its_own_optim
 def test_fsdp_strategy_builds(tmp_path):
     strategy = build_strategy(compose_config(["strategy=fsdp"], output_dir=tmp_path))
     assert isinstance(strategy, FSDP2Strategy)
+
+
+@pytest.mark.parametrize("strategy", SHARDED)
+def test_evaluate_reads_the_policy_of_a_sharded_checkpoint_folder(runs, strategy, tmp_path):
+    from clipo.compose import compose
+    from clipo.evaluate import evaluate, load_policy
+
+    run = runs[f"{strategy}-reward"]
+    checkpoint = Path(run["run_dir"]) / "checkpoints" / "step_000001.ckpt"
+    cfg = compose(["suite=arith", "max_rows=2", "max_new_tokens=4", f"ckpt_path={checkpoint}"], tmp_path,
+                  config_name="evaluate")
+    model, _ = load_policy(cfg)  # the tiny model the run trained (from the checkpoint's config), step 1's weights
+    _assert_same_weights(model.state_dict(), run["steps"][0], f"{strategy} checkpoint")
+    if strategy == "zero3":  # scoring itself is the same for every checkpoint kind: once is enough
+        assert set(evaluate(cfg)["sets"]) == {"arith", "arith_symbolic", "arith_p1", "arith_p2"}
