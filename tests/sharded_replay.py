@@ -89,6 +89,11 @@ PLANS = {
        for name, strategy in (("zero2", "deepspeed_zero2"), ("zero3", "deepspeed_zero3"), ("fsdp", "fsdp"))
        for kind, steps, extra in (("reward", 2, []), ("resume", 2, []), ("loss", 1, LOSS_MODE))},
     "zero3-bf16": ("deepspeed_zero3", 1, ["trainer.precision=bf16-mixed"]),
+    # LoRA: the strategy the config check names for it (ZeRO-3 and FSDP refuse it)
+    "one-lora": ("auto", 1, ["model.lora_rank=4", "loss=none"]),
+    # two "nodes" of one process each, started as a launcher (torchrun, srun) would on two machines
+    "nodes-zero3": ("deepspeed_zero3", 1, ["trainer.num_nodes=2"]),
+    "zero2-lora": ("deepspeed_zero2", 1, ["model.lora_rank=4", "loss=none"]),
 }
 
 

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
 
 REPLAY = Path(__file__).with_name("sharded_replay.py")
 SHARDED = ["zero2", "zero3", "fsdp"]
-ONE_PROCESS = ["one-reward", "one-loss"]
+ONE_PROCESS = ["one-reward", "one-loss", "one-lora"]
 TWO_PROCESSES = ["ddp-reward", "ddp-loss", *(f"{s}-{kind}" for s in SHARDED for kind in ("reward", "resume", "loss")),
-                 "zero3-bf16"]
+                 "zero3-bf16", "zero2-lora"]
 # fp32 sums in another order (gradient reductions, sharded parameters): far below one SGD step's change
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -126,3 +126,41 @@ def test_evaluate_reads_the_policy_of_a_sharded_checkpoint_folder(runs, strategy
     _assert_same_weights(model.state_dict(), run["steps"][0], f"{strategy} checkpoint")
     if strategy == "zero3":  # scoring itself is the same for every checkpoint kind: once is enough
         assert set(evaluate(cfg)["sets"]) == {"arith", "arith_symbolic", "arith_p1", "arith_p2"}
+
+
+def test_lora_under_zero2_trains_like_one_process(runs):
+    one, zero2 = runs["one-lora"], runs["zero2-lora"]
+    assert any("lora_B" in name for name in one["steps"][0])
+    _assert_same_weights(zero2["steps"][0], one["steps"][0], "zero2 LoRA")
+    assert one["metrics"]["actor/grad_norm"] > 0
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_zero3", "fsdp"])
+def test_lora_under_zero3_or_fsdp_fails_before_loading_and_names_the_strategy_to_use(strategy, tmp_path):
+    from clipo.config import ConfigError, validate_config
+
+    cfg = compose_config([f"strategy={strategy}", "model=tiny", "model.lora_rank=4"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="use strategy=deepspeed_zero2 or strategy=ddp"):
+        validate_config(cfg)
+
+
+def test_offload_on_cpu_processes_names_the_strategy_to_use(tmp_path):
+    from clipo.config import ConfigError, validate_config
+
+    cfg = compose_config(["strategy=deepspeed_zero2_offload", "trainer.accelerator=cpu"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="use strategy=deepspeed_zero2$"):
+        validate_config(cfg)
+
+
+def test_two_nodes_of_one_process_each_train_like_one_process(runs, tmp_path):
+    """`trainer.num_nodes=2 trainer.devices=1`, both "nodes" on this machine, started with the variables
+    torchrun sets on each node (NODE_RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT): Lightning joins them
+    into one world of 2 and ZeRO-3 shards over it."""
+    env = fresh_shell_env(MASTER_ADDR="127.0.0.1", WORLD_SIZE="2", LOCAL_RANK="0")
+    nodes = [subprocess.Popen([sys.executable, str(REPLAY), str(tmp_path), "1", "nodes-zero3"], cwd=tmp_path,
+                              env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for rank in (0, 1)]
+    errors = [node.communicate(timeout=600)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    run = torch.load(tmp_path / "nodes-zero3.pt", weights_only=False)
+    _assert_same_weights(run["steps"][0], runs["one-reward"]["steps"][0], "2 nodes x 1 process, ZeRO-3")

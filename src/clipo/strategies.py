@@ -288,6 +288,10 @@ def strategy_problems(cfg: Any, on_cpu: bool) -> list[str]:
         problems.append(f"strategy={name} moves ZeRO's state from GPU to CPU memory (DeepSpeed's CPU Adam, a CUDA "
                         f"build): on CPU processes the state is in CPU memory already; use "
                         f"strategy={name.removesuffix('_offload')}")
+    if cfg.model.get("lora_rank") and (name.startswith("deepspeed_zero3") or name == "fsdp"):
+        problems.append(f"model.lora_rank={cfg.model.lora_rank} with strategy={name}: a LoRA adapter is not sharded "
+                        "by clipo (its export, weight push and disabled-adapter reference need whole weights); the "
+                        "adapter and its optimizer state are small, so use strategy=deepspeed_zero2 or strategy=ddp")
     return problems
 
 
