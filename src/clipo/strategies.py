@@ -21,8 +21,8 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Callable, Iterator
 
 import torch
-from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 
 # submodules of the LightningModule that stay out of the DeepSpeed engine
@@ -40,8 +40,6 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
             rank (None: DeepSpeed's default, 100k).
         **kwargs: Lightning's `DeepSpeedStrategy` arguments (`stage`, `offload_optimizer`, ...).
     """
-
-    strategy_name = "clipo_deepspeed"
 
     def __init__(self, gradient_clipping: float | None = None, param_persistence_threshold: int | None = None,
                  **kwargs: Any) -> None:
@@ -171,8 +169,6 @@ class FSDP2Strategy(ModelParallelStrategy):
             rank 0 writes one consolidated file (False).
     """
 
-    strategy_name = "clipo_fsdp2"
-
     def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = True) -> None:
         super().__init__(process_group_backend=process_group_backend,
                          save_distributed_checkpoint=save_distributed_checkpoint)
@@ -285,8 +281,8 @@ def strategy_problems(cfg: Any, on_cpu: bool) -> list[str]:
         problems.append(f"strategy={name} needs DeepSpeed: DS_BUILD_OPS=0 pip install deepspeed "
                         "(scripts/setup.sh --dev installs it)")
     if name.endswith("_offload") and on_cpu:
-        problems.append(f"strategy={name} moves ZeRO's state from GPU to CPU memory (DeepSpeed's CPU Adam, a CUDA "
-                        f"build): on CPU processes the state is in CPU memory already; use "
+        problems.append(f"strategy={name} moves ZeRO's state from GPU to CPU memory (stepped by DeepSpeed's compiled "
+                        f"CPU Adam); on CPU processes the state is in CPU memory already: use "
                         f"strategy={name.removesuffix('_offload')}")
     if cfg.model.get("lora_rank") and (name.startswith("deepspeed_zero3") or name == "fsdp"):
         problems.append(f"model.lora_rank={cfg.model.lora_rank} with strategy={name}: a LoRA adapter is not sharded "
