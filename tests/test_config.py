@@ -122,8 +122,8 @@ def test_evaluation_set_without_a_verifier(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for machines without CUDA")
-def test_deepspeed_without_cuda_says_what_to_use(tmp_path):
-    assert "on CPU use strategy=ddp (gloo) or strategy=auto" in _errors(["strategy=deepspeed_zero3"], tmp_path)
+def test_deepspeed_offload_without_cuda_says_what_to_use(tmp_path):
+    assert "use strategy=deepspeed_zero3" in _errors(["strategy=deepspeed_zero3_offload"], tmp_path)
 
 
 def test_devices_and_a_train_set_smaller_than_one_step(tmp_path):

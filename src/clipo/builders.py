@@ -256,8 +256,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     log_run_config(loggers, run_config(cfg))
     no_validation = {} if cfg.data.get("val") else {"limit_val_batches": 0}
     strategy = build_strategy(cfg)
-    # DeepSpeed writes its own sharded checkpoint folders; every other strategy writes through this
-    plugins = [] if "deepspeed" in str(cfg.strategy.name) else [AtomicCheckpointIO()]
+    # DeepSpeed and FSDP write their own sharded checkpoint folders; every other strategy writes through this
+    plugins = [] if str(cfg.strategy.name).startswith(("deepspeed", "fsdp")) else [AtomicCheckpointIO()]
     return instantiate(
         cfg.trainer, strategy=strategy, callbacks=callbacks, logger=loggers or False, plugins=plugins, **no_validation
     )

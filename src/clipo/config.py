@@ -302,13 +302,9 @@ def _device_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"trainer.devices={devices} must be a positive count, -1 (all) or auto")
     if isinstance(nodes, int) and nodes < 1:
         problems.append(f"trainer.num_nodes={nodes} must be at least 1")
-    if str(cfg.strategy.name).startswith("deepspeed") and (
-        trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
-    ):
-        problems.append(
-            f"strategy={cfg.strategy.name}: Lightning's DeepSpeed strategy runs on CUDA GPUs only, and none is "
-            "available here; on CPU use strategy=ddp (gloo) or strategy=auto"
-        )
+    from clipo.run.strategies import strategy_problems
+
+    problems += strategy_problems(cfg, on_cpu=trainer.get("accelerator") == "cpu" or not torch.cuda.is_available())
     size = cfg.data.train.get("size")
     if size is not None and size < cfg.data.prompts_per_step:
         problems.append(

@@ -1,4 +1,4 @@
-"""What changes when a run spans several processes (DDP or DeepSpeed data parallelism).
+"""What changes when a run spans several processes (DDP, DeepSpeed ZeRO or FSDP data parallelism).
 
 Every rank samples its own prompts, so all rollouts of a prompt stay on one rank; these helpers
 make the per-rank pieces add up to what one process would compute on the global batch.
@@ -78,13 +78,20 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def gathered_for_generation(strategy: Any) -> AbstractContextManager:
-    """Under DeepSpeed ZeRO-3, gather the sharded weights once for a whole rollout phase (and lift
-    ZeRO's per-module fetch hooks meanwhile), instead of all-gathering every layer for every token.
+    """Gather the sharded weights once for a whole rollout phase instead of all-gathering every layer
+    for every token (and, since ranks generate different numbers of tokens, instead of collectives
+    that would not match across ranks).
 
-    DeepSpeed's own `unwrap_model_for_generation` does the work; other strategies need nothing.
+    ZeRO-3: DeepSpeed's own `unwrap_model_for_generation` (it also lifts ZeRO's per-module fetch
+    hooks meanwhile); FSDP2: the policy's FSDP modules unsharded (`clipo.run.strategies.full_parameters`);
+    other strategies need nothing.
     """
-    if not getattr(strategy, "zero_stage_3", False):
-        return nullcontext()
-    from deepspeed.runtime.zero import unwrap_model_for_generation
+    from clipo.run.strategies import full_parameters, is_fsdp2, zero3_generation
 
-    return unwrap_model_for_generation(strategy.model)
+    if getattr(strategy, "zero_stage_3", False):
+        return zero3_generation(strategy.model)
+
+    policy = getattr(getattr(strategy, "lightning_module", None), "policy", None)
+    if isinstance(policy, torch.nn.Module) and is_fsdp2(policy):
+        return full_parameters(policy)
+    return nullcontext()

@@ -38,6 +38,7 @@ from clipo.evaluation.scoring import (
     split_set_spec,
 )
 from clipo.models import is_adapter, load_model
+from clipo.run.checkpointing import read_sharded_checkpoint
 
 log = logging.getLogger(__name__)
 PERCENT_PREFIXES = ("acc", "pass@", "maj@", "truncated")
@@ -67,10 +68,9 @@ def load_policy(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A clipo (Lightning) checkpoint file, on the CPU."""
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder (a DeepSpeed checkpoint?); convert it to one file with lightning's "
-                         "convert_zero_checkpoint_to_fp32_state_dict, or pass an exported policy as policy_path")
+    """A clipo (Lightning) checkpoint file, or a DeepSpeed / FSDP checkpoint folder, on the CPU."""
+    if path.is_dir():  # written by strategy=deepspeed_* or fsdp: their sharded formats
+        return read_sharded_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -26,6 +26,7 @@ from clipo.run.callbacks import RunSummary, format_summary
 from clipo.run.console import quiet_third_party_output
 from clipo.run.runtime import configure_threads, cpu_processes, resolve_precision
 from clipo.run.signals import StopOnSignal, StopSignals
+from clipo.run.strategies import sharded_state_dict
 
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
@@ -100,7 +101,8 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
         raise SystemExit(stop.exit_code)
 
     merge = bool(cfg.get("export", {}).get("merge", False))
-    export_dir = export_policy(module, output_dir / "policy", merge) if trainer.is_global_zero else None
+    policy_state = sharded_state_dict(module.policy)  # ZeRO-3 / FSDP: gathered by every rank, else None
+    export_dir = export_policy(module, output_dir / "policy", merge, policy_state) if trainer.is_global_zero else None
     if summary is not None and trainer.is_global_zero:
         print(format_summary(summary, val_before, val_after, str(output_dir), checkpoint, str(export_dir)))
     module.close_verifiers()
@@ -134,11 +136,12 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def export_policy(module: L.LightningModule, target: Path, merge: bool = False) -> Path:
+def export_policy(module: L.LightningModule, target: Path, merge: bool = False, state_dict: dict | None = None) -> Path:
     """The final policy as a `save_pretrained` folder (a LoRA adapter in PEFT's format, plus a merged
-    model in `policy_merged/` when `merge`), the contrastive head beside it."""
+    model in `policy_merged/` when `merge`), the contrastive head beside it; `state_dict`: the policy's
+    full weights when they are sharded (ZeRO-3, FSDP)."""
     target.mkdir(parents=True, exist_ok=True)
-    module.policy.save_pretrained(target)
+    module.policy.save_pretrained(target, state_dict=state_dict)
     module.tokenizer.save_pretrained(target)
     if merge and is_adapter(module.policy):
         save_merged(module.policy, module.tokenizer, target.parent / f"{target.name}_merged")

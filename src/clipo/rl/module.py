@@ -22,6 +22,7 @@ from clipo.rl.rollout_log import RolloutLog, rollout_rows
 from clipo.rl.updater import PolicyUpdater
 from clipo.run.rng import collect_rng_states, set_rng_states
 from clipo.run.step_counter import RLStepCounter
+from clipo.run.strategies import grad_norm_after_step, shard_module
 from clipo.run.timing import PhaseTimer
 
 
@@ -138,6 +139,9 @@ class ClipoModule(L.LightningModule):
         self.head_step.configure()
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
+    def configure_model(self) -> None:
+        shard_module(self)  # FSDP2 (`strategy=fsdp`) shards the policy here; other strategies: nothing
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the contrastive loss's RNG is in the state_dict already (module extra state). The frozen
         # reference, and a LoRA policy's frozen base (tied weights included), come from the model files,
@@ -179,6 +183,7 @@ class ClipoModule(L.LightningModule):
         # them back in place (same Parameter objects: the head optimizer keeps them, its state is float32).
         if self.contrastive is not None:
             self.contrastive.float()
+        self.updater.use_engine_clipping(grad_norm_after_step(self.trainer.strategy))
 
     def on_train_start(self) -> None:
         self.head_step.load_state_dict(getattr(self, "_pending_head_state", None))

@@ -22,6 +22,7 @@ from clipo.interfaces import PolicyLoss
 from clipo.rl.batching import UpdateBatching
 from clipo.rl.collector import Trajectory
 from clipo.rollout.forward import forward_responses
+from clipo.run.strategies import full_tensor
 from clipo.run.timing import PhaseTimer
 
 
@@ -55,6 +56,12 @@ class PolicyUpdater:
         self.max_grad_norm, self.max_nonfinite_updates = max_grad_norm, max_nonfinite_updates
         self.hidden_layer = None if contrastive is None else contrastive.hidden_layer
         self.skipped_updates = self.nonfinite_in_a_row = 0
+        self.engine_grad_norm: Callable[[], torch.Tensor] | None = None
+
+    def use_engine_clipping(self, grad_norm: Callable[[], torch.Tensor] | None) -> None:
+        """Under DeepSpeed the engine clips (`ppo.max_grad_norm`) and skips non-finite steps (its loss
+        scaler) in its own step; `grad_norm` reads the norm it took (`clipo.run.strategies`). None: clip here."""
+        self.engine_grad_norm = grad_norm
 
     def state_dict(self) -> dict[str, int]:
         return {"skipped_updates": self.skipped_updates}
@@ -129,9 +136,14 @@ class PolicyUpdater:
 
     def clip_and_step(self, optimizer: Any) -> torch.Tensor:
         """Clip and step; a non-finite gradient skips the update (counted, and fatal after too many in a row)."""
+        if self.engine_grad_norm is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return self.engine_grad_norm().detach().float()
         params = [p for p in self.policy.parameters() if p.grad is not None]
         max_norm = self.max_grad_norm if self.max_grad_norm else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
+        grad_norm = full_tensor(grad_norm)  # FSDP2: a DTensor
         if torch.isfinite(grad_norm):
             optimizer.step()
             self.nonfinite_in_a_row = 0

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from clipo.distributed import world
 from clipo.models import is_adapter, merged_weights, save_merged
@@ -227,18 +228,21 @@ def reload_in_worker(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) -
 
 
 def named_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF checkpoint name, full tensor) for every parameter; a ZeRO-3 shard is gathered, one parameter
-    at a time, and copied out before it is partitioned again. A LoRA policy gives its merged weights
-    under the plain model's names."""
+    """(HF checkpoint name, full tensor) for every parameter; a ZeRO-3 or FSDP2 shard is gathered, one
+    parameter at a time (every rank iterates: the gathers are collectives), and copied out before it is
+    partitioned again, so nothing stays gathered. A LoRA policy gives its merged weights under the plain
+    model's names."""
     if is_adapter(policy):
         yield from merged_weights(policy).items()
         return
     for name, param in policy.named_parameters():
         if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3
-            from deepspeed.zero import GatheredParameters
+            from deepspeed.runtime.zero import GatheredParameters
 
             with GatheredParameters([param]):
                 yield name, param.data.clone()
+        elif isinstance(param.data, DTensor):  # FSDP2
+            yield name, param.data.full_tensor()
         else:
             yield name, param.detach()
 

@@ -54,3 +54,25 @@ class LastStepCheckpoint(ModelCheckpoint):
         """Write `last.ckpt` for the current step unless it is written already (a stop signal's save)."""
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint folder written by DeepSpeed (`strategy=deepspeed_*`: a `latest` file and a tag folder)
+    or by FSDP (`strategy=fsdp`: torch distributed-checkpoint shards and Lightning's `meta.pt`) as one
+    checkpoint dict on the CPU, with the full `state_dict`; needs no process group."""
+    import tempfile
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="clipo-ckpt-") as tmp:
+        if (path / "latest").is_file():
+            from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+            return convert_zero_checkpoint_to_fp32_state_dict(path, Path(tmp) / "full.ckpt")
+        if (path / "meta.pt").is_file():
+            from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+            dcp_to_torch_save(path, Path(tmp) / "full.ckpt")
+            state = torch.load(Path(tmp) / "full.ckpt", map_location="cpu", weights_only=False)
+            return {**torch.load(path / "meta.pt", map_location="cpu", weights_only=False), **state}
+    raise ValueError(f"{path} is a folder but neither a DeepSpeed checkpoint (no `latest` file) nor an FSDP one "
+                     "(no `meta.pt`); pass a checkpoint file or folder written by clipo, or an exported policy_path")
