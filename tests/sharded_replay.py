@@ -64,7 +64,8 @@ class RecordSteps(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         policy = module.policy
         self.weights.append(sharded_state_dict(policy) or {k: v.clone() for k, v in policy.state_dict().items()})
-        params = list(module.contrastive.parameters())
+        contrastive = module.contrastive or torch.nn.Module()  # loss=none builds no objective
+        params = list(contrastive.parameters())
         optimizer = module.head_step.optimizer
         self.heads.append({
             "dtypes": sorted({str(p.dtype) for p in params}),
@@ -72,7 +73,7 @@ class RecordSteps(L.Callback):
             "in_head_optimizer": optimizer is not None and {id(p) for g in optimizer.param_groups for p in g["params"]}
             == {id(p) for p in params if p.requires_grad},
             "policy_dtype": str(next(policy.parameters()).dtype),
-            "state": {k: v.detach().float().clone() for k, v in module.contrastive.state_dict().items()
+            "state": {k: v.detach().float().clone() for k, v in contrastive.state_dict().items()
                       if isinstance(v, torch.Tensor)},
         })
 
