@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clipo.algorithms.kl import KL_ESTIMATORS
+from clipo.config_keys import unknown_key_problems
 from clipo.contrastive.mode import ContrastiveMode
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rewards import reward_config_problems
@@ -52,6 +53,8 @@ def validate_config(cfg: DictConfig) -> None:
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     problems += _precision_problems(cfg)
+    problems += _optimizer_and_resume_problems(cfg)
+    problems += unknown_key_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -303,4 +306,18 @@ def _device_problems(cfg: DictConfig) -> list[str]:
             f"data.train.size={size} is smaller than one step's data.prompts_per_step={cfg.data.prompts_per_step}; "
             "lower prompts_per_step or add data"
         )
+    return problems
+
+
+def _optimizer_and_resume_problems(cfg: DictConfig) -> list[str]:
+    """Learning rates are positive numbers; `resume.*` names a known behaviour."""
+    problems = []
+    for key in ("optimizer.lr", "contrastive.head_pooler_optimizer.lr"):
+        lr = OmegaConf.select(cfg, key)
+        if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
+            problems.append(f"{key}={lr} must be a positive number (the paper's policy lr is 1e-6, the head's 1e-3)")
+    resume = cfg.get("resume") or {}
+    if resume.get("missing", "error") not in ("error", "fresh"):
+        problems.append(f"resume.missing={resume.get('missing')!r} must be error (ckpt_path=last without a checkpoint "
+                        "stops) or fresh (it starts the run from scratch)")
     return problems

@@ -39,6 +39,8 @@ def _user_messages(prompt: object, instruction: str | None, where: str) -> list[
         messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
     else:
         raise ValueError(f"{where}: the prompt column must hold a string or chat messages, got {prompt!r:.200}")
+    if not all(isinstance(m["content"], str) for m in (prompt if isinstance(prompt, list) else [])):
+        raise ValueError(f"{where}: a prompt message's content is not text, got {prompt!r:.200}; store it as a string")
     if instruction:
         messages[-1] = {**messages[-1], "content": f"{messages[-1]['content'].rstrip()} {instruction}"}
     return messages
@@ -87,8 +89,8 @@ def load_hub(
     records = []
     for i in rows:
         row, where = dataset[i], f"dataset {name!r} split {split!r} row {i}"
-        answer = str(row[answer_column])
-        if pattern is not None:
+        answer = "" if row[answer_column] is None else str(row[answer_column])  # null: empty, not "None"
+        if pattern is not None and answer:
             if (match := pattern.search(answer)) is None:
                 raise ValueError(f"{where}: answer_pattern {answer_pattern!r} does not match {answer!r:.200}")
             answer = match.group(1)

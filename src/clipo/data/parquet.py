@@ -37,6 +37,8 @@ def resolve_parquet_path(path: str | Path) -> Path:
 def _messages(prompt: object, where: str) -> list[dict]:
     if not isinstance(prompt, list) or not all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in prompt):
         raise ValueError(f"{where}: 'prompt' must be a list of {{'role', 'content'}} messages, got {prompt!r:.200}")
+    if not all(isinstance(m["content"], str) for m in prompt):  # bytes would become the text "b'...'"
+        raise ValueError(f"{where}: a 'prompt' message's content is not text, got {prompt!r:.200}; store it as a string")
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
 
 
