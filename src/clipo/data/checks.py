@@ -41,14 +41,25 @@ def load_set(name: str, spec: dict) -> Any:
         if type(error).__module__.startswith("pyarrow"):  # e.g. "Parquet magic bytes not found in footer"
             hint = ("; it is not a readable parquet file: give a verl-style .parquet file, or a json/csv file "
                     "with source=hub and a column mapping")
-        raise DataError(f"{set_label(name, spec)}: {error}{hint}") from error
+        where = spec.get("path") or spec.get("name")
+        label = f"data.{name}" if where and str(where) in str(error) else set_label(name, spec)
+        raise DataError(f"{label}: {error}{hint}") from error
+
+
+def _missing(truth: Any) -> str | None:
+    """What any verifier needs: a ground truth that is there."""
+    if truth is None:
+        return "the ground truth is null"
+    return None if str(truth).strip() else "the ground truth is empty"
 
 
 def record_problems(records: Any, verifier: Any) -> list[tuple[int, str]]:
     """(position, problem) of each record whose ground truth `verifier` cannot score against."""
     truths = [records[i].get("ground_truth") for i in range(len(records))]
-    problems = verifier.ground_truth_problems(truths)
-    return [(i, problem if str(truths[i])[:40] in problem else f"ground truth {truths[i]!r:.120}: {problem}")
+    check = getattr(verifier, "ground_truth_problems", None)  # a user's own verifier may have none
+    problems = check(truths) if check is not None else [_missing(truth) for truth in truths]
+    named = lambda i, problem: truths[i] and repr(str(truths[i]))[:40] in problem  # noqa: E731 (value quoted already)
+    return [(i, problem if named(i, problem) else f"ground truth {truths[i]!r:.120}: {problem}")
             for i, problem in enumerate(problems) if problem]
 
 

@@ -56,7 +56,8 @@ _OTHER_MATH_MARKS = ("\\$", "\\boxed", "\\fbox", "\\(", "\\[")
 
 # Chains of powers of plain numbers, `a^{b^{c}}` (braces and parentheses optional), whose value
 # `power_digits` estimates in floats: sympy would build the exact integer.
-_POWER_CHAIN_RE = re.compile(r"\d{1,50}(?:\.\d{1,50})?(?:\s*\^\s*\{?\s*\(?\s*\d{1,50}(?:\.\d{1,50})?)+")
+_NUMBER = r"\d{1,50}(?:\.\d{1,50})?\s*\)?"
+_POWER_CHAIN_RE = re.compile(rf"{_NUMBER}(?:\s*\^\s*\{{?\s*\(?\s*{_NUMBER})+")
 _CHAIN_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
 # No benchmark answer has more digits than this; 10^{10^{10}} has 10^10 of them.
 MAX_ANSWER_DIGITS = 10_000
