@@ -224,3 +224,50 @@ def test_atomic_io_replaces_the_target_in_one_step(tmp_path):
     io.save_checkpoint({"step": 2}, tmp_path / "a" / "last.ckpt")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["last.ckpt"]
     assert torch.load(tmp_path / "a" / "last.ckpt")["step"] == 2
+
+
+class _CrashingParity:
+    """`ParityVerifier` that raises in its third call: RL step 3, after two completed steps."""
+
+    def __init__(self, **options) -> None:
+        from tests.conftest import ParityVerifier
+
+        self.inner, self.calls = ParityVerifier(), 0
+
+    def __call__(self, responses, ground_truths):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("verifier exploded")
+        return self.inner(responses, ground_truths)
+
+    def stats(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def test_a_crash_keeps_the_completed_steps_and_resumes_exactly(six_step_run, tmp_path, monkeypatch):
+    """An exception in step 3 (no checkpoint since the start): last.ckpt holds steps 1-2 with the RNG and data
+    position of step 3's start, summary.json records the crash, train.log the traceback, and a resume in the
+    same folder ends where an uninterrupted run does. Before: no checkpoint, no summary.json, steps 1-2 lost."""
+    from clipo.registry import VERIFIERS
+    from tests.conftest import ParityVerifier
+
+    monkeypatch.setitem(VERIFIERS._entries, "parity", _CrashingParity)
+    run = tmp_path / "run"
+    rarely = [o for o in SIX_STEPS if "every_n_train_steps" not in o] + ["callbacks.model_checkpoint.every_n_train_steps=100"]
+    with pytest.raises(RuntimeError, match="verifier exploded") as error:
+        train(_config(run, *rarely))
+    line = error.value.__notes__[-1]  # what the console's last line says (main() logs it)
+    assert line.startswith("training failed in RL step 3: ") and "verifier exploded" in line, line
+    assert f"; the state after step 2 is saved in {run / 'checkpoints' / 'last.ckpt'}. To do: " in line
+    assert line.endswith(f"then continue with hydra.run.dir={run} ckpt_path=last")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["crashed"] is True and "verifier exploded" in summary["error"]
+    assert summary["step"] == 2 and len(summary["history"]) == 2
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    log = (run / "train.log").read_text()
+    assert "Traceback (most recent call last)" in log and "RuntimeError: verifier exploded" in log
+    monkeypatch.setitem(VERIFIERS._entries, "parity", ParityVerifier)
+    _assert_resumes_to(run, six_step_run, "ckpt_path=last")

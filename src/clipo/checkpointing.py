@@ -47,6 +47,12 @@ class LastStepCheckpoint(ModelCheckpoint):
     12-step run saving every 10 steps would lose steps 11 and 12.
     """
 
+    @property
+    def state_key(self) -> str:
+        # Lightning's key includes the save interval, so a run resumed with another interval would not
+        # get this callback's state back (and would write last-v1.ckpt beside a stale last.ckpt)
+        return type(self).__qualname__
+
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.save_last_now(trainer)
 

@@ -110,11 +110,13 @@ def what_to_do(error: BaseException, run_dir: str) -> str:
 
 
 def write_traceback(error: BaseException, run_dir: Path) -> None:
-    """The full traceback into the run's log file: the Hydra file handler's (train.log), or
-    `<run>/train.log` directly when no file handler is set (train() called from Python)."""
+    """The full traceback into the run's log file: through the Hydra file handler of the run folder
+    (train.log, without the console), or into `<run>/train.log` directly when there is none (train()
+    called from Python)."""
     record = logging.LogRecord("clipo.crash", logging.ERROR, __file__, 0, "training crashed", None,
                                (type(error), error, error.__traceback__))
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == run_dir.resolve()]
     for handler in handlers:
         handler.handle(record)
     if not handlers:
