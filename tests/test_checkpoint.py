@@ -271,3 +271,37 @@ def test_a_crash_keeps_the_completed_steps_and_resumes_exactly(six_step_run, tmp
     assert "Traceback (most recent call last)" in log and "RuntimeError: verifier exploded" in log
     monkeypatch.setitem(VERIFIERS._entries, "parity", ParityVerifier)
     _assert_resumes_to(run, six_step_run, "ckpt_path=last")
+
+
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    # before: "[enforce fail at inline_container.cc:672] unexpected pos" as the last line
+    from collections import namedtuple
+
+    from clipo.crash import what_to_do
+
+    def torch_on_a_full_disk(obj, file, *args, **kwargs):
+        file.write(b"\0" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1408 vs 1300")
+
+    monkeypatch.setattr("clipo.checkpointing.torch.save", torch_on_a_full_disk)
+    monkeypatch.setattr("clipo.checkpointing.shutil.disk_usage", lambda path: namedtuple("u", "total used free")(1, 1, 0))
+    with pytest.raises(OSError, match=r"No space left on device: writing checkpoint .*last.ckpt failed \(0 MiB free "
+                                      r"there\); the previous checkpoint stays") as error:
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert list(tmp_path.iterdir()) == []  # no partial file
+    assert what_to_do(error.value, str(tmp_path)).startswith(f"the disk is full: free space on the disk of {tmp_path}")
+
+
+def test_an_unwritable_run_folder_stops_before_hydra_opens_its_log(tmp_path, capsys):
+    # before: Hydra's "Unable to configure handler 'file'" (as root, a folder under a file stands in for read-only)
+    from omegaconf import OmegaConf
+
+    from clipo.console import RunFolderCheck
+
+    (tmp_path / "a_file").write_text("")
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "a_file" / "run")}}})
+    with pytest.raises(SystemExit) as stop:
+        RunFolderCheck().on_run_start(config)
+    assert stop.value.code == 2
+    assert f"cannot write the run folder {tmp_path / 'a_file' / 'run'}" in capsys.readouterr().err
+    RunFolderCheck().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "fine")}}}))

@@ -9,7 +9,9 @@ place (`os.replace`, atomic within one filesystem); remote URLs keep Lightning's
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, target)
+        except (OSError, RuntimeError) as error:
+            raise checkpoint_write_error(error, target) from error
         finally:
             partial.unlink(missing_ok=True)
+
+
+FULL_DISK_BYTES = 16 * 2**20  # a write that failed with less than this left counts as a full disk
+
+
+def checkpoint_write_error(error: BaseException, target: Path) -> BaseException:
+    """A failed checkpoint write as a message a user can act on: a full disk (torch says only "unexpected
+    pos" or "file write failed"), a folder that cannot be written; anything else unchanged."""
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = None
+    code = getattr(error, "errno", None)
+    if code == errno.ENOSPC or "No space left" in str(error) or (free is not None and free < FULL_DISK_BYTES):
+        left = "" if free is None else f" ({free / 2**20:.0f} MiB free there)"
+        return OSError(errno.ENOSPC, f"No space left on device: writing checkpoint {target} failed{left}; the "
+                                     "previous checkpoint stays. Free space on that disk or set hydra.run.dir "
+                                     f"to a larger one ({type(error).__name__}: {str(error)[:200]})")
+    if code in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return OSError(code, f"cannot write checkpoint {target} ({os.strerror(code)}); make {target.parent} "
+                             "writable or set hydra.run.dir to a writable folder", str(target))
+    return error
 
 
 class LastStepCheckpoint(ModelCheckpoint):
