@@ -310,12 +310,16 @@ def _device_problems(cfg: DictConfig) -> list[str]:
 
 
 def _optimizer_and_resume_problems(cfg: DictConfig) -> list[str]:
-    """Learning rates are positive numbers; `resume.*` names a known behaviour."""
+    """Learning rates are positive numbers; the prompt limit is a count; `resume.*` names a known behaviour."""
     problems = []
     for key in ("optimizer.lr", "contrastive.head_pooler_optimizer.lr"):
         lr = OmegaConf.select(cfg, key)
         if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
             problems.append(f"{key}={lr} must be a positive number (the paper's policy lr is 1e-6, the head's 1e-3)")
+    limit = cfg.data.get("max_prompt_tokens", "auto")
+    if not (limit is None or limit == "auto" or isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
+        problems.append(f"data.max_prompt_tokens={limit} must be a positive token count, auto (the model's context "
+                        "minus rollout.max_new_tokens) or null (no limit)")
     resume = cfg.get("resume") or {}
     if resume.get("missing", "error") not in ("error", "fresh"):
         problems.append(f"resume.missing={resume.get('missing')!r} must be error (ckpt_path=last without a checkpoint "

@@ -24,7 +24,7 @@ from clipo.callbacks import RunSummary, format_summary
 from clipo.console import quiet_third_party_output
 from clipo.config import ConfigError, validate_config, validate_model_source
 from clipo.crash import CrashCheckpoint, crash_line, error_text, what_to_do, write_traceback
-from clipo.data.checks import check_data
+from clipo.data.checks import check_data, drop_overlong_prompts, prompt_token_limit
 from clipo.resume import Resume, prepare_resume
 from clipo.run_logs import continue_logs
 from clipo.runtime import configure_threads, cpu_processes, resolve_precision
@@ -88,6 +88,9 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
     datamodule = build_datamodule(cfg)
     check_training_data(cfg, datamodule)
     module = build_module(cfg)
+    context = getattr(module.policy.config, "max_position_embeddings", None)
+    if limit := prompt_token_limit(cfg.data.get("max_prompt_tokens", "auto"), context, cfg.rollout.max_new_tokens):
+        drop_overlong_prompts(datamodule, module.tokenizer, limit)
     trainer = build_trainer(cfg)
     crash = CrashCheckpoint()
     trainer.callbacks.insert(0, crash)  # first: a step counts as done before any other end-of-step hook

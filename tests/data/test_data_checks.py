@@ -87,3 +87,23 @@ def test_train_stops_before_the_model_loads(tmp_path, monkeypatch):
 
     with pytest.raises(DataError, match="4 of 4 records"):
         train(cfg)
+
+
+def test_overlong_prompts_are_dropped_and_counted_at_load(tmp_path, caplog):
+    # before: a 100k-character prompt reached generation (one tiny-model step took 10 minutes)
+    from clipo.data.checks import drop_overlong_prompts, prompt_lengths, prompt_token_limit
+    from clipo.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()  # one token per character
+    path = write_parquet(tmp_path / "train.parquet", ["1", "2", "3"], contents=["short", "x" * 100_000, "also short"])
+    data = datamodule(path, val={"v": {"source": "parquet", "path": path}})
+    data.setup("fit")
+    template = prompt_lengths([{"messages": [{"role": "user", "content": ""}]}], tokenizer)[0]
+    assert prompt_lengths(data.train_set, tokenizer) == [template + 5, template + 100_000, template + 10]
+    assert drop_overlong_prompts(data, tokenizer, template + 10) == {"train": 1, "val.v": 1}
+    assert [r["ground_truth"] for r in data.train_set] == ["1", "3"] and len(data.val_sets["v"]) == 2
+    assert "data.train: dropped 1 of 3 prompts longer than data.max_prompt_tokens" in caplog.text
+    with pytest.raises(DataError, match="fewer than data.prompts_per_step=2"):
+        drop_overlong_prompts(data, tokenizer, template + 5)
+    assert prompt_token_limit("auto", 4096, 64) == 4032 and prompt_token_limit(None, 4096, 64) is None
+    assert prompt_token_limit(512, 4096, 64) == 512

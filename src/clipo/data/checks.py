@@ -121,3 +121,48 @@ def check_data(datamodule: Any, train_verifier: Any, val_verifiers: dict[str, An
                         f"fewer than data.prompts_per_step={datamodule.prompts_per_step}; lower prompts_per_step "
                         "or add data")
     return dropped
+
+
+def prompt_token_limit(setting: Any, context: int | None, max_new_tokens: int) -> int | None:
+    """`data.max_prompt_tokens`: `auto` is the model's context minus the response budget, null is no limit."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        return None if context is None else max(context - max_new_tokens, 1)
+    return int(setting)
+
+
+def prompt_lengths(records: Any, tokenizer: Any) -> list[int]:
+    """Tokens of each record's prompt as the engines build it (chat template, generation prompt)."""
+    texts = [tokenizer.apply_chat_template(records[i]["messages"], add_generation_prompt=True, tokenize=False)
+             for i in range(len(records))]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def drop_overlong_prompts(datamodule: Any, tokenizer: Any, max_tokens: int) -> dict[str, int]:
+    """verl's `filter_overlong_prompts`: drop train and validation records whose prompt has more than
+    `max_tokens` tokens, and log how many (a 100k-character prompt made one tiny-model step take 10 minutes).
+
+    Returns:
+        records dropped per set (`train`, `val.<name>`).
+    """
+    sets = {"train": datamodule.train_set, **{f"val.{k}": v for k, v in datamodule.val_sets.items()}}
+    dropped = {}
+    for name, records in sets.items():
+        lengths = prompt_lengths(records, tokenizer)
+        keep = [i for i, n in enumerate(lengths) if n <= max_tokens]
+        dropped[name] = len(records) - len(keep)
+        if not dropped[name]:
+            continue
+        log.warning("data.%s: dropped %d of %d prompts longer than data.max_prompt_tokens=%d tokens (longest %d)",
+                    name, dropped[name], len(records), max_tokens, max(lengths))
+        kept = [records[i] for i in keep] if isinstance(records, list) else Subset(records, keep)
+        if name == "train":
+            datamodule.train_set = kept
+        else:
+            datamodule.val_sets[name.removeprefix("val.")] = kept
+    if len(datamodule.train_set) < datamodule.prompts_per_step:
+        raise DataError(f"data.train has {len(datamodule.train_set)} prompts of at most data.max_prompt_tokens="
+                        f"{max_tokens} tokens, fewer than data.prompts_per_step={datamodule.prompts_per_step}; raise "
+                        "data.max_prompt_tokens (and the model's context) or use shorter prompts")
+    return dropped
