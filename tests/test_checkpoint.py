@@ -305,3 +305,30 @@ def test_an_unwritable_run_folder_stops_before_hydra_opens_its_log(tmp_path, cap
     assert stop.value.code == 2
     assert f"cannot write the run folder {tmp_path / 'a_file' / 'run'}" in capsys.readouterr().err
     RunFolderCheck().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "fine")}}}))
+
+
+def test_a_crash_saves_nothing_once_weights_moved_or_before_training_started():
+    """A step that had already stepped an optimizer is part way: the previous checkpoint stays. A failure
+    during set-up (e.g. while restoring a checkpoint) must not overwrite last.ckpt with fresh weights."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from clipo.crash import CrashCheckpoint
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    no_saving = SimpleNamespace(last_model_path="", save_last=True)  # save_last would fail on this stand-in
+    trainer = SimpleNamespace(optimizers=[optimizer], datamodule=None, checkpoint_callback=no_saving, world_size=1,
+                              state=SimpleNamespace(fn=TrainerFn.FITTING))
+    crash = CrashCheckpoint()
+    crash.on_exception(trainer, None, RuntimeError("while restoring"))
+    assert crash.outcome is None  # not started: nothing saved, nothing claimed
+    crash.on_train_start(trainer, SimpleNamespace())
+    crash.on_train_batch_start(trainer, None)
+    assert not crash.changed
+    weight.sum().backward()
+    optimizer.step()
+    assert crash.changed
+    crash.on_exception(trainer, None, RuntimeError("in the update"))
+    assert crash.outcome.startswith("not saved: the step had already updated weights")

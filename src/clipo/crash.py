@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from clipo.rng import collect_rng_states, set_rng_states
 
@@ -34,12 +35,13 @@ class CrashCheckpoint(L.Callback):
     Put it first among the callbacks, so a step counts as completed before any other end-of-step hook."""
 
     def __init__(self) -> None:
-        self.in_step = self.changed = False
+        self.started = self.in_step = self.changed = False
         self.start: dict[str, Any] = {}
         self.outcome: str | None = None  # what was saved, for the console line and summary.json
         self.checkpoint: str | None = None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.started = True  # a checkpoint is restored by now: saving cannot overwrite it with fresh weights
         head = getattr(getattr(module, "head_step", None), "optimizer", None)
         for optimizer in [*trainer.optimizers, *([head] if head is not None else [])]:
             optimizer.register_step_post_hook(self._weights_changed)
@@ -59,6 +61,8 @@ class CrashCheckpoint(L.Callback):
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, Exception) or trainer.checkpoint_callback is None:
             return  # a stop signal or a second Ctrl-C: signals.py has its own rules
+        if not self.started or trainer.state.fn != TrainerFn.FITTING:
+            return  # set-up, restore or a validation outside fit: nothing new to keep
         if trainer.world_size > 1:
             self.outcome = "not saved (several processes); the last periodic checkpoint stays"
             return
