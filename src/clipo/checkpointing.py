@@ -58,8 +58,7 @@ def checkpoint_write_error(error: BaseException, target: Path) -> BaseException:
     if code == errno.ENOSPC or "No space left" in str(error) or (free is not None and free < FULL_DISK_BYTES):
         left = "" if free is None else f" ({free / 2**20:.0f} MiB free there)"
         return OSError(errno.ENOSPC, f"No space left on device: writing checkpoint {target} failed{left}; the "
-                                     "previous checkpoint stays. Free space on that disk or set hydra.run.dir "
-                                     f"to a larger one ({type(error).__name__}: {str(error)[:200]})")
+                                     "previous checkpoint stays")  # torch's own message is chained
     if code in (errno.EACCES, errno.EROFS, errno.EPERM):
         return OSError(code, f"cannot write checkpoint {target} ({os.strerror(code)}); make {target.parent} "
                              "writable or set hydra.run.dir to a writable folder", str(target))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.experimental.callback import Callback
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 # logged by Lightning's logger and callback connectors on every Trainer construction / fit
@@ -141,7 +142,7 @@ def silence_promotional_tips() -> None:
             logger.addFilter(_DropPromotionalTips())
 
 
-class RunFolderCheck:
+class RunFolderCheck(Callback):
     """A Hydra callback (`configs/hydra/default.yaml`): before Hydra makes the run folder and opens its
     log file there, check the folder can be written, and otherwise stop with one line saying so (Hydra's
     own message is "Unable to configure handler 'file'", with no folder named)."""

@@ -77,7 +77,7 @@ class CrashCheckpoint(L.Callback):
         try:
             save_last(trainer)
         except Exception as error:  # noqa: BLE001 - the original exception is the one to report
-            self.outcome = f"not saved ({type(error).__name__}: {error})"
+            self.outcome = f"no checkpoint could be saved either ({type(error).__name__})"
             return
         self.checkpoint = trainer.checkpoint_callback.last_model_path or None
         self.outcome = f"the state after step {trainer.global_step} is saved in {self.checkpoint}"
