@@ -270,7 +270,9 @@ def test_a_crash_keeps_the_completed_steps_and_resumes_exactly(six_step_run, tmp
     log = (run / "train.log").read_text()
     assert "Traceback (most recent call last)" in log and "RuntimeError: verifier exploded" in log
     monkeypatch.setitem(VERIFIERS._entries, "parity", ParityVerifier)
-    _assert_resumes_to(run, six_step_run, "ckpt_path=last")
+    _assert_resumes_to(run, six_step_run, "ckpt_path=last")  # saving every step now, not every 100
+    assert not list((run / "checkpoints").glob("last-v*.ckpt"))  # before: last-v1.ckpt beside a stale last.ckpt
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
 
 
 def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
