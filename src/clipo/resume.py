@@ -30,11 +30,12 @@ COMPARED = ("model", "loss.name", "head", "pooler", "contrastive.mode")
 
 @dataclass
 class Resume:
-    """A checkpoint this run continues: its file, the RL steps it holds, and its whole contents (mmap'ed)."""
+    """A checkpoint this run continues: its file, the RL steps it holds (-1: unknown here, for Lightning's own
+    lookups and DeepSpeed folders), and the W&B run it logged to."""
 
     path: str
     step: int
-    checkpoint: dict
+    wandb_id: str | None = None
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
@@ -133,7 +134,7 @@ def prepare_resume(cfg: DictConfig, run_config: dict) -> Resume | None:
     None for a fresh start. Raises `ConfigError` for a missing, unreadable, foreign or different checkpoint."""
     path = resolve_ckpt_path(cfg)
     if path is None or path in ("hpc", "registry") or path.startswith("registry:") or Path(path).is_dir():
-        return None if path is None else Resume(path, -1, {})  # Lightning's lookups, DeepSpeed folders
+        return None if path is None else Resume(path, -1)  # Lightning's lookups, DeepSpeed folders
     checkpoint = read_header(path)
     saved = (checkpoint.get("clipo") or {}).get("config") or {}
     allowed = [str(k) for k in (cfg.get("resume") or {}).get("allow_changes") or []]
@@ -143,4 +144,5 @@ def prepare_resume(cfg: DictConfig, run_config: dict) -> Resume | None:
                           "fit (or would be silently dropped):\n    " + "\n    ".join(changed) +
                           "\n  Resume with the checkpoint's settings, start a fresh run (ckpt_path=null, another "
                           f"hydra.run.dir), or accept the change on purpose with resume.allow_changes=[{keys}]")
-    return Resume(path, int(checkpoint.get("global_step", 0)), checkpoint)
+    wandb_id = ((checkpoint.get("callbacks") or {}).get("RunSummary") or {}).get("wandb_id")
+    return Resume(path, int(checkpoint.get("global_step", 0)), wandb_id)

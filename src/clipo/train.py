@@ -97,9 +97,9 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
     trainer.callbacks.append(StopOnSignal(stop))  # last: after the summary has recorded the step
     output_dir = Path(cfg.paths.output_dir)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
-    if resume is not None and resume.step >= 0 and trainer.is_global_zero:
-        wandb_id = (resume.checkpoint.get("callbacks") or {}).get("RunSummary", {}).get("wandb_id")
-        continue_logs(trainer.loggers, module.rollout_log.path if module.rollout_log else None, resume.step, wandb_id)
+    if resume is not None and resume.step >= 0 and trainer.is_global_zero:  # logs continue from the checkpoint
+        rollouts = module.rollout_log.path if module.rollout_log else None
+        continue_logs(trainer.loggers, rollouts, resume.step, resume.wandb_id)
 
     validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
     val_before, val_after, metrics = {}, {}, {}
