@@ -13,6 +13,7 @@ The file is opened with `mmap=True`, so reading its header costs no copy of the 
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,19 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 
 def read_header(path: str) -> dict:
     """The checkpoint at `path` (tensors memory-mapped), or a `ConfigError` saying why it cannot resume."""
+    what_to_do = ("resume from another one (save_top_k=-1 keeps checkpoints/step_*.ckpt) or start fresh with "
+                  "ckpt_path=null")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no central directory
+        raise ConfigError(f"ckpt_path={path} cannot be read as a checkpoint: it is not the zip archive torch.save "
+                          f"writes (damaged, cut short by a copy or save that did not finish, or another format); "
+                          f"{what_to_do}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"ckpt_path={path} cannot be read as a checkpoint ({type(error).__name__}: {first_line}): "
-                          "the file is damaged, incomplete (a copy or save that did not finish) or not a clipo "
-                          "checkpoint; resume from another one (save_top_k=-1 keeps checkpoints/step_*.ckpt) or "
-                          "start fresh with ckpt_path=null") from None
+        raise ConfigError(f"ckpt_path={path} cannot be read as a checkpoint ({type(error).__name__}: "
+                          f"{first_line[:200]}): the file is damaged or holds objects a clipo checkpoint never "
+                          f"has; {what_to_do}") from None
     if not isinstance(checkpoint, dict) or "clipo" not in checkpoint or "state_dict" not in checkpoint:
         keys = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ConfigError(f"ckpt_path={path} is not a clipo training checkpoint (it holds {keys}, no 'clipo' "
