@@ -224,3 +224,113 @@ def test_atomic_io_replaces_the_target_in_one_step(tmp_path):
     io.save_checkpoint({"step": 2}, tmp_path / "a" / "last.ckpt")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["last.ckpt"]
     assert torch.load(tmp_path / "a" / "last.ckpt")["step"] == 2
+
+
+class _CrashingParity:
+    """`ParityVerifier` that raises in its third call: RL step 3, after two completed steps."""
+
+    def __init__(self, **options) -> None:
+        from tests.conftest import ParityVerifier
+
+        self.inner, self.calls = ParityVerifier(), 0
+
+    def __call__(self, responses, ground_truths):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("verifier exploded")
+        return self.inner(responses, ground_truths)
+
+    def stats(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def test_a_crash_keeps_the_completed_steps_and_resumes_exactly(six_step_run, tmp_path, monkeypatch):
+    """An exception in step 3 (no checkpoint since the start): last.ckpt holds steps 1-2 with the RNG and data
+    position of step 3's start, summary.json records the crash, train.log the traceback, and a resume in the
+    same folder ends where an uninterrupted run does. Before: no checkpoint, no summary.json, steps 1-2 lost."""
+    from clipo.registry import VERIFIERS
+    from tests.conftest import ParityVerifier
+
+    monkeypatch.setitem(VERIFIERS._entries, "parity", _CrashingParity)
+    run = tmp_path / "run"
+    rarely = [o for o in SIX_STEPS if "every_n_train_steps" not in o] + ["callbacks.model_checkpoint.every_n_train_steps=100"]
+    with pytest.raises(RuntimeError, match="verifier exploded") as error:
+        train(_config(run, *rarely))
+    line = error.value.__notes__[-1]  # what the console's last line says (main() logs it)
+    assert line.startswith("training failed in RL step 3: ") and "verifier exploded" in line, line
+    assert f"; the state after step 2 is saved in {run / 'checkpoints' / 'last.ckpt'}. To do: " in line
+    assert line.endswith(f"then continue with hydra.run.dir={run} ckpt_path=last")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["crashed"] is True and "verifier exploded" in summary["error"]
+    assert summary["step"] == 2 and len(summary["history"]) == 2
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    log = (run / "train.log").read_text()
+    assert "Traceback (most recent call last)" in log and "RuntimeError: verifier exploded" in log
+    monkeypatch.setitem(VERIFIERS._entries, "parity", ParityVerifier)
+    _assert_resumes_to(run, six_step_run, "ckpt_path=last")  # saving every step now, not every 100
+    assert not list((run / "checkpoints").glob("last-v*.ckpt"))  # before: last-v1.ckpt beside a stale last.ckpt
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    # before: "[enforce fail at inline_container.cc:672] unexpected pos" as the last line
+    from collections import namedtuple
+
+    from clipo.run.crash import what_to_do
+
+    def torch_on_a_full_disk(obj, file, *args, **kwargs):
+        file.write(b"\0" * 100)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1408 vs 1300")
+
+    monkeypatch.setattr("clipo.run.checkpointing.torch.save", torch_on_a_full_disk)
+    monkeypatch.setattr("clipo.run.checkpointing.shutil.disk_usage", lambda path: namedtuple("u", "total used free")(1, 1, 0))
+    with pytest.raises(OSError, match=r"No space left on device: writing checkpoint .*last.ckpt failed \(0 MiB free "
+                                      r"there\); the previous checkpoint stays") as error:
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "last.ckpt")
+    assert list(tmp_path.iterdir()) == []  # no partial file
+    assert what_to_do(error.value, str(tmp_path)).startswith(f"the disk is full: free space on the disk of {tmp_path}")
+
+
+def test_an_unwritable_run_folder_stops_before_hydra_opens_its_log(tmp_path, capsys):
+    # before: Hydra's "Unable to configure handler 'file'" (as root, a folder under a file stands in for read-only)
+    from omegaconf import OmegaConf
+
+    from clipo.run.console import RunFolderCheck
+
+    (tmp_path / "a_file").write_text("")
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "a_file" / "run")}}})
+    with pytest.raises(SystemExit) as stop:
+        RunFolderCheck().on_run_start(config)
+    assert stop.value.code == 2
+    assert f"cannot write the run folder {tmp_path / 'a_file' / 'run'}" in capsys.readouterr().err
+    RunFolderCheck().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "fine")}}}))
+
+
+def test_a_crash_saves_nothing_once_weights_moved_or_before_training_started():
+    """A step that had already stepped an optimizer is part way: the previous checkpoint stays. A failure
+    during set-up (e.g. while restoring a checkpoint) must not overwrite last.ckpt with fresh weights."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from clipo.run.crash import CrashCheckpoint
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    no_saving = SimpleNamespace(last_model_path="", save_last=True)  # save_last would fail on this stand-in
+    trainer = SimpleNamespace(optimizers=[optimizer], datamodule=None, checkpoint_callback=no_saving, world_size=1,
+                              state=SimpleNamespace(fn=TrainerFn.FITTING))
+    crash = CrashCheckpoint()
+    crash.on_exception(trainer, None, RuntimeError("while restoring"))
+    assert crash.outcome is None  # not started: nothing saved, nothing claimed
+    crash.on_train_start(trainer, SimpleNamespace())
+    crash.on_train_batch_start(trainer, None)
+    assert not crash.changed
+    weight.sum().backward()
+    optimizer.step()
+    assert crash.changed
+    crash.on_exception(trainer, None, RuntimeError("in the update"))
+    assert crash.outcome.startswith("not saved: the step had already updated weights")

@@ -192,3 +192,31 @@ def test_token_budget_must_hold_the_longest_rollout(tmp_path):
 def test_vllm_kv_cache_size_is_checked(tmp_path):
     message = _errors(["rollout.engine=vllm", "rollout.vllm.kv_cache_gib=0"], tmp_path)
     assert "rollout.vllm.kv_cache_gib=0: give a size in GiB > 0 (e.g. 0.5) or auto" in message
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=-1e-5", "optimizer.lr=0", "contrastive.head_pooler_optimizer.lr=0"])
+def test_learning_rate_must_be_positive(tmp_path, override):
+    # before: a negative rate failed inside torch.optim after the model was built ("Invalid learning rate")
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}=.* must be a positive number"):
+        validate_config(compose_config([*TINY_OVERRIDES, override], output_dir=tmp_path))
+
+
+@pytest.mark.parametrize("override, meant", [
+    ("+rollout.grup_size=4", "rollout.group_size"),  # Hydra's own advice for a typo; before: silently ignored
+    ("+loss.temprature=0.1", "loss.temperature"),  # not an argument of the loss class
+    ("+trainer.max_step=3", "trainer.max_steps"),  # not an argument of lightning.Trainer
+    ("+ppo.epoch=2", "ppo.epochs"),
+])
+def test_an_added_key_nothing_reads_names_the_closest_key(tmp_path, override, meant):
+    with pytest.raises(ConfigError, match=rf"\{override}.* nothing reads .*did you mean {meant}\?"):
+        validate_config(compose_config([*TINY_OVERRIDES, override], output_dir=tmp_path))
+
+
+def test_added_keys_that_something_reads_are_accepted(tmp_path):
+    added = ["+trainer.limit_val_batches=1", "+data.train.levels_extra=1", "+optimizer.eps=1e-6",
+             "+benchmark@data.val.gsm8k=gsm8k", "++rollout.new_forced_key=1",
+             "+callbacks.extra={_target_:lightning.pytorch.callbacks.Timer}", "+model.tiny.rope_theta=10000.0"]
+    cfg = compose_config([*TINY_OVERRIDES, *added], output_dir=tmp_path)
+    from clipo.config_keys import unknown_key_problems
+
+    assert unknown_key_problems(cfg) == []

@@ -34,7 +34,6 @@ from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
 from clipo.rollout.sampling import Sampling
 from clipo.run.checkpointing import AtomicCheckpointIO
-from clipo.run.loggers import log_run_config
 
 
 def plain(node: Any) -> Any:
@@ -253,7 +252,6 @@ def build_strategy(cfg: DictConfig) -> Any:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
-    log_run_config(loggers, run_config(cfg))
     no_validation = {} if cfg.data.get("val") else {"limit_val_batches": 0}
     strategy = build_strategy(cfg)
     # DeepSpeed and FSDP write their own sharded checkpoint folders; every other strategy writes through this

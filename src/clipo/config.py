@@ -13,6 +13,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clipo.algorithms.kl import KL_ESTIMATORS
+from clipo.config_keys import unknown_key_problems
 from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rl.batching import batch_sizes
@@ -54,6 +55,8 @@ def validate_config(cfg: DictConfig) -> None:
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     problems += _precision_problems(cfg)
+    problems += _optimizer_and_resume_problems(cfg)
+    problems += unknown_key_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -311,4 +314,22 @@ def _device_problems(cfg: DictConfig) -> list[str]:
             f"data.train.size={size} is smaller than one step's data.prompts_per_step={cfg.data.prompts_per_step}; "
             "lower prompts_per_step or add data"
         )
+    return problems
+
+
+def _optimizer_and_resume_problems(cfg: DictConfig) -> list[str]:
+    """Learning rates are positive numbers; the prompt limit is a count; `resume.*` names a known behaviour."""
+    problems = []
+    for key in ("optimizer.lr", "contrastive.head_pooler_optimizer.lr"):
+        lr = OmegaConf.select(cfg, key)
+        if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
+            problems.append(f"{key}={lr} must be a positive number (the paper's policy lr is 1e-6, the head's 1e-3)")
+    limit = cfg.data.get("max_prompt_tokens", "auto")
+    if not (limit is None or limit == "auto" or isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
+        problems.append(f"data.max_prompt_tokens={limit} must be a positive token count, auto (the model's context "
+                        "minus rollout.max_new_tokens) or null (no limit)")
+    resume = cfg.get("resume") or {}
+    if resume.get("missing", "error") not in ("error", "fresh"):
+        problems.append(f"resume.missing={resume.get('missing')!r} must be error (ckpt_path=last without a checkpoint "
+                        "stops) or fresh (it starts the run from scratch)")
     return problems

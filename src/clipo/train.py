@@ -19,11 +19,16 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
-from clipo.builders import build_datamodule, build_module, build_trainer
+from clipo.builders import build_datamodule, build_module, build_trainer, build_verifiers, run_config
 from clipo.config import ConfigError, validate_config, validate_model_source
+from clipo.data.checks import check_data, drop_overlong_prompts, prompt_token_limit
 from clipo.models import is_adapter, save_merged
 from clipo.run.callbacks import RunSummary, format_summary
 from clipo.run.console import quiet_third_party_output
+from clipo.run.crash import CrashCheckpoint, crash_line, error_text, what_to_do, write_traceback
+from clipo.run.loggers import log_run_config
+from clipo.run.resume import Resume, prepare_resume
+from clipo.run.run_logs import continue_logs
 from clipo.run.runtime import configure_threads, cpu_processes, resolve_precision
 from clipo.run.signals import StopOnSignal, StopSignals
 from clipo.run.strategies import sharded_state_dict
@@ -43,10 +48,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """
     validate_config(cfg)  # before any model or data is loaded
     validate_model_source(cfg)
+    resume = prepare_resume(cfg, run_config(cfg))  # the same run, or an error before any weight loads
     runtime = resolve_runtime(cfg)
     with StopSignals() as stop:
         try:
-            return _train(cfg, runtime, stop)
+            return _train(cfg, runtime, stop, resume)
         except (KeyboardInterrupt, SystemExit):
             if stop.forced:
                 log.warning("second Ctrl-C: stopped at once (the last complete checkpoint stays)")
@@ -67,27 +73,54 @@ def resolve_runtime(cfg: DictConfig) -> dict[str, Any]:
             "threads": threads.value, "threads_reason": threads.reason}
 
 
-def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple[dict[str, Any], dict[str, Any]]:
+def check_training_data(cfg: DictConfig, datamodule: Any) -> None:
+    """Load the train and validation sets and check their ground truths with the verifiers that will score
+    them (`clipo.data.checks`), before the model loads."""
+    train_verifier, val_verifiers = build_verifiers(cfg)
+    try:
+        check_data(datamodule, train_verifier, val_verifiers, bool(cfg.data.get("skip_bad_rows", False)))
+    finally:
+        for verifier in {id(v): v for v in [train_verifier, *val_verifiers.values()]}.values():
+            verifier.close()
+
+
+def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
+           resume: Resume | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
+    check_training_data(cfg, datamodule)
     module = build_module(cfg)
+    context = getattr(module.policy.config, "max_position_embeddings", None)
+    if limit := prompt_token_limit(cfg.data.get("max_prompt_tokens", "auto"), context, cfg.rollout.max_new_tokens):
+        drop_overlong_prompts(datamodule, module.tokenizer, limit)
     trainer = build_trainer(cfg)
+    crash = CrashCheckpoint()
+    trainer.callbacks.insert(0, crash)  # first: a step counts as done before any other end-of-step hook
     trainer.callbacks.append(StopOnSignal(stop))  # last: after the summary has recorded the step
     output_dir = Path(cfg.paths.output_dir)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
+    if resume is not None and resume.step >= 0 and trainer.is_global_zero:  # logs continue from the checkpoint
+        rollouts = module.rollout_log.path if module.rollout_log else None
+        continue_logs(trainer.loggers, rollouts, resume.step, resume.wandb_id)
+    log_run_config(trainer.loggers, run_config(cfg))  # after the logs were continued: writing starts a log
 
     validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
     val_before, val_after, metrics = {}, {}, {}
     try:
         if validate and cfg.validation.before_training:
             val_before = _validate(trainer, module, datamodule)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume is not None else None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # before validation replaces them
         if validate and stop.signum is None:
             val_after = _validate_after_fit(trainer, module, datamodule)
     except SIGTERMException:  # Lightning's exit after a stop signal (StopOnSignal has saved the step)
         stop.signum = stop.signum or signal.SIGTERM
         metrics = metrics or {k: float(v) for k, v in trainer.callback_metrics.items()}
+    except Exception as error:
+        module.close_verifiers()
+        if trainer.is_global_zero:
+            record_crash(error, trainer, crash, summary, runtime, output_dir)
+        raise
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     if stop.signum is not None:
         module.close_verifiers()
@@ -113,6 +146,23 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals) -> tuple
         write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
                                                         "interrupted": False})
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "summary": summary}
+
+
+def record_crash(error: Exception, trainer: L.Trainer, crash: CrashCheckpoint, summary: RunSummary | None,
+                 runtime: dict[str, Any], output_dir: Path) -> None:
+    """summary.json with `crashed: true` and the error, the full traceback in train.log, and the console's
+    last line as a note on the exception (`main` prints it)."""
+    write_traceback(error, output_dir)
+    line = crash_line(error, trainer.global_step, crash.in_step, crash.outcome, str(output_dir))
+    try:
+        write_json_atomic(output_dir / "summary.json", {
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+            "history": summary.history if summary is not None else [], "runtime": runtime, "interrupted": False,
+            "crashed": True, "error": error_text(error), "step": trainer.global_step, "checkpoint": crash.checkpoint,
+            "what_to_do": what_to_do(error, str(output_dir))})
+    except OSError as write_error:  # a full or read-only disk: the console line still says what happened
+        line += f" (summary.json not written: {write_error})"
+    error.add_note(line)
 
 
 def _validate_after_fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
@@ -157,6 +207,12 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as error:
         log.error(str(error))
         raise SystemExit(2) from None
+    except Exception as error:  # recorded by train(): summary.json, traceback in train.log, one line here
+        notes = getattr(error, "__notes__", None)
+        if not notes:
+            raise
+        log.error(notes[-1])
+        raise SystemExit(1) from None
     return metrics.get("train/reward")
 
 

@@ -61,11 +61,11 @@ def test_one_slow_check_times_out_alone_and_the_rest_of_its_chunk_runs():
 
 
 def test_verifier_batch_with_a_timeout_keeps_every_other_score():
-    # 99^(99^99) passes the prefilter but keeps sympy busy past a 1 s limit (see test_hostile)
+    # sqrt(2)^(sqrt(2)^1000) passes the prefilter (no plain-number tower) but keeps sympy busy past a 1 s limit (see test_hostile)
     with MathVerifier(timeout=1.0, num_workers=1) as verifier:
         assert verifier(["\\boxed{2}"], ["\\frac{4}{2}"]) == [1.0]
         right = ["so $x = \\frac{1}{2}$", "The answer is $\\sqrt{4}$.", "We get 0.25"]
-        responses = right * 3 + ["\\boxed{99^{99^{99}} - 1}"] + right * 3
+        responses = right * 3 + ["\\boxed{\\sqrt{2}^{\\sqrt{2}^{1000}}}"] + right * 3
         truths = ["0.5", "2", "\\frac{1}{4}"] * 3 + ["\\sqrt{2}"] + ["0.5", "2", "\\frac{1}{4}"] * 3
         assert verifier(responses, truths) == [1.0] * 9 + [0.0] + [1.0] * 9
         assert verifier.stats()["timeouts"] == 1

@@ -65,6 +65,8 @@ def chat_messages(prompt: object, instruction: str | None, system_prompt: str | 
         messages = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) and {"role", "content"} <= m.keys()
                                                      for m in prompt):
+        if not all(isinstance(m["content"], str) for m in prompt):  # bytes would become the text "b'...'"
+            raise ValueError(f"{where}: a 'prompt' message's content is not text, got {prompt!r:.200}; store it as a string")
         messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
     else:
         raise ValueError(f"{where}: the prompt column must hold a string or chat messages "

@@ -96,8 +96,8 @@ def load_hub(
             record = verl_record(row, i, data_source or name, at)
             record["messages"] = chat_messages(record["messages"], instruction, system_prompt, at)
         else:
-            answer = str(row[answer_column])
-            if pattern is not None:
+            answer = "" if row[answer_column] is None else str(row[answer_column])  # null: empty, not "None"
+            if pattern is not None and answer:
                 if (match := pattern.search(answer)) is None:
                     raise ValueError(f"{at}: answer_pattern {answer_pattern!r} does not match {answer!r:.200}")
                 answer = match.group(1)

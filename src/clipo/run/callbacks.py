@@ -13,6 +13,13 @@ class RunSummary(L.Callback):
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
+        self.wandb_id: str | None = None  # a resumed run continues the same W&B run
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        self.wandb_id = str(wandb[0].version) if wandb else self.wandb_id
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         metrics = trainer.callback_metrics
@@ -20,10 +27,11 @@ class RunSummary(L.Callback):
         self.history.append({"step": float(trainer.global_step), **row})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history}
+        return {"history": self.history, "wandb_id": self.wandb_id}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
+        self.wandb_id = state.get("wandb_id")
 
     def series(self, key: str) -> list[float]:
         return [row[key] for row in self.history if key in row]

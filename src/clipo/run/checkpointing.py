@@ -9,7 +9,9 @@ place (`os.replace`, atomic within one filesystem); remote URLs keep Lightning's
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, target)
+        except (OSError, RuntimeError) as error:
+            raise checkpoint_write_error(error, target) from error
         finally:
             partial.unlink(missing_ok=True)
+
+
+FULL_DISK_BYTES = 16 * 2**20  # a write that failed with less than this left counts as a full disk
+
+
+def checkpoint_write_error(error: BaseException, target: Path) -> BaseException:
+    """A failed checkpoint write as a message a user can act on: a full disk (torch says only "unexpected
+    pos" or "file write failed"), a folder that cannot be written; anything else unchanged."""
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = None
+    code = getattr(error, "errno", None)
+    if code == errno.ENOSPC or "No space left" in str(error) or (free is not None and free < FULL_DISK_BYTES):
+        left = "" if free is None else f" ({free / 2**20:.0f} MiB free there)"
+        return OSError(errno.ENOSPC, f"No space left on device: writing checkpoint {target} failed{left}; the "
+                                     "previous checkpoint stays")  # torch's own message is chained
+    if code in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return OSError(code, f"cannot write checkpoint {target} ({os.strerror(code)}); make {target.parent} "
+                             "writable or set hydra.run.dir to a writable folder", str(target))
+    return error
 
 
 class LastStepCheckpoint(ModelCheckpoint):
@@ -46,6 +71,12 @@ class LastStepCheckpoint(ModelCheckpoint):
     Lightning's own end-of-training save happens only when no checkpoint was saved at all, so a
     12-step run saving every 10 steps would lose steps 11 and 12.
     """
+
+    @property
+    def state_key(self) -> str:
+        # Lightning's key includes the save interval, so a run resumed with another interval would not
+        # get this callback's state back (and would write last-v1.ckpt beside a stale last.ckpt)
+        return type(self).__qualname__
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.save_last_now(trainer)

@@ -8,11 +8,14 @@ log file keeps every frame of.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.experimental.callback import Callback
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 
 # logged by Lightning's logger and callback connectors on every Trainer construction / fit
@@ -137,3 +140,39 @@ def silence_promotional_tips() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropPromotionalTips) for f in logger.filters):
             logger.addFilter(_DropPromotionalTips())
+
+
+class RunFolderCheck(Callback):
+    """A Hydra callback (`configs/hydra/default.yaml`): before Hydra makes the run folder and opens its
+    log file there, check the folder can be written, and otherwise stop with one line saying so (Hydra's
+    own message is "Unable to configure handler 'file'", with no folder named)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        if problem := folder_write_problem(folder):
+            print(f"clipo: cannot write the run folder {folder} ({problem}); set hydra.run.dir to a writable "
+                  "folder, e.g. hydra.run.dir=$HOME/clipo_runs/<name>", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        folder = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+        if problem := folder_write_problem(folder):
+            print(f"clipo: cannot write the sweep folder {folder} ({problem}); set hydra.sweep.dir to a writable "
+                  "folder", file=sys.stderr, flush=True)
+            raise SystemExit(2)
+
+
+def folder_write_problem(folder: Path) -> str | None:
+    """Why a file cannot be created in `folder` (made if absent), or None when one can."""
+    probe = folder / f".clipo_write_check_{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        return f"{error.strerror or type(error).__name__}: {error.filename or folder}"
+    return None

@@ -77,6 +77,9 @@ class Verifier:
         with self._lock:
             scores, tasks, slots = [0.0] * len(responses), [], []
             for i, (response, truth) in enumerate(zip(responses, ground_truths, strict=True)):
+                if truth is None or not str(truth).strip():  # nothing to be right against: never correct
+                    self._counts["rejected"] += 1
+                    continue
                 decided = self._precheck(str(response), str(truth))
                 if isinstance(decided, tuple):
                     tasks.append(decided)
@@ -101,8 +104,20 @@ class Verifier:
             self._pool_holder["pool"] = WorkerPool(type(self).task_fn, self.num_workers, self.timeout)
         return self._pool_holder["pool"].map(tasks)
 
+    def ground_truth_problems(self, ground_truths: Sequence[str | None]) -> list[str | None]:
+        """For each ground truth, why this verifier cannot score against it (None when it can): a null
+        or empty one, or one the verifier cannot parse. Training (`clipo.data.checks`) and evaluation
+        both check their sets with it before a model loads."""
+        problems: list[str | None] = [None] * len(ground_truths)
+        present = [i for i, truth in enumerate(ground_truths) if truth is not None and str(truth).strip()]
+        for i in set(range(len(ground_truths))) - set(present):
+            problems[i] = "the ground truth is null" if ground_truths[i] is None else "the ground truth is empty"
+        for i, problem in zip(present, self._gold_problems([str(ground_truths[i]) for i in present]), strict=True):
+            problems[i] = problem
+        return problems
+
     def _gold_problems(self, ground_truths: Sequence[str]) -> list[str | None]:
-        """For each ground truth, why it cannot be parsed (None when it can)."""
+        """For each (non-empty) ground truth, why it cannot be parsed (None when it can)."""
         problems = []
         for truth in ground_truths:
             try:
@@ -115,7 +130,7 @@ class Verifier:
     def validate_ground_truths(self, ground_truths: Sequence[str], sources: Sequence[str] | None = None,
                                rows: Sequence[int] | None = None) -> None:
         """Raise one ValueError naming the data source and row of the first unparsable ground truth."""
-        problems = self._gold_problems([str(t) for t in ground_truths])
+        problems = self.ground_truth_problems(list(ground_truths))
         bad = [i for i, problem in enumerate(problems) if problem is not None]
         if bad:
             first = bad[0]

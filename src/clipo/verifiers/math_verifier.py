@@ -7,7 +7,7 @@ last number or LaTeX expression; `"answer_phrase"` accepts only explicit stateme
 `"none"` scores unboxed responses 0.
 
 Order of work per response, cheapest first, in the trainer's process: keep the last
-`tail_chars` characters (NUL bytes dropped); reject absurd answers (exponent towers,
+`tail_chars` characters (NUL bytes dropped); reject absurd answers (exponent towers, powers of more than 10,000 digits,
 factorials of thousands, deep brace nesting) and programs (`code_answers.py`) with 0;
 compare normalised strings; compare plain numbers exactly (a boxed answer, or the `$X$`
 of a response that ends "the answer is $X$." with no other math). Only what is left goes
@@ -18,6 +18,7 @@ boxed answer.
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 
@@ -53,9 +54,40 @@ _ANSWER_WORD_RE = re.compile(r"(?i:answer)")
 _OTHER_MATH_MARKS = ("\\$", "\\boxed", "\\fbox", "\\(", "\\[")
 
 
+# Chains of powers of plain numbers, `a^{b^{c}}` (braces and parentheses optional), whose value
+# `power_digits` estimates in floats: sympy would build the exact integer.
+_NUMBER = r"\d{1,50}(?:\.\d{1,50})?\s*\)?"
+_POWER_CHAIN_RE = re.compile(rf"{_NUMBER}(?:\s*\^\s*\{{?\s*\(?\s*{_NUMBER})+")
+_CHAIN_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+# No benchmark answer has more digits than this; 10^{10^{10}} has 10^10 of them.
+MAX_ANSWER_DIGITS = 10_000
+
+
+def power_digits(numbers: list[float]) -> float:
+    """log10 of the right-associative tower `numbers[0] ^ numbers[1] ^ ...` (its digit count, about),
+    in floats: inf when it overflows, never the exact value."""
+    log_value = math.log10(numbers[-1]) if numbers[-1] > 0 else -math.inf
+    for base in reversed(numbers[:-1]):
+        if base <= 1:  # 0 or 1 (or a fraction) to any power stays small
+            log_value = 0.0
+            continue
+        exponent = 10.0 ** log_value if log_value < 300 else math.inf
+        log_value = exponent * math.log10(base)
+    return log_value
+
+
+def too_many_digits(answer: str) -> bool:
+    """True when a power tower of plain numbers in `answer` has more than `MAX_ANSWER_DIGITS` digits."""
+    for chain in _POWER_CHAIN_RE.finditer(answer):
+        numbers = [float(x) for x in _CHAIN_NUMBER_RE.findall(chain.group())]
+        if power_digits(numbers) > MAX_ANSWER_DIGITS:
+            return True
+    return False
+
+
 def is_absurd(answer: str) -> bool:
     """True for answers that are never real and would only burn a worker's time limit."""
-    return brace_depth(answer) > MAX_BRACE_DEPTH or _ABSURD_RE.search(answer) is not None
+    return brace_depth(answer) > MAX_BRACE_DEPTH or _ABSURD_RE.search(answer) is not None or too_many_digits(answer)
 
 
 @lru_cache(maxsize=65536)
@@ -120,6 +152,9 @@ class MathVerifier(Verifier):
 
     def _precheck(self, response: str, ground_truth: str) -> float | tuple:
         gold = gold_answer(ground_truth)
+        if not normalize_answer(gold):  # `\\boxed{}` or `$$`: nothing to be right against
+            self._counts["rejected"] += 1
+            return 0.0
         text = clean_response(response, self.tail_chars)
         spans = find_boxed(text)
         if not spans and self.fallback == "none":

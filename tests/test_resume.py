@@ -1,0 +1,113 @@
+"""Resume continues the same run: the checkpoint is found, read and compared before any weight loads,
+and every log continues from the checkpoint's step (nothing lost, nothing twice)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from clipo.builders import run_config
+from clipo.config import ConfigError
+from clipo.run.resume import prepare_resume
+from clipo.run.run_logs import kept_csv_rows
+from clipo.train import train
+from tests.conftest import TINY_OVERRIDES, compose_config
+from tests.conftest import tiny_parity_config as _config
+
+
+def _fake_checkpoint(path, cfg, step=3) -> str:
+    """What the resume check reads of a clipo checkpoint: its step and saved config (no weights needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "state_dict": {}, "clipo": {"config": run_config(cfg)}}, path)
+    return str(path)
+
+
+def _resume(tmp_path, *overrides):
+    cfg = compose_config([*TINY_OVERRIDES, *overrides], output_dir=tmp_path)
+    return prepare_resume(cfg, run_config(cfg))
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_an_error_unless_fresh_is_asked(tmp_path):
+    # before: started from scratch with exit 0
+    with pytest.raises(ConfigError, match=r"ckpt_path=last: no last.ckpt in .*resume.missing=fresh"):
+        _resume(tmp_path, "ckpt_path=last")
+    assert _resume(tmp_path, "ckpt_path=last", "resume.missing=fresh") is None
+    _fake_checkpoint(tmp_path / "checkpoints" / "last.ckpt", compose_config(TINY_OVERRIDES, tmp_path), step=3)
+    resume = _resume(tmp_path, "ckpt_path=last")
+    assert resume.path.endswith("checkpoints/last.ckpt") and resume.step == 3
+
+
+def test_a_damaged_or_foreign_checkpoint_says_so(tmp_path):
+    # before: torch's "Weights only load failed ... Re-running torch.load with weights_only=False" as the last line
+    (tmp_path / "damaged.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ConfigError, match=r"damaged.ckpt cannot be read as a checkpoint: it is not the zip archive "
+                                          r"torch.save writes \(damaged, cut short"):
+        _resume(tmp_path, f"ckpt_path={tmp_path / 'damaged.ckpt'}")
+    torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(ConfigError, match=r"foreign.ckpt is not a clipo training checkpoint \(it holds \['model'\]"):
+        _resume(tmp_path, f"ckpt_path={tmp_path / 'foreign.ckpt'}")
+
+
+@pytest.mark.parametrize("changes, listed", [
+    (["loss=none"], ["contrastive.mode: 'reward' (checkpoint) -> 'off'", "loss.name: 'infonce' (checkpoint) -> 'none'"]),
+    (["model.tiny.hidden_size=128"], ["model.tiny.hidden_size: 64 (checkpoint) -> 128"]),
+    (["head=mlp", "pooler=last"], ["head.name: 'linear' (checkpoint) -> 'mlp'", "pooler.name: 'mean' (checkpoint) -> 'last'"]),
+    (["contrastive.mode=loss"], ["contrastive.mode: 'reward' (checkpoint) -> 'loss'"]),
+])
+def test_a_different_setup_is_refused_with_each_difference(tmp_path, changes, listed):
+    # before: loss=none silently dropped the head; a bigger model ended in a 66-line size-mismatch traceback
+    saved = _fake_checkpoint(tmp_path / "run.ckpt", compose_config(TINY_OVERRIDES, tmp_path))
+    with pytest.raises(ConfigError, match="trained with a different setup") as error:
+        _resume(tmp_path, f"ckpt_path={saved}", *changes)
+    for line in listed:
+        assert line in str(error.value)
+    allowed = sorted({line.split(":")[0].split(".")[0] for line in listed})
+    assert "resume.allow_changes=[" in str(error.value)
+    assert _resume(tmp_path, f"ckpt_path={saved}", *changes, f"resume.allow_changes=[{','.join(allowed)}]").step == 3
+
+
+def test_runtime_settings_may_change_on_resume(tmp_path):
+    saved = _fake_checkpoint(tmp_path / "run.ckpt", compose_config(TINY_OVERRIDES, tmp_path))
+    assert _resume(tmp_path, f"ckpt_path={saved}", "model.gradient_checkpointing=true", "loss.temperature=0.2",
+                   "rollout.group_size=8", "optimizer.lr=1e-6").step == 3
+
+
+def test_kept_csv_rows_follow_lightnings_step_numbering():
+    # a train row of RL step s logs step s-1; a validation row after RL step s logs step s
+    rows = [{"step": "0", "train/reward": "1", "val/acc": ""}, {"step": "1", "train/reward": "2", "val/acc": ""},
+            {"step": "2", "train/reward": "", "val/acc": "0.5"}, {"step": "2", "train/reward": "3", "val/acc": ""},
+            {"step": "3", "train/reward": "4", "val/acc": ""}]
+    assert kept_csv_rows(rows, 2) == rows[:3]
+
+
+def _train_rows(run) -> list[dict]:
+    with open(run / "csv" / "metrics.csv") as file:
+        return [row for row in csv.DictReader(file) if row.get("train/reward")]
+
+
+def test_resume_in_the_same_folder_keeps_every_log_and_repeats_no_step(parity_verifier, tmp_path):
+    """A run of 4 steps checkpointed at step 2 (as a run killed at step 4 would be), resumed from step 2 in
+    its own folder: each log holds steps 1-4 once, the first two from the first run, and the resumed
+    steps equal the first run's (the resume is exact). Before: metrics.csv held only steps 3-4 and
+    rollouts.jsonl held steps 3-4 twice."""
+    run = tmp_path / "run"
+    overrides = ["trainer.max_steps=4", "data.val=null", "callbacks.model_checkpoint.every_n_train_steps=2",
+                 "callbacks.model_checkpoint.save_top_k=-1", "logging.rollouts_max_rows_per_step=4"]
+    train(_config(run, *overrides))
+    first_rows = _train_rows(run)
+    first_rollouts = (run / "rollouts.jsonl").read_text().splitlines()
+    train(_config(run, *overrides, f"ckpt_path={run / 'checkpoints' / 'step_000002.ckpt'}"))
+
+    rows = _train_rows(run)
+    assert [row["step"] for row in rows] == ["0", "1", "2", "3"]
+    for before, after in zip(first_rows, rows):
+        assert float(after["train/reward"]) == pytest.approx(float(before["train/reward"]), abs=1e-6)
+    rollouts = (run / "rollouts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in rollouts] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+    assert [json.loads(line)["response"] for line in rollouts] == [json.loads(line)["response"] for line in first_rollouts]
+    history = json.loads((run / "summary.json").read_text())["history"]
+    assert [row["step"] for row in history] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step_000002.ckpt", "step_000004.ckpt"]
