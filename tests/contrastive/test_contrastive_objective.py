@@ -208,3 +208,30 @@ def test_similarity_metrics_are_taken_in_hidden_and_embedding_space():
         torch.testing.assert_close(out.metrics[f"contrastive/pos_cos_{space}"], stats["pos_cos"])
         torch.testing.assert_close(out.metrics[f"contrastive/neg_cos_{space}"], stats["neg_cos"])
     assert not torch.isclose(hidden_stats["pos_cos"], embed_stats["pos_cos"])
+
+
+def test_head_gradient_over_ranks_is_that_of_the_mean_over_all_anchors(monkeypatch):
+    """Two ranks with 2 and 3 anchors: `HeadStep` averages their gradients, so each weighs its batch loss
+    by its share of the anchors (`anchor_share`); the plain mean of the ranks' means would not do."""
+    import clipo.contrastive.modes as modes
+
+    _, hidden, mask, y, g = make_batch()  # groups with 2, 3, 1 correct of 4: 2, 3 and 0 anchors
+    hidden, objective = hidden.detach(), make_objective()  # reward mode: the states are detached
+
+    def head_grads(loss):
+        objective.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in objective.parameters()]
+
+    whole = head_grads(objective(hidden, mask, y, g).batch_loss)  # one process, every anchor
+    ranks = [g == 3, g != 3]  # group 3 has 2 anchors; groups 10 and 17 have 3 and 0
+    outs = [objective(hidden[r], mask[r], y[r], g[r]) for r in ranks]
+    assert [int(o.anchors) for o in outs] == [2, 3]
+    monkeypatch.setattr(modes, "world", lambda: (0, 2))
+    monkeypatch.setattr(modes, "sum_over_ranks", lambda anchors: torch.tensor(5.0))
+    weighted = [head_grads(objective(hidden[r], mask[r], y[r], g[r]).batch_loss * modes.anchor_share(o.anchors))
+                for r, o in zip(ranks, outs)]
+    for averaged, reference in zip(map(lambda pair: (pair[0] + pair[1]) / 2, zip(*weighted)), whole):
+        torch.testing.assert_close(averaged, reference, atol=1e-6, rtol=1e-5)
+    plain = [head_grads(objective(hidden[r], mask[r], y[r], g[r]).batch_loss) for r in ranks]
+    assert not torch.allclose((plain[0][0] + plain[1][0]) / 2, whole[0], atol=1e-6)  # the mean of the means

@@ -27,7 +27,7 @@ import torch
 
 from clipo.contrastive.objective import ContrastiveObjective
 from clipo.contrastive.shaping import contrastive_reward
-from clipo.distributed import mean_over_ranks
+from clipo.distributed import mean_over_ranks, sum_over_ranks, world
 from clipo.ops import masked_mean
 
 
@@ -105,6 +105,13 @@ class RewardShapingOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def anchor_share(anchors: torch.Tensor) -> torch.Tensor:
+    """This rank's weight on its batch loss so that `HeadStep`'s mean of the ranks' gradients is the
+    gradient of the mean over every rank's anchors: anchors x world size / all anchors (1 in one process
+    with anchors). Ranks hold different numbers of anchors, so the mean of their means is not the mean."""
+    return anchors * world()[1] / sum_over_ranks(anchors).clamp(min=1)
+
+
 class ContrastiveRewardShaping:
     """Reward mode: `rewards + bonus`, the bonus from the head's losses before its own step.
 
@@ -147,7 +154,7 @@ class ContrastiveRewardShaping:
         bonus = contrastive_reward(out.per_sample.detach(), correct, self.lam, self.c, self.floor)
         if self.head_step.optimizer is not None:
             self.head_step.optimizer.zero_grad(set_to_none=True)
-            out.batch_loss.backward()
+            (out.batch_loss * anchor_share(out.anchors)).backward()
             self.head_step.step()
         metrics = out.metrics | {"contrastive/reward_bonus": masked_mean(bonus, correct.bool())}
         return rewards + bonus.to(rewards.dtype), RewardShapingOutput(out.per_sample.detach(), bonus, metrics)

@@ -30,6 +30,7 @@ class ContrastiveOutput:
 
     per_sample: torch.Tensor  # [N] L_i, with graph to head and pooler (and to the policy if `hidden` has one)
     batch_loss: torch.Tensor  # [] mean over anchors, with the same graph
+    anchors: torch.Tensor  # [] how many rollouts are anchors (float32)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars
 
 
@@ -65,15 +66,16 @@ class ContrastiveObjective(nn.Module):
         pooled = self.pooler(hidden, mask)  # [N, D] float32
         embeddings = self.head(pooled)  # [N, E] unit
         per_sample, batch_loss = self.loss(embeddings, labels, groups)
-        return ContrastiveOutput(per_sample, batch_loss, self._metrics(pooled, embeddings, labels, groups, batch_loss))
-
-    def _metrics(self, pooled, embeddings, labels, groups, batch_loss) -> dict[str, torch.Tensor]:
         sets = self.loss.sets(labels, groups)
+        anchors = sets.anchors.float().sum()
+        return ContrastiveOutput(per_sample, batch_loss, anchors, self._metrics(pooled, embeddings, sets, batch_loss))
+
+    def _metrics(self, pooled, embeddings, sets, batch_loss) -> dict[str, torch.Tensor]:
         hidden_stats = similarity_stats(pooled, sets)
         embed_stats = similarity_stats(embeddings, sets)
         return {
             "contrastive/loss": batch_loss.detach(),
-            "contrastive/anchor_frac": sets.anchors.float().sum() / max(labels.shape[0], 1),
+            "contrastive/anchor_frac": sets.anchors.float().sum() / max(sets.anchors.numel(), 1),
             "contrastive/pos_cos_hidden": hidden_stats["pos_cos"],
             "contrastive/neg_cos_hidden": hidden_stats["neg_cos"],
             "contrastive/pos_cos_embed": embed_stats["pos_cos"],
