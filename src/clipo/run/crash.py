@@ -44,6 +44,8 @@ class CrashCheckpoint(L.Callback):
         self.started = True  # a checkpoint is restored by now: saving cannot overwrite it with fresh weights
         head = getattr(getattr(module, "head_step", None), "optimizer", None)
         for optimizer in [*trainer.optimizers, *([head] if head is not None else [])]:
+            while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+                optimizer = optimizer.optimizer  # DeepSpeed's ZeRO optimizer wraps the torch one that steps
             optimizer.register_step_post_hook(self._weights_changed)
 
     def _weights_changed(self, *args: Any) -> None:
