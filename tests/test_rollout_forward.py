@@ -16,6 +16,7 @@ from clipo.registry import ALGORITHMS
 from clipo.rollout import concat_rollouts, forward_responses, generate_rollouts
 from clipo.rollout import shared_prompt as shared_prompt_module
 from clipo.rollout.packed import packing_unsupported_reason
+from clipo.rollout.packing import pack_by_tokens
 from tests.conftest import TINY_OVERRIDES, compose_config
 
 RECORDS = [
@@ -164,6 +165,27 @@ def test_policy_gradient_equals_the_padded_forward(tiny, name, packed):
     expected = grads_of(model, loss(padded_reference(model, batch)[0]))
     assert_same_grads(got, expected)
     assert got["model.embed_tokens.weight"].abs().sum() > 0
+
+
+def test_accumulated_packed_micro_batches_equal_the_full_padded_batch(tiny):
+    model, _, batch = tiny
+    batch = uneven(batch)
+    algorithm = ALGORITHMS.build({"name": "grpo"})
+    advantages = torch.randn(len(batch.responses), generator=torch.Generator().manual_seed(4))
+    norm = StepNormalizer.from_mask(batch.response_mask)  # over the whole batch, as the updater takes it
+
+    def loss(logprobs, index):
+        return algorithm(logprobs, logprobs.detach(), advantages[index], batch.response_mask[index], norm)[0]
+
+    model.zero_grad(set_to_none=True)
+    parts = pack_by_tokens(batch.attention_mask.sum(-1), 120, batch.groups,
+                           prompt_lengths=batch.attention_mask[:, : batch.prompt_len].sum(-1))
+    assert len(parts) > 2  # several micro-batches, a group split between two
+    for index in parts:
+        loss(forward_responses(model, batch.select(index)).logprobs, index).backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    everything = torch.arange(len(batch.responses))
+    assert_same_grads(got, grads_of(model, loss(padded_reference(model, batch)[0], everything)))
 
 
 def test_contrastive_loss_mode_hidden_gradient_equals_the_padded_forward(tiny, tmp_path):
