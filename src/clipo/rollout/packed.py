@@ -23,7 +23,10 @@ import torch
 from clipo.rollout.shared_prompt import PromptRows
 
 PACKED_ATTENTION = ("sdpa", "eager")  # kernels that take a custom 4-D mask as given
-ATTENTION_SHARE = 0.2  # a row's dense attention costs at most this share of a token's matmul FLOPs
+# a row's dense attention costs at most this share of a token's matmul FLOPs: the masked softmax is memory-bound,
+# so it costs more time than its FLOPs say (SmolLM2-135M, 2 CPU threads, 32 rollouts of <= 64 tokens: rows of
+# 128 / 256 / 384 / ~700 tokens took 59 / 48 / 44 / 49 s, shared load, one run each)
+ATTENTION_SHARE = 0.1
 
 
 def packing_unsupported_reason(model: torch.nn.Module) -> str | None:
@@ -41,8 +44,8 @@ def default_row_tokens(config) -> int:
     """Row length at which dense attention costs `ATTENTION_SHARE` of the matmuls of a token.
 
     Per layer and token, the projections and MLP cost about 2 x (4 D^2 + 3 D I) FLOPs and
-    attention over a row of L tokens 4 L D (scores and values): SmolLM2-135M gets ~600 tokens,
-    an 8B Llama ~5000."""
+    attention over a row of L tokens 4 L D (scores and values): SmolLM2-135M gets ~350 tokens,
+    an 8B Llama ~3000."""
     d, inner = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
     matmul = 2 * (4 * d * d + 3 * d * inner)
     return max(64, int(ATTENTION_SHARE * matmul / (4 * d)))
