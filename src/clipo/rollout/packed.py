@@ -115,6 +115,8 @@ def _layout(sequences, response_mask, P, prompt_lens, lens, rows) -> PackedRows:
             last_prompt = start + p - 1
             start += p
             for i in rs:
+                if lens[i] == 0:  # nothing to predict (an empty response has no tokens in the row)
+                    continue
                 ids.append(sequences[i, P : P + lens[i]])
                 pos.append(torch.arange(p, p + lens[i]))
                 block_id += [blk] * lens[i]
