@@ -30,6 +30,7 @@ TINY_OVERRIDES = [
     "rollout.group_size=4",
     "rollout.max_new_tokens=12",
     "ppo.micro_batch_size=4",
+    "ppo.max_tokens_per_micro_batch=null",  # micro_batch_size above counts (the default, auto, packs by tokens)
     "validation.before_training=false",
     "data.train.size=64",
     "data.val.arith.size=4",

@@ -121,9 +121,11 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(tmp_path, mode)
         updater = module.updater
         # two groups of 4: loss mode packs whole groups (one a pass; each group has 2 anchors, so the mean of the
         # per-pass contrastive losses is the batch's), otherwise about 2 rollouts a pass
-        if budget:
+        if budget:  # counted as the padding-free forward computes: each group's prompt once, then its responses
             longest = int(rollouts.attention_mask.sum(-1).max())
-            budget = (4 if "contrastive" in mode else 2) * longest
+            prompts = rollouts.attention_mask[:, : rollouts.prompt_len].sum(-1).view(2, 4)[:, 0]
+            group = int((prompts + rollouts.response_mask.sum(-1).view(2, 4).sum(-1)).max())
+            budget = group if "contrastive" in mode else 2 * longest
             updater.batching = replace(updater.batching, max_tokens_per_micro_batch=budget)
         optimizer = module.configure_optimizers()
         updater.clip_and_step = lambda opt, m=module: (

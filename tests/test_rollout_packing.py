@@ -79,3 +79,37 @@ def test_min_batches_halves_the_largest_so_every_rank_runs_as_many_passes():
     assert as_lists(pack_by_tokens(lengths, 1000, groups, whole_groups=True, min_batches=2)) == [[0, 1], [2, 3, 4, 5]]
     with pytest.raises(ValueError, match="cannot make 4 micro-batches"):
         pack_by_tokens(lengths, 1000, groups, whole_groups=True, min_batches=4)
+
+
+def test_real_token_budget_counts_each_groups_prompt_once():
+    lengths = torch.tensor([10, 3, 8, 2, 9, 4])  # prompt + response
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    prompts = torch.ones(6, dtype=torch.long)  # responses 9, 2 | 7, 1 | 8, 3
+    # order 0, 1 | 4, 5 | 2, 3; budget 25: 1 + 9 + 2 = 12, + 1 + 8 = 21, + 3 = 24 | 1 + 7 + 1 = 9
+    # (counted per rollout, or padded, the first four would be 26 or 40 tokens)
+    assert as_lists(pack_by_tokens(lengths, 25, groups, prompt_lengths=prompts)) == [[0, 1, 4, 5], [2, 3]]
+    assert as_lists(pack_by_tokens(lengths, 15, groups, prompt_lengths=prompts)) == [[0, 1], [4, 5], [2, 3]]
+    with pytest.raises(ValueError, match="smaller than a group of 2 rollouts .12 tokens with its prompt once"):
+        pack_by_tokens(lengths, 11, groups, whole_groups=True, prompt_lengths=prompts)
+
+
+def test_auto_budget_is_the_device_default_raised_to_the_largest_unit(monkeypatch):
+    from clipo.rl import batching
+    from clipo.rl.batching import AUTO_TOKENS, UpdateBatching, auto_token_budget
+    from clipo.rollout.batch import RolloutBatch
+
+    n, P, T = 4, 3, 5
+    response_mask = torch.arange(T) < torch.tensor([5, 1, 2, 4])[:, None]  # [n, T]
+    attention_mask = torch.cat([torch.tensor([[0, 1, 1]] * n), response_mask.long()], 1)  # prompts of 2 tokens
+    batch = RolloutBatch(sequences=torch.ones(n, P + T, dtype=torch.long), attention_mask=attention_mask,
+                         response_mask=response_mask, prompt_len=P, groups=torch.tensor([0, 0, 1, 1]),
+                         responses=[""] * n, ground_truths=[""] * n, truncated=torch.zeros(n, dtype=torch.bool))
+    index = torch.arange(n)
+    assert auto_token_budget(torch.device("cpu"), batch, index, batch.groups) == AUTO_TOKENS["cpu"]
+    monkeypatch.setattr(batching, "AUTO_TOKENS", dict(AUTO_TOKENS, cpu=1))
+    # a unit larger than the default: a rollout of 7 tokens, whole groups of 2 + 5 + 1 and 2 + 4 + 2 tokens
+    assert auto_token_budget(torch.device("cpu"), batch, index, None) == 7
+    assert auto_token_budget(torch.device("cpu"), batch, index, batch.groups) == 8
+    assert auto_token_budget(torch.device("cpu"), batch, index, batch.groups, real_tokens=False) == 2 * 7
+    parts = UpdateBatching(max_tokens_per_micro_batch="auto").micro_batches(batch, index, n, whole_groups=True)
+    assert as_lists(parts) == [[0, 1], [2, 3]]

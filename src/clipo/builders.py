@@ -151,7 +151,8 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
 
 def build_batching(cfg: DictConfig) -> UpdateBatching:
     p = cfg.ppo
-    return UpdateBatching(p.epochs, p.mini_batch_size, p.micro_batch_size, p.max_tokens_per_micro_batch)
+    return UpdateBatching(p.epochs, p.mini_batch_size, p.micro_batch_size, p.max_tokens_per_micro_batch,
+                          p.get("padding_free", True))
 
 
 def build_rollout_logprobs(

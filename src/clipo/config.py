@@ -199,7 +199,11 @@ def _batch_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
     mini_per_process, micro = (max(size, 1) for size in sizes)  # a world larger than the batch is reported above
     loss_mode = mode is ContrastiveMode.LOSS
     budget = cfg.ppo.max_tokens_per_micro_batch
-    if budget is not None:  # replaces micro_batch_size: micro-batches are packed by tokens
+    if budget == "auto":  # replaces micro_batch_size; raised to the largest unit at run time, so it always fits
+        pass
+    elif isinstance(budget, str) or isinstance(budget, bool):
+        problems.append(f"ppo.max_tokens_per_micro_batch={budget!r}: use a number of tokens, auto or null")
+    elif budget is not None:  # replaces micro_batch_size: micro-batches are packed by tokens
         problems += _token_budget_problems(budget, cfg.rollout.max_new_tokens, group_size, loss_mode)
     elif mini_per_process % micro:
         per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"

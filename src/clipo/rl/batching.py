@@ -25,12 +25,14 @@ def batch_sizes(n: int, world_size: int, mini_batch_size: int | None, micro_batc
 
 @dataclass(frozen=True)
 class UpdateBatching:
-    """`ppo.epochs`, `ppo.mini_batch_size`, `ppo.micro_batch_size`, `ppo.max_tokens_per_micro_batch`."""
+    """`ppo.epochs`, `ppo.mini_batch_size`, `ppo.micro_batch_size`, `ppo.max_tokens_per_micro_batch`,
+    `ppo.padding_free` (each forward packs its rollouts without padding, `clipo.rollout.packed`)."""
 
     epochs: int = 1
     mini_batch_size: int | None = None
     micro_batch_size: int | None = None
-    max_tokens_per_micro_batch: int | None = None
+    max_tokens_per_micro_batch: int | str | None = None  # "auto": `auto_token_budget`
+    padding_free: bool = True
 
     def sizes(self, n: int, world_size: int) -> tuple[int, int]:
         return batch_sizes(n, world_size, self.mini_batch_size, self.micro_batch_size)
@@ -46,10 +48,37 @@ class UpdateBatching:
         if self.max_tokens_per_micro_batch is None:
             return list(index.split(micro))
         lengths = rollouts.attention_mask[index].sum(-1)  # [n] prompt + response tokens
-        budget, groups = self.max_tokens_per_micro_batch, rollouts.groups[index]
-        packed = pack_by_tokens(lengths, budget, groups, whole_groups)
+        # a padding-free forward computes real tokens only: count those (each group's prompt once)
+        prompts = rollouts.attention_mask[index, : rollouts.prompt_len].sum(-1) if self.padding_free else None
+        groups = rollouts.groups[index]
+        budget = self.max_tokens_per_micro_batch
+        if budget == "auto":
+            budget = auto_token_budget(index.device, rollouts, index, groups if whole_groups else None,
+                                       self.padding_free)
+        packed = pack_by_tokens(lengths, budget, groups, whole_groups, prompt_lengths=prompts)
         # every rank runs as many passes (each backward synchronises gradients under DDP)
         count = int(max_over_ranks(torch.tensor(len(packed), device=index.device)))
         if count > len(packed):
-            packed = pack_by_tokens(lengths, budget, groups, whole_groups, min_batches=count)
+            packed = pack_by_tokens(lengths, budget, groups, whole_groups, min_batches=count, prompt_lengths=prompts)
         return [index[part.to(index.device)] for part in packed]
+
+
+AUTO_TOKENS = {"cpu": 4096, "cuda": 16384}  # real tokens per forward/backward; see ppo.max_tokens_per_micro_batch
+
+
+def auto_token_budget(device: torch.device, rollouts: RolloutBatch, index: torch.Tensor,
+                      groups: torch.Tensor | None, real_tokens: bool = True) -> int:
+    """`ppo.max_tokens_per_micro_batch=auto`: `AUTO_TOKENS` of the device kind, raised to the largest
+    unit that must share a forward (a rollout, or a whole group when `groups`: its prompt once with
+    `real_tokens`, else rows x its longest rollout)."""
+    lengths = rollouts.attention_mask[index].sum(-1)  # [n]
+    unit = int(lengths.max()) if len(lengths) else 1
+    if groups is not None:
+        responses = rollouts.response_mask[index].sum(-1)
+        for g in groups.unique():
+            members = groups == g
+            if not real_tokens:
+                unit = max(unit, int(members.sum() * lengths[members].max()))
+                continue
+            unit = max(unit, int(lengths[members].max() + responses[members].sum() - responses[members].max()))
+    return max(AUTO_TOKENS.get(device.type, AUTO_TOKENS["cuda"]), unit)

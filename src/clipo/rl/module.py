@@ -18,8 +18,10 @@ from clipo.contrastive.modes import HeadStep
 from clipo.distributed import gathered_for_generation, mean_over_ranks
 from clipo.evaluation.validation import Validation
 from clipo.rl.collector import RolloutCollector, Trajectory
+from clipo.rl.old_policy import TakenOld
 from clipo.rl.rollout_log import RolloutLog, rollout_rows
 from clipo.rl.updater import PolicyUpdater
+from clipo.run.flops import rl_step_perf, step_passes
 from clipo.run.rng import collect_rng_states, set_rng_states
 from clipo.run.step_counter import RLStepCounter
 from clipo.run.strategies import grad_norm_after_step, shard_module
@@ -96,6 +98,10 @@ class ClipoModule(L.LightningModule):
         metrics |= {f"time/{phase}": torch.tensor(s) for phase, s in timer.seconds.items()}
         metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
         metrics["perf/tokens_per_s"] = torch.tensor(timer.generated_tokens / max(timer.seconds["generate"], 1e-9))
+        passes = step_passes(collected.update_policy, self.updater.batching.epochs,
+                             isinstance(collected.old, TakenOld), collected.ref_logprobs is not None)
+        metrics |= rl_step_perf(self.policy, collected.rollouts.attention_mask.sum(-1), passes,
+                                float(metrics["time/step"]), self.trainer.precision)
         metrics = self._mean_over_ranks(metrics)
         self.log_dict(metrics, batch_size=len(batch))
         self.log_dict({"reward": metrics["train/reward"], "acc": metrics["train/acc"]}, prog_bar=True, logger=False)

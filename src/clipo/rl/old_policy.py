@@ -145,7 +145,8 @@ class RolloutLogprobs:
         logprobs = torch.zeros(rollouts.response_mask.shape, device=index.device)  # [N, T]
         hidden = None  # [N, T, D]
         for part in self.batching.micro_batches(rollouts, index, micro):
-            out = forward_responses(model, rollouts.select(part), self.temperature, hidden_layer)
+            out = forward_responses(model, rollouts.select(part), self.temperature, hidden_layer,
+                                    packed=self.batching.padding_free)
             logprobs[part] = out.logprobs
             if hidden_layer is not None:
                 hidden = out.hidden.new_zeros((*logprobs.shape, out.hidden.shape[-1])) if hidden is None else hidden

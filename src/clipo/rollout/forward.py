@@ -1,12 +1,14 @@
 """The training forward over sampled rollouts: log-probs, entropy and hidden states.
 
 Three things keep it at the compute limit, none of which changes a value or a gradient:
-- the columns that are padding in every rollout of the micro-batch are cropped (with
-  micro-batches packed by length, most of the padding);
-- each distinct prompt runs once and its G responses attend to its cached keys and values
-  (`clipo.rollout.shared_prompt`; the padded forward over G copies where a model cannot);
+- no padded token is computed: the micro-batch's rollouts are packed into rows, each group's
+  prompt once, its responses attending to it through a prefix-sharing mask
+  (`clipo.rollout.packed`); where a model cannot take such a mask, the columns padded in every
+  rollout are cropped and each distinct prompt runs once into a KV cache its responses read
+  (`clipo.rollout.shared_prompt`), or one padded forward runs over every rollout's own prompt;
 - the LM head runs on the response tokens only, chunk by chunk, recomputed in the backward
-  pass (`clipo.rollout.logprobs`), so the [n, T, V] float32 logits never exist at once.
+  pass (`clipo.rollout.logprobs`), so the [n, T, V] float32 logits never exist at once; entropy
+  comes from the same chunks (when asked for), not from a second pass over the vocabulary.
 
 Shapes as in `clipo.rollout.batch`; `V` vocabulary size, `M` response tokens of the micro-batch.
 """
@@ -20,7 +22,15 @@ import torch.nn.functional as F
 
 from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.logprobs import DEFAULT_CHUNK_SIZE, token_logprobs
-from clipo.rollout.shared_prompt import SplitStates, prompt_rows, shared_prompt_forward, unsupported_reason, warn_once
+from clipo.rollout.packed import default_row_tokens, pack_rows, packed_states, packing_unsupported_reason
+from clipo.rollout.shared_prompt import (
+    PromptRows,
+    SplitStates,
+    prompt_rows,
+    shared_prompt_forward,
+    unsupported_reason,
+    warn_once,
+)
 
 
 @dataclass
@@ -37,6 +47,8 @@ def forward_responses(
     hidden_layer: int | None = None,
     with_entropy: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    packed: bool = True,
+    row_tokens: int | None = None,
 ) -> ForwardOutput:
     """Log-probs of the response tokens under `model` (with grad if enabled by the caller).
 
@@ -46,24 +58,50 @@ def forward_responses(
 
     Args:
         chunk_size: response positions per LM-head chunk (`clipo.rollout.logprobs`).
+        packed: pack the rollouts padding-free where the model allows (False: the padded paths).
+        row_tokens: the longest packed row (None: `clipo.rollout.packed.default_row_tokens`).
     """
     sequences, attention_mask, P, T = _cropped(rollouts)
-    final, chosen = _split_states(model, rollouts.groups, sequences, attention_mask, P, hidden_layer)
     mask = rollouts.response_mask[:, :T]  # [n, T]
-    predicting = torch.cat([final.prompt_last, final.response[:, :-1]], 1)  # [n, T, D] states predicting each token
+    predicting, chosen = _states(model, rollouts.groups, sequences, attention_mask, mask, P, hidden_layer,
+                                 packed, row_tokens)  # [M, D], [n, T, D] or None
     logprobs, entropy = token_logprobs(
-        model.get_output_embeddings(), predicting[mask], sequences[:, P:][mask], temperature, with_entropy, chunk_size
+        model.get_output_embeddings(), predicting, sequences[:, P:][mask], temperature, with_entropy, chunk_size
     )  # [M] each
     full_mask = rollouts.response_mask.bool()  # [n, T_batch]; True only within the first T columns
     logprobs = logprobs.new_zeros(full_mask.shape).masked_scatter(full_mask, logprobs)
     if entropy is not None:
         entropy = entropy.new_zeros(full_mask.shape).masked_scatter(full_mask, entropy)
     hidden = None
-    if chosen is not None:
+    if hidden_layer is not None:
         # CLIPO's states: at the response tokens' own positions (not the predicting ones), as generation
         # captures them; poolers read the rows in `rollouts.hidden_mask`
-        hidden = F.pad(chosen.response, (0, 0, 0, full_mask.shape[1] - chosen.response.shape[1]))  # [n, T_batch, D]
+        hidden = F.pad(chosen, (0, 0, 0, full_mask.shape[1] - chosen.shape[1]))  # [n, T_batch, D]
     return ForwardOutput(logprobs=logprobs, entropy=entropy, hidden=hidden)
+
+
+def _states(
+    model: torch.nn.Module, groups: torch.Tensor, sequences: torch.Tensor, attention_mask: torch.Tensor,
+    mask: torch.Tensor, P: int, hidden_layer: int | None, packed: bool, row_tokens: int | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(final-layer states predicting each response token [M, D], `hidden_layer`'s at the response
+    tokens [n, T, D] or None): packed where the model allows, else through the padded paths."""
+    reason = packing_unsupported_reason(model) if packed else "packing was turned off"
+    if reason is None:
+        prompt = prompt_rows(groups, sequences[:, :P], attention_mask[:, :P])
+        if prompt is None:  # no sharing, still padding-free
+            warn_once("rollouts of one group have different prompt tokens", "each rollout's prompt is computed")
+            n = torch.arange(len(sequences), device=sequences.device)
+            prompt = PromptRows(n, n)
+        rows = pack_rows(sequences, attention_mask, mask, P, prompt, row_tokens or default_row_tokens(model.config))
+        predicting, chosen = packed_states(model, rows, hidden_layer, mask)  # [M, D], [n, T, D]
+    else:
+        if packed:
+            warn_once(reason, "padding-free packing is off")
+        final, split = _split_states(model, groups, sequences, attention_mask, P, hidden_layer)
+        predicting = torch.cat([final.prompt_last, final.response[:, :-1]], 1)[mask]  # [M, D] predicting each token
+        chosen = None if split is None else split.response  # [n, T, D]
+    return predicting, chosen
 
 
 def _cropped(rollouts: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor, int, int]:

@@ -1,8 +1,9 @@
 """Micro-batches by token budget (verl's `use_dynamic_bsz` / `ppo_max_token_len_per_gpu`).
 
-Rollouts of similar length go together, so the padding of each forward pass stays small,
-and each micro-batch holds as many rollouts as fit in `budget` padded tokens: rows x the
-longest rollout (prompt + response tokens) in it. The step normaliser is computed over the
+Rollouts of similar length go together, and each micro-batch holds as many rollouts as fit in
+`budget` tokens: the real tokens a padding-free forward computes (each group's prompt once, then
+the responses; `clipo.rollout.packed`) when prompt lengths are given, else the padded tokens
+(rows x the longest rollout, prompt + response tokens, in it). The step normaliser is computed over the
 whole mini-batch, so gradient accumulation over any such partition gives the full-batch
 gradient.
 
@@ -20,12 +21,14 @@ def pack_by_tokens(
     groups: torch.Tensor | None = None,
     whole_groups: bool = False,
     min_batches: int = 1,
+    prompt_lengths: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Split rollouts into micro-batches of at most `budget` padded tokens, longest first.
+    """Split rollouts into micro-batches of at most `budget` tokens, longest first.
 
     Args:
         lengths: [N] tokens of each rollout (prompt + response).
-        budget: the most padded tokens (rows x longest length) a micro-batch may hold.
+        budget: the most tokens a micro-batch may hold: real tokens with `prompt_lengths`
+            (each group's prompt once plus every response), else padded ones (rows x longest length).
         groups: [N] group ids. Groups are then taken in the order of their longest rollout and
             kept together, split only where a micro-batch is full: the training forward runs each
             group's prompt once per micro-batch (`clipo.rollout.shared_prompt`), so a group cut
@@ -33,6 +36,7 @@ def pack_by_tokens(
         whole_groups: never split a group (the contrastive loss taken per forward pass needs it).
         min_batches: at least this many micro-batches (the largest are halved): under data
             parallelism every rank must run the same number of backward passes and collectives.
+        prompt_lengths: [N] prompt tokens of each rollout; counts real tokens (padding-free forward).
 
     Returns:
         Index tensors (ascending within each) that partition `range(N)`.
@@ -50,20 +54,24 @@ def pack_by_tokens(
     order = torch.sort(lengths, descending=True, stable=True).indices
     order = order[torch.sort(group_of[order], stable=True).indices]
     order = order[torch.sort(group_len[group_of[order]], descending=True, stable=True).indices]
-    _check_fits(lengths, group_len, group_rows, budget, whole_groups and groups is not None)
+    if prompt_lengths is None:
+        _check_fits(lengths, group_len, group_rows, budget, whole_groups and groups is not None)
+    cost = _padded_cost if prompt_lengths is None else _real_cost(lengths, prompt_lengths.long().cpu(), group_of, budget)
 
-    batches, current, longest = [], [], 0  # each batch a list of units (lists of rollout indices)
+    batches, current = [], []  # each batch a list of units (lists of rollout indices)
     pending, lens = order.tolist(), lengths.tolist()
     i = 0
     while i < n:  # a loop over rollouts (or whole groups), never over tokens
         g = int(group_of[pending[i]])
         unit = pending[i : i + int(group_rows[g])] if whole_groups else pending[i : i + 1]
-        length = max(lens[j] for j in unit)
-        if current and (sum(map(len, current)) + len(unit)) * max(longest, length) > budget:
+        if prompt_lengths is not None and cost([unit], lens) > budget:  # a whole group alone
+            raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than a group of {len(unit)} rollouts "
+                             f"({cost([unit], lens)} tokens with its prompt once), and whole groups must share a "
+                             f"micro-batch; raise it to at least {cost([unit], lens)}")
+        if current and cost(current + [unit], lens) > budget:
             batches.append(current)
-            current, longest = [], 0
+            current = []
         current.append(unit)
-        longest = max(longest, length)
         i += len(unit)
     if current:
         batches.append(current)
@@ -74,6 +82,26 @@ def pack_by_tokens(
         half = len(batches[k]) // 2
         batches[k : k + 1] = [batches[k][:half], batches[k][half:]]
     return [torch.tensor(sorted(j for unit in b for j in unit), dtype=torch.long, device=device) for b in batches]
+
+
+def _padded_cost(units: list[list[int]], lens: list[int]) -> int:
+    rows = [j for unit in units for j in unit]
+    return len(rows) * max(lens[j] for j in rows)
+
+
+def _real_cost(lengths: torch.Tensor, prompt_lengths: torch.Tensor, group_of: torch.Tensor, budget: int):
+    """Real tokens of a micro-batch: each group's prompt once, every response; checks each rollout fits."""
+    prompts, groups = prompt_lengths.tolist(), group_of.tolist()
+    if len(lengths) and int(lengths.max()) > budget:
+        raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than a rollout of {int(lengths.max())} "
+                         f"tokens (prompt + response); raise it to at least {int(lengths.max())}")
+
+    def cost(units: list[list[int]], lens: list[int]) -> int:
+        rows = [j for unit in units for j in unit]
+        distinct = {groups[j]: prompts[j] for j in rows}
+        return sum(distinct.values()) + sum(lens[j] - prompts[j] for j in rows)
+
+    return cost
 
 
 def _check_fits(lengths: torch.Tensor, group_len: torch.Tensor, group_rows: torch.Tensor, budget: int,

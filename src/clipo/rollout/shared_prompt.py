@@ -22,7 +22,7 @@ from transformers.cache_utils import DynamicLayer
 
 log = logging.getLogger(__name__)
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-_warned: set[str] = set()
+_warned: set[tuple[str, str]] = set()
 
 
 class PromptRows(NamedTuple):
@@ -68,10 +68,10 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
-def warn_once(reason: str) -> None:
-    if reason not in _warned:
-        _warned.add(reason)
-        log.warning("training forward: each rollout's prompt is recomputed (padded path), because %s", reason)
+def warn_once(reason: str, consequence: str = "each rollout's prompt is recomputed (padded path)") -> None:
+    if (reason, consequence) not in _warned:
+        _warned.add((reason, consequence))
+        log.warning("training forward: %s, because %s", consequence, reason)
 
 
 class SplitStates(NamedTuple):

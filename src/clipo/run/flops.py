@@ -1,0 +1,89 @@
+"""Throughput and model FLOPs utilisation of an RL step (`perf/throughput`, `perf/mfu`).
+
+As verl defines them: throughput is the step's prompt + response tokens per second per device;
+the model FLOPs of a forward over a sequence of s tokens are 2 x (matmul parameters) x s plus
+4 x layers x (heads x head size) x s^2 for attention (verl's `FlopsCounter`, no causal halving),
+a training pass (forward + backward) three times that. The peak is the device's nominal dense
+bf16 rate on a known GPU, else the matrix-product rate measured once in this process at the
+policy's precision (a CPU has no nominal figure worth comparing against).
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import torch
+
+NOMINAL_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+
+
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """Weights that a token passes through as matrix products (every `nn.Linear`; embeddings are lookups)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def forward_flops(model: torch.nn.Module, lengths: torch.Tensor) -> float:
+    """Model FLOPs of one forward over sequences of `lengths` [N] tokens each."""
+    config = model.config
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    s = lengths.double()
+    return float(2 * matmul_parameters(model) * s.sum() + 4 * layers * heads * head_dim * (s * s).sum())
+
+
+def step_passes(update: bool, epochs: int, old_pass: bool, reference_pass: bool) -> int:
+    """Forward-equivalents of an RL step over its rollouts: generation (1), the update (3 per epoch),
+    and the no-grad pi_old and reference passes when they run."""
+    return 1 + (3 * epochs + int(old_pass) + int(reference_pass) if update else 0)
+
+
+@lru_cache(maxsize=None)
+def measured_matmul_flops(device_type: str, dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
+    """FLOP/s of a square matrix product on `device_type` at `dtype` (the fastest of `repeats`)."""
+    a = torch.randn(size, size, device=device_type).to(dtype)
+    b = torch.randn(size, size, device=device_type).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's FLOP/s to compare against: nominal bf16 on a known GPU, else measured at `dtype`."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for kind, tflops in NOMINAL_BF16_TFLOPS.items():
+            if kind in name:
+                return tflops * 1e12
+    return measured_matmul_flops(device.type, dtype)
+
+
+def step_perf(tokens: int, step_flops: float, seconds: float, peak: float) -> dict[str, torch.Tensor]:
+    """`perf/throughput` (tokens / s on this device) and `perf/mfu` (its share of the peak)."""
+    seconds = max(seconds, 1e-9)
+    return {"perf/throughput": torch.tensor(tokens / seconds), "perf/mfu": torch.tensor(step_flops / seconds / peak)}
+
+
+def compute_dtype(precision: object, model: torch.nn.Module) -> torch.dtype:
+    """The dtype the matrix products run at: Lightning's precision ("bf16-mixed", "16-true", ...) or the weights'."""
+    precision = str(precision)
+    if "bf16" in precision:
+        return torch.bfloat16
+    if precision.startswith("16"):
+        return torch.float16
+    return next(model.parameters()).dtype
+
+
+def rl_step_perf(model: torch.nn.Module, lengths: torch.Tensor, passes: int, seconds: float,
+                 precision: object) -> dict[str, torch.Tensor]:
+    """Throughput and MFU of a step over this device's rollouts of `lengths` [N] (prompt + response) tokens."""
+    device = next(model.parameters()).device
+    flops = passes * forward_flops(model, lengths)
+    return step_perf(int(lengths.sum()), flops, seconds, peak_flops(device, compute_dtype(precision, model)))
