@@ -17,6 +17,7 @@ from torch.utils.data import Subset
 
 from clipo.config import ConfigError
 from clipo.data.sources import build_dataset
+from clipo.rollout.prompts import prompt_text
 
 log = logging.getLogger(__name__)
 SHOWN_PROBLEMS = 3  # bad records named in one message
@@ -112,15 +113,20 @@ def check_data(datamodule: Any, train_verifier: Any, val_verifiers: dict[str, An
         dropped[name] = len(records) - len(kept)
         if not len(kept):
             raise DataError(f"{set_label(name, spec)} has no records left to use; fix its ground truths")
-        if name == "train":
-            datamodule.train_set = kept
-        else:
-            datamodule.val_sets[name.removeprefix("val.")] = kept
+        _replace_set(datamodule, name, kept)
     if len(datamodule.train_set) < datamodule.prompts_per_step:
         raise DataError(f"{set_label('train', datamodule.train_spec)} has {len(datamodule.train_set)} usable records, "
                         f"fewer than data.prompts_per_step={datamodule.prompts_per_step}; lower prompts_per_step "
                         "or add data")
     return dropped
+
+
+def _replace_set(datamodule: Any, name: str, records: Any) -> None:
+    """The records of set `name` (`train` or `val.<set>`) from now on."""
+    if name == "train":
+        datamodule.train_set = records
+    else:
+        datamodule.val_sets[name.removeprefix("val.")] = records
 
 
 def prompt_token_limit(setting: Any, context: int | None, max_new_tokens: int) -> int | None:
@@ -134,8 +140,7 @@ def prompt_token_limit(setting: Any, context: int | None, max_new_tokens: int) -
 
 def prompt_lengths(records: Any, tokenizer: Any) -> list[int]:
     """Tokens of each record's prompt as the engines build it (chat template, generation prompt)."""
-    texts = [tokenizer.apply_chat_template(records[i]["messages"], add_generation_prompt=True, tokenize=False)
-             for i in range(len(records))]
+    texts = [prompt_text(tokenizer, records[i]) for i in range(len(records))]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
@@ -157,10 +162,7 @@ def drop_overlong_prompts(datamodule: Any, tokenizer: Any, max_tokens: int) -> d
         log.warning("data.%s: dropped %d of %d prompts longer than data.max_prompt_tokens=%d tokens (longest %d)",
                     name, dropped[name], len(records), max_tokens, max(lengths))
         kept = [records[i] for i in keep] if isinstance(records, list) else Subset(records, keep)
-        if name == "train":
-            datamodule.train_set = kept
-        else:
-            datamodule.val_sets[name.removeprefix("val.")] = kept
+        _replace_set(datamodule, name, kept)
     if len(datamodule.train_set) < datamodule.prompts_per_step:
         raise DataError(f"data.train has {len(datamodule.train_set)} prompts of at most data.max_prompt_tokens="
                         f"{max_tokens} tokens, fewer than data.prompts_per_step={datamodule.prompts_per_step}; raise "

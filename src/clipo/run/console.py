@@ -148,22 +148,21 @@ class RunFolderCheck(Callback):
     own message is "Unable to configure handler 'file'", with no folder named)."""
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
-
-        folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
-        if problem := folder_write_problem(folder):
-            print(f"clipo: cannot write the run folder {folder} ({problem}); set hydra.run.dir to a writable "
-                  "folder, e.g. hydra.run.dir=$HOME/clipo_runs/<name>", file=sys.stderr, flush=True)
-            raise SystemExit(2)
+        _stop_unless_writable(config, "hydra.run.dir", "run folder")
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
+        _stop_unless_writable(config, "hydra.sweep.dir", "sweep folder")
 
-        folder = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
-        if problem := folder_write_problem(folder):
-            print(f"clipo: cannot write the sweep folder {folder} ({problem}); set hydra.sweep.dir to a writable "
-                  "folder", file=sys.stderr, flush=True)
-            raise SystemExit(2)
+
+def _stop_unless_writable(config: Any, key: str, what: str) -> None:
+    """Exit 2 with one line when the folder `key` names cannot be written."""
+    from omegaconf import OmegaConf
+
+    folder = Path(str(OmegaConf.select(config, key)))
+    if problem := folder_write_problem(folder):
+        print(f"clipo: cannot write the {what} {folder} ({problem}); set {key} to a writable folder, "
+              f"e.g. {key}=$HOME/clipo_runs/<name>", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 def folder_write_problem(folder: Path) -> str | None:
