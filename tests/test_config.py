@@ -217,6 +217,6 @@ def test_added_keys_that_something_reads_are_accepted(tmp_path):
              "+benchmark@data.val.gsm8k=gsm8k", "++rollout.new_forced_key=1",
              "+callbacks.extra={_target_:lightning.pytorch.callbacks.Timer}", "+model.tiny.rope_theta=10000.0"]
     cfg = compose_config([*TINY_OVERRIDES, *added], output_dir=tmp_path)
-    from clipo.config_keys import unknown_key_problems
+    from clipo.config.keys import unknown_key_problems
 
     assert unknown_key_problems(cfg) == []

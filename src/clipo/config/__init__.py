@@ -13,10 +13,10 @@ from typing import Any, Callable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from clipo.algorithms.kl import KL_ESTIMATORS
-from clipo.config_keys import unknown_key_problems
+from clipo.config.batches import batch_problems
+from clipo.config.keys import unknown_key_problems
 from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
-from clipo.rl.batching import batch_sizes
 from clipo.rl.dynamic_sampling import DynamicSampling
 from clipo.rl.old_policy import ImportanceCorrection
 from clipo.rl.rewards import reward_config_problems
@@ -51,7 +51,7 @@ def validate_config(cfg: DictConfig) -> None:
     problems += _reward_problems(cfg)
     problems += _logging_and_lora_problems(cfg)
     problems += _engine_problems(cfg)
-    problems += _batch_problems(cfg, mode)
+    problems += batch_problems(cfg, mode)
     problems += _data_problems(cfg)
     problems += _device_problems(cfg)
     problems += _precision_problems(cfg)
@@ -152,87 +152,6 @@ def engine_problems(rollout_cfg: DictConfig, model_cfg: DictConfig) -> list[str]
             "add model.tiny.num_attention_heads=2 model.tiny.num_key_value_heads=1"
         )
     return problems
-
-
-def world_size(cfg: DictConfig) -> int | None:
-    """Processes the trainer will start (devices x nodes), or None when only known at run time."""
-    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
-    if isinstance(devices, int) and devices > 0 and isinstance(nodes, int) and nodes > 0:
-        return devices * nodes
-    return None
-
-
-def _batch_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
-    """Groups, mini-batches and micro-batches divide evenly, over every process.
-
-    `data.prompts_per_step` and `ppo.mini_batch_size` count the whole step over all processes;
-    `ppo.micro_batch_size` is per process (it bounds one forward pass's memory).
-    """
-    problems = []
-    group_size = cfg.rollout.group_size
-    prompts = cfg.data.prompts_per_step
-    world = world_size(cfg) or 1
-    if group_size < 2:
-        problems.append(f"rollout.group_size={group_size}: a group needs at least 2 rollouts to compare")
-    if prompts < 1:
-        problems.append(f"data.prompts_per_step={prompts} must be at least 1")
-    if prompts % world:
-        problems.append(
-            f"data.prompts_per_step={prompts} (the global batch) does not split over {world} processes "
-            f"(trainer.devices x trainer.num_nodes); use a multiple of {world}"
-        )
-    rollouts = prompts * group_size
-    mini = cfg.ppo.mini_batch_size or rollouts
-    if mini % (group_size * world):
-        where = "" if world == 1 else f" x {world} processes"
-        problems.append(
-            f"ppo.mini_batch_size={mini} is not a multiple of rollout.group_size={group_size}{where}; use a "
-            f"multiple such as {group_size * world * max(1, mini // (group_size * world))} so no group is split "
-            "across updates or processes"
-        )
-    if rollouts % mini:
-        problems.append(
-            f"ppo.mini_batch_size={mini} does not divide the {rollouts} rollouts of a step "
-            f"(data.prompts_per_step={prompts} x rollout.group_size={group_size})"
-        )
-    sizes = batch_sizes(rollouts // world, world, mini, cfg.ppo.micro_batch_size)
-    mini_per_process, micro = (max(size, 1) for size in sizes)  # a world larger than the batch is reported above
-    loss_mode = mode is ContrastiveMode.LOSS
-    budget = cfg.ppo.max_tokens_per_micro_batch
-    if budget == "auto":  # replaces micro_batch_size; raised to the largest unit at run time, so it always fits
-        pass
-    elif isinstance(budget, str) or isinstance(budget, bool):
-        problems.append(f"ppo.max_tokens_per_micro_batch={budget!r}: use a number of tokens, auto or null")
-    elif budget is not None:  # replaces micro_batch_size: micro-batches are packed by tokens
-        problems += _token_budget_problems(budget, cfg.rollout.max_new_tokens, group_size, loss_mode)
-    elif mini_per_process % micro:
-        per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
-        problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}")
-    elif loss_mode and micro % group_size:
-        # in loss mode the contrastive loss is taken per forward pass: a split group loses its pairs
-        problems.append(
-            f"ppo.micro_batch_size={micro} splits groups of rollout.group_size={group_size}, and contrastive.mode=loss "
-            f"compares rollouts within one forward pass; use a multiple of {group_size}"
-        )
-    if cfg.ppo.epochs < 1:
-        problems.append(f"ppo.epochs={cfg.ppo.epochs} must be at least 1")
-    return problems
-
-
-def _token_budget_problems(budget: int, max_new_tokens: int, group_size: int, loss_mode: bool) -> list[str]:
-    """The budget holds the longest possible rollout (a whole group of them in loss mode). The prompt's
-    length is known only once the data is tokenized: this checks the response part (plus a 1-token
-    prompt), and packing names the exact number if a real rollout does not fit."""
-    rows = group_size if loss_mode else 1
-    longest = rows * (max_new_tokens + 1)
-    if budget < longest:
-        what = (f"a group of rollout.group_size={group_size} rollouts of rollout.max_new_tokens={max_new_tokens} "
-                "response tokens plus their prompt (contrastive.mode=loss packs whole groups)") if rows > 1 else (
-                f"one rollout of rollout.max_new_tokens={max_new_tokens} response tokens plus its prompt")
-        return [f"ppo.max_tokens_per_micro_batch={budget} is smaller than the longest possible micro-batch unit: {what}; "
-                f"use at least {rows} x (max_new_tokens + longest prompt), e.g. {rows * (max_new_tokens + 512)}, "
-                "or null to use ppo.micro_batch_size"]
-    return []
 
 
 def _data_problems(cfg: DictConfig) -> list[str]:
