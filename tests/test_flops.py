@@ -49,3 +49,12 @@ def test_a_run_logs_throughput_and_mfu(tmp_path):
     train(cfg)
     rows = [r for r in csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))) if r.get("perf/mfu")]
     assert rows and 0 < float(rows[0]["perf/mfu"]) < 1 and float(rows[0]["perf/throughput"]) > 0
+
+
+def test_measuring_the_matmul_rate_leaves_the_global_rng_alone():
+    """A resumed run replays its sampling exactly only if nothing else draws from the global RNG."""
+    from clipo.run.flops import measured_matmul_flops
+
+    state = torch.get_rng_state()
+    measured_matmul_flops("cpu", torch.float32, size=64, repeats=1)
+    assert torch.equal(torch.get_rng_state(), state)

@@ -84,8 +84,9 @@ def check_training_data(cfg: DictConfig, datamodule: Any) -> None:
             verifier.close()
 
 
-def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
-           resume: Resume | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _build_run(cfg: DictConfig, stop: StopSignals, resume: Resume | None) -> tuple[Any, Any, L.Trainer, CrashCheckpoint]:
+    """The checked data, the module, the trainer with clipo's callbacks, and the logs continued from a
+    resumed checkpoint's step."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     check_training_data(cfg, datamodule)
@@ -97,13 +98,18 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
     crash = CrashCheckpoint()
     trainer.callbacks.insert(0, crash)  # first: a step counts as done before any other end-of-step hook
     trainer.callbacks.append(StopOnSignal(stop))  # last: after the summary has recorded the step
-    output_dir = Path(cfg.paths.output_dir)
-    summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
     if resume is not None and resume.step >= 0 and trainer.is_global_zero:  # logs continue from the checkpoint
         rollouts = module.rollout_log.path if module.rollout_log else None
         continue_logs(trainer.loggers, rollouts, resume.step, resume.wandb_id)
     log_run_config(trainer.loggers, run_config(cfg))  # after the logs were continued: writing starts a log
+    return datamodule, module, trainer, crash
 
+
+def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
+           resume: Resume | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    datamodule, module, trainer, crash = _build_run(cfg, stop, resume)
+    output_dir = Path(cfg.paths.output_dir)
+    summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
     validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
     val_before, val_after, metrics = {}, {}, {}
     try:
@@ -127,10 +133,8 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
         if trainer.is_global_zero:
             log.warning("interrupted by %s at step %d; continue with ckpt_path=%s", stop.name, trainer.global_step,
                         checkpoint)
-            history = summary.history if summary is not None else []
-            write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
-                                                            "interrupted": True, "signal": stop.name,
-                                                            "checkpoint": checkpoint})
+            write_summary(output_dir, metrics, summary, runtime, interrupted=True, signal=stop.name,
+                          checkpoint=checkpoint)
         raise SystemExit(stop.exit_code)
 
     merge = bool(cfg.get("export", {}).get("merge", False))
@@ -142,9 +146,7 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
     metrics |= val_after
     metrics |= {k.replace("val/", "val_before/", 1): v for k, v in val_before.items()}
     if trainer.is_global_zero:
-        history = summary.history if summary is not None else []
-        write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
-                                                        "interrupted": False})
+        write_summary(output_dir, metrics, summary, runtime, interrupted=False)
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "summary": summary}
 
 
@@ -155,11 +157,10 @@ def record_crash(error: Exception, trainer: L.Trainer, crash: CrashCheckpoint, s
     write_traceback(error, output_dir)
     line = crash_line(error, trainer.global_step, crash.in_step, crash.outcome, str(output_dir))
     try:
-        write_json_atomic(output_dir / "summary.json", {
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
-            "history": summary.history if summary is not None else [], "runtime": runtime, "interrupted": False,
-            "crashed": True, "error": error_text(error), "step": trainer.global_step, "checkpoint": crash.checkpoint,
-            "what_to_do": what_to_do(error, str(output_dir))})
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        write_summary(output_dir, metrics, summary, runtime, interrupted=False, crashed=True, error=error_text(error),
+                      step=trainer.global_step, checkpoint=crash.checkpoint,
+                      what_to_do=what_to_do(error, str(output_dir)))
     except OSError as write_error:  # a full or read-only disk: the console line still says what happened
         line += f" (summary.json not written: {write_error})"
     error.add_note(line)
@@ -176,6 +177,13 @@ def _validate_after_fit(trainer: L.Trainer, module: L.LightningModule, datamodul
 def _validate(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
     results = trainer.validate(module, datamodule=datamodule, verbose=False)
     return {k: float(v) for result in results for k, v in result.items()}
+
+
+def write_summary(output_dir: Path, metrics: dict, summary: RunSummary | None, runtime: dict, **outcome: Any) -> None:
+    """`<run>/summary.json`: the metrics, the step history, the runtime decisions and how the run ended."""
+    history = summary.history if summary is not None else []
+    write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
+                                                    **outcome})
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -41,8 +41,10 @@ def step_passes(update: bool, epochs: int, old_pass: bool, reference_pass: bool)
 @lru_cache(maxsize=None)
 def measured_matmul_flops(device_type: str, dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
     """FLOP/s of a square matrix product on `device_type` at `dtype` (the fastest of `repeats`)."""
-    a = torch.randn(size, size, device=device_type).to(dtype)
-    b = torch.randn(size, size, device=device_type).to(dtype)
+    # filled from a private generator: the global RNG (sampling, a resumed run's exact replay) stays untouched
+    generator = torch.Generator(device=device_type).manual_seed(0)
+    a = torch.randn(size, size, device=device_type, generator=generator).to(dtype)
+    b = torch.randn(size, size, device=device_type, generator=generator).to(dtype)
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up
         if device_type == "cuda":
