@@ -21,7 +21,7 @@ from clipo.rl.collector import RolloutCollector, Trajectory
 from clipo.rl.old_policy import TakenOld
 from clipo.rl.rollout_log import RolloutLog, rollout_rows
 from clipo.rl.updater import PolicyUpdater
-from clipo.run.flops import rl_step_perf, step_passes
+from clipo.run.flops import matmul_parameters, rl_step_perf, step_passes
 from clipo.run.rng import collect_rng_states, set_rng_states
 from clipo.run.step_counter import RLStepCounter
 from clipo.run.strategies import grad_norm_after_step, shard_module
@@ -67,6 +67,7 @@ class ClipoModule(L.LightningModule):
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
         self.last_validation: tuple[int, dict[str, float]] | None = None  # (rl_step, metrics) of the latest pass
         self.step_counter = RLStepCounter()  # global_step counts RL steps, not optimizer updates
+        self.matmul_params = matmul_parameters(policy)  # for perf/mfu, before any strategy shards the policy
         if reference is not None:
             reference.requires_grad_(False).eval()
         # The head trains on its own backward pass, outside the policy loss: DDP must not track it
@@ -101,7 +102,7 @@ class ClipoModule(L.LightningModule):
         passes = step_passes(collected.update_policy, self.updater.batching.epochs,
                              isinstance(collected.old, TakenOld), collected.ref_logprobs is not None)
         metrics |= rl_step_perf(self.policy, collected.rollouts.attention_mask.sum(-1), passes,
-                                float(metrics["time/step"]), self.trainer.precision)
+                                float(metrics["time/step"]), self.trainer.precision, self.matmul_params)
         metrics = self._mean_over_ranks(metrics)
         self.log_dict(metrics, batch_size=len(batch))
         self.log_dict({"reward": metrics["train/reward"], "acc": metrics["train/acc"]}, prog_bar=True, logger=False)

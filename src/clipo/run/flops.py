@@ -23,13 +23,15 @@ def matmul_parameters(model: torch.nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def forward_flops(model: torch.nn.Module, lengths: torch.Tensor) -> float:
-    """Model FLOPs of one forward over sequences of `lengths` [N] tokens each."""
+def forward_flops(model: torch.nn.Module, lengths: torch.Tensor, matmul_params: int | None = None) -> float:
+    """Model FLOPs of one forward over sequences of `lengths` [N] tokens each (`matmul_params`: counted
+    beforehand, see `rl_step_perf`)."""
     config = model.config
     layers, heads = config.num_hidden_layers, config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     s = lengths.double()
-    return float(2 * matmul_parameters(model) * s.sum() + 4 * layers * heads * head_dim * (s * s).sum())
+    matmul_params = matmul_parameters(model) if matmul_params is None else matmul_params
+    return float(2 * matmul_params * s.sum() + 4 * layers * heads * head_dim * (s * s).sum())
 
 
 def step_passes(update: bool, epochs: int, old_pass: bool, reference_pass: bool) -> int:
@@ -84,8 +86,10 @@ def compute_dtype(precision: object, model: torch.nn.Module) -> torch.dtype:
 
 
 def rl_step_perf(model: torch.nn.Module, lengths: torch.Tensor, passes: int, seconds: float,
-                 precision: object) -> dict[str, torch.Tensor]:
-    """Throughput and MFU of a step over this device's rollouts of `lengths` [N] (prompt + response) tokens."""
+                 precision: object, matmul_params: int) -> dict[str, torch.Tensor]:
+    """Throughput and MFU of a step over this device's rollouts of `lengths` [N] (prompt + response) tokens.
+    `matmul_params` is counted once before training: walking a ZeRO-3 model's modules between its
+    steps leaves a parameter marked in use, and the next gather for generation fails to free it."""
     device = next(model.parameters()).device
-    flops = passes * forward_flops(model, lengths)
+    flops = passes * forward_flops(model, lengths, matmul_params)
     return step_perf(int(lengths.sum()), flops, seconds, peak_flops(device, compute_dtype(precision, model)))
