@@ -125,8 +125,8 @@ def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
 )
 def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, overrides):
     # the token-budget case's single process runs the padded forward: DDP over packed rows equals it too
-    padded = ["ppo.padding_free=false"] if "ppo.max_tokens_per_micro_batch=320" in overrides else []
-    one, two = _replay(tmp_path, 1, overrides + padded), _replay(tmp_path, 2, overrides)
+    packed = ["ppo.padding_free=true"] if "ppo.max_tokens_per_micro_batch=320" in overrides else []
+    one, two = _replay(tmp_path, 1, overrides), _replay(tmp_path, 2, overrides + packed)
     for key in ("train/reward", "train/shaped_reward", "actor/loss", "actor/pg_loss", "actor/grad_norm", "actor/entropy"):
         torch.testing.assert_close(two["metrics"][key], one["metrics"][key], rtol=1e-4, atol=1e-7, msg=key)
     assert one["metrics"]["actor/grad_norm"] > 0 and one["metrics"]["actor/loss"] != 0

@@ -126,7 +126,7 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(tmp_path, mode)
             prompts = rollouts.attention_mask[:, : rollouts.prompt_len].sum(-1).view(2, 4)[:, 0]
             group = int((prompts + rollouts.response_mask.sum(-1).view(2, 4).sum(-1)).max())
             budget = group if "contrastive" in mode else 2 * longest
-            updater.batching = replace(updater.batching, max_tokens_per_micro_batch=budget)
+        updater.batching = replace(updater.batching, max_tokens_per_micro_batch=budget, padding_free=True)
         optimizer = module.configure_optimizers()
         updater.clip_and_step = lambda opt, m=module: (
             grads.append({k: p.grad.clone() for k, p in m.policy.named_parameters() if p.grad is not None}),
