@@ -22,21 +22,23 @@ RECORDS = [
 
 
 @torch.no_grad()
-def trainer_logprobs(policy, batch, temperature, micro):
+def trainer_logprobs(policy, batch, temperature, micro, packed):
     """The trainer's log-probs of `batch`, micro-batch by micro-batch, as the update takes them."""
     index = torch.arange(len(batch.responses))
-    return torch.cat([forward_responses(policy, batch.select(i), temperature).logprobs for i in index.split(micro)])
+    parts = [forward_responses(policy, batch.select(i), temperature, packed=packed) for i in index.split(micro)]
+    return torch.cat([part.logprobs for part in parts])
 
 
 class EngineWithoutHidden:
     """Samples like `inner`, returns no hidden states and, as its own log-probs, the trainer's plus `shift`."""
 
-    def __init__(self, inner, micro_batch_size, shift=0.0):
-        self.inner, self.micro_batch_size, self.shift = inner, micro_batch_size, shift
+    def __init__(self, inner, micro_batch_size, packed, shift=0.0):
+        self.inner, self.micro_batch_size, self.packed, self.shift = inner, micro_batch_size, packed, shift
 
     def generate(self, records, group_size, sampling, hidden_layer=None):
         batch = self.inner.generate(records, group_size, sampling, None)
-        logprobs = trainer_logprobs(self.inner.policy, batch, sampling.logprob_temperature, self.micro_batch_size)
+        logprobs = trainer_logprobs(self.inner.policy, batch, sampling.logprob_temperature, self.micro_batch_size,
+                                    self.packed)
         batch.sampling_logprobs = logprobs + self.shift
         return batch
 
@@ -51,8 +53,9 @@ def _module(tmp_path, *overrides):
 
 
 def _without_hidden(module, shift=0.0):
-    micro = module.collector.logprobs.batching.micro_batch_size
-    module.collector.engine = EngineWithoutHidden(module.collector.engine, micro, shift)
+    batching = module.collector.logprobs.batching  # the update's own micro-batches and forward
+    module.collector.engine = EngineWithoutHidden(module.collector.engine, batching.micro_batch_size,
+                                                  batching.padding_free, shift)
 
 
 def _collect(module, seed=0):
@@ -106,7 +109,7 @@ def test_mismatch_is_weighted_and_capped(tmp_path):
     collected = _collect(module)
     rollouts, mask = collected.rollouts, collected.rollouts.response_mask
     index = torch.arange(len(rollouts.responses))
-    logprobs = trainer_logprobs(module.policy, rollouts, 1.0, 4)
+    logprobs = trainer_logprobs(module.policy, rollouts, 1.0, 4, module.updater.batching.padding_free)
     _, weights = collected.old.for_micro_batch(index, rollouts, logprobs)
     # exp(train - sampling) = e > 1.5: every response token is capped
     assert torch.equal(weights[mask], torch.full_like(weights[mask], 1.5))
