@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--micro-batch-size", type=int, default=16)
     parser.add_argument("--budgets", type=int, nargs="*", default=[], help="after-variants with this token budget")
+    parser.add_argument("--packing", action="store_true", help="also the packed forward (ppo.padding_free=true)")
     parser.add_argument("--precision", default="bf16-mixed", help="trainer.precision (32 or bf16-mixed)")
     parser.add_argument("--memory", action="store_true", help="1 prompt x 2 rollouts of 1024 tokens, fp32, 1 pass")
     parser.add_argument("--head", type=int, default=0, help="time the LM head alone on this many positions")
@@ -223,6 +224,8 @@ def main() -> None:
         variants = {"before": (args.before_src, base), **variants}
     for budget in args.budgets:
         variants[f"after, budget {budget}"] = (str(REPO / "src"), base + [f"ppo.max_tokens_per_micro_batch={budget}"])
+    if args.packing:
+        variants["after, packed"] = (str(REPO / "src"), base + ["ppo.padding_free=true"])
     results = {}
     for name, (src, overrides) in variants.items():
         results[name] = run_variant(src, overrides, args.repeats, args.threads)
@@ -238,13 +241,18 @@ def print_table(results: dict, args: argparse.Namespace) -> None:
     from statistics import median as med
 
     print(f"{args.threads} threads, trainer.precision={args.precision}; matmul: fp32 1536^3 measured before each update")
-    print("| variant | log-probs s | update s (each) | peak RSS MB (after setup) | update GFLOP/s | matmul GFLOP/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("ratio: the update's rate over the matmul rate, counting every rollout's prompt + response (padded) or "
+          "only real tokens (each prompt once per group, responses unpadded)")
+    print("| variant | log-probs s | update s (each) | peak RSS MB (after setup) | update GFLOP/s | matmul GFLOP/s "
+          "| ratio, padded | ratio, real tokens |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         update, rate = med(r["update_s"]), med(r["matmul_fp32_gflops"])
         gflops = 6 * r["params"] * r["tokens"] / update / 1e9
+        real = 6 * r["params"] * r["distinct_tokens"] / update / 1e9
         print(f"| {name} | {med(r['logprobs_s']):.2f} | {update:.1f} ({', '.join(f'{t:.1f}' for t in r['update_s'])}) "
-              f"| {r['peak_rss_mb']:.0f} ({r['setup_rss_mb']:.0f}) | {gflops:.1f} | {rate:.1f} | {gflops / rate:.2f} |")
+              f"| {r['peak_rss_mb']:.0f} ({r['setup_rss_mb']:.0f}) | {gflops:.1f} | {rate:.1f} | {gflops / rate:.2f} "
+              f"| {real / rate:.2f} |")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def test_train_resolves_auto_and_reports_it(parity_verifier, tmp_path, monkeypat
     runtime = json.loads((tmp_path / "summary.json").read_text())["runtime"]
     assert runtime["precision"] == "bf16-mixed" and "avx512_bf16" in runtime["precision_reason"]
     assert runtime["threads"] == torch.get_num_threads() == 1  # conftest sets OMP_NUM_THREADS=1
+    assert runtime["engine"] == "hf"  # rollout.engine=auto: vLLM's CPU attention cannot run model=tiny's heads
 
 
 def train_once(tmp_path, *overrides):

@@ -37,3 +37,16 @@ def test_two_steps_checkpoint_and_resume_like_an_uninterrupted_run(parity_verifi
         torch.testing.assert_close(dict(resumed["module"].policy.named_parameters())[name], value, rtol=0, atol=0, msg=name)
     rewards = lambda run: [row["train/reward"] for row in run["summary"].history]  # noqa: E731
     assert rewards(resumed) == rewards(full)
+
+
+def test_auto_picks_vllm_and_samples_in_bf16_when_the_trainer_does(parity_verifier, tmp_path):
+    overrides = [o for o in VLLM if o != "rollout.engine=vllm"]
+    _, run = train(_config(tmp_path, *overrides, "rollout.engine=auto", "trainer.precision=bf16-mixed",
+                           "trainer.max_steps=1"))
+    engine = run["module"].collector.engine
+    assert type(engine).__name__ == "VLLMEngine"
+    assert engine.llm.llm_engine.model_config.dtype == torch.bfloat16
+    (row,) = run["summary"].history
+    # bf16 sampling against the fp32 weights under bf16 autocast: a small, measured, corrected mismatch
+    assert 0 < row["rollout_corr/logprob_diff_max"] < 1.0
+    assert abs(row["rollout_corr/weight_mean"] - 1) < 0.05

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,11 @@ from clipo.rl.old_policy import ImportanceCorrection, RolloutLogprobs
 from clipo.rl.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
+from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_processes
 from clipo.rollout.sampling import Sampling
 from clipo.run.checkpointing import AtomicCheckpointIO
+
+log = logging.getLogger(__name__)
 
 
 def plain(node: Any) -> Any:
@@ -128,9 +132,14 @@ def build_verifier(cfg: DictConfig, kind: str) -> Any:
 
 
 def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
-    """`rollout.engine`, with its own settings block when it has one (`rollout.vllm`)."""
-    name = cfg.rollout.engine
-    return ENGINES.build({"name": name, **(plain(cfg.rollout.get(name)) or {})}, policy=policy, tokenizer=tokenizer)
+    """`rollout.engine` (`auto` decided here, once, and said), with its own settings block when it has one
+    (`rollout.vllm`); the vllm engine samples in bf16 when the trainer computes in bf16."""
+    choice = choose_engine(cfg.rollout.engine, policy, training_processes(cfg.get("trainer") or {}))
+    log.info("rollout engine %s: %s", choice.value, choice.reason)
+    settings = plain(cfg.rollout.get(choice.value)) or {}
+    if choice.value == "vllm":
+        settings["dtype"] = engine_dtype(settings.get("dtype"), (cfg.get("trainer") or {}).get("precision"))
+    return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer)
 
 
 def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:

@@ -41,6 +41,10 @@ class Registry:
             raise KeyError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
         return self._entries[name]
 
+    def name_of(self, component: Any) -> str | None:
+        """The name `component` (a registered object, or an instance of a registered class) was registered under."""
+        return next((name for name, entry in self._entries.items() if entry is component or entry is type(component)), None)
+
     def build(self, cfg: Mapping[str, Any], **extra: Any) -> Any:
         """Instantiate `cfg["name"]` with the other keys (and `extra`) as keyword arguments."""
         kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}

@@ -23,6 +23,7 @@ from clipo.builders import build_datamodule, build_module, build_trainer, build_
 from clipo.config import ConfigError, validate_config, validate_model_source
 from clipo.data.checks import check_data, drop_overlong_prompts, prompt_token_limit
 from clipo.models import is_adapter, save_merged
+from clipo.registry import ENGINES
 from clipo.run.callbacks import RunSummary, format_summary
 from clipo.run.console import quiet_third_party_output
 from clipo.run.crash import CrashCheckpoint, crash_line, error_text, what_to_do, write_traceback
@@ -108,6 +109,7 @@ def _build_run(cfg: DictConfig, stop: StopSignals, resume: Resume | None) -> tup
 def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
            resume: Resume | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     datamodule, module, trainer, crash = _build_run(cfg, stop, resume)
+    runtime["engine"] = ENGINES.name_of(module.collector.engine)  # what rollout.engine=auto picked
     output_dir = Path(cfg.paths.output_dir)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
     validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")

@@ -39,8 +39,9 @@ def validate_config(cfg: DictConfig) -> None:
         ("rollout.engine", ENGINES),
     ]:
         name = OmegaConf.select(cfg, key)
-        if name not in registry:
-            problems.append(f"{key}={name!r} is not a registered {registry.kind}; choose one of: {', '.join(registry.names())}")
+        choices = registry.names() + (["auto"] if registry is ENGINES else [])
+        if name not in choices:
+            problems.append(f"{key}={name!r} is not a registered {registry.kind}; choose one of: {', '.join(choices)}")
 
     estimator = cfg.algorithm.get("kl_estimator", "k3")
     if estimator not in KL_ESTIMATORS:
@@ -131,14 +132,16 @@ def _engine_problems(cfg: DictConfig) -> list[str]:
 
 def engine_problems(rollout_cfg: DictConfig, model_cfg: DictConfig) -> list[str]:
     """`rollout.engine=vllm` (training or evaluation): vLLM is installed and can run the model, and its
-    settings (`rollout.vllm`) make sense."""
+    settings (`rollout.vllm`) make sense (also with `auto`, which may pick it)."""
     problems = []
-    if rollout_cfg.engine != "vllm":
+    if rollout_cfg.engine not in ("vllm", "auto"):
         return problems
     from clipo.rollout.vllm_engine import kv_cache_problem
 
     if problem := kv_cache_problem((rollout_cfg.get("vllm") or {}).get("kv_cache_gib", "auto")):
         problems.append(problem)
+    if rollout_cfg.engine == "auto":  # vLLM when it can run the model, else hf: nothing else to require
+        return problems
     if importlib.util.find_spec("vllm") is None:
         problems.append(
             "rollout.engine=vllm needs vLLM: `./scripts/setup.sh --vllm` on a CPU machine, `pip install vllm` "

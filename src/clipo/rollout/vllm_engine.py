@@ -277,12 +277,19 @@ def kv_cache_problem(kv_cache_gib: Any) -> str | None:
     return f"rollout.vllm.kv_cache_gib={kv_cache_gib!r}: give a size in GiB > 0 (e.g. 0.5) or auto (sized to the rollout phase)"
 
 
-def check_head_size(policy: torch.nn.Module) -> None:
-    """vLLM's CPU attention runs head sizes 32..512 only; say so before the engine fails deep inside."""
+def head_size_problem(policy: torch.nn.Module) -> str | None:
+    """Why vLLM cannot run `policy` here: its CPU attention runs head sizes 32..512 only (None when it can)."""
     config = policy.config
     head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if next(policy.parameters()).device.type == "cpu" and head < 32:
+        return f"vLLM's CPU attention needs a head size of at least 32, this model has {head}"
+    return None
+
+
+def check_head_size(policy: torch.nn.Module) -> None:
+    """Say why before the engine fails deep inside."""
+    if problem := head_size_problem(policy):
         raise ValueError(
-            f"vLLM's CPU attention needs a head size of at least 32, this model has {head}; for model=tiny set "
-            "model.tiny.num_attention_heads=2 model.tiny.num_key_value_heads=1 (64 / 2 = 32), or use rollout.engine=hf"
+            f"{problem}; for model=tiny set model.tiny.num_attention_heads=2 model.tiny.num_key_value_heads=1 "
+            "(64 / 2 = 32), or use rollout.engine=hf"
         )

@@ -1,0 +1,72 @@
+"""`rollout.engine=auto`: the engine a run samples with, decided once, before it is built.
+
+vLLM's generate phase took 0.44 of the hf engine's on the same config (issue #26, 2 AVX-512
+BF16 cores), so `auto` takes vLLM wherever it is installed, imports and runs the model in a
+one-process run, and hf otherwise: hf runs every model transformers runs, in any launch.
+The choice and its reason are among the run's first lines.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from clipo.rollout.vllm_engine import head_size_problem, vllm_available
+from clipo.run.runtime import Choice
+
+ENGINE_NAMES = ("auto", "hf", "vllm")
+BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
+
+
+def choose_engine(requested: str, policy: torch.nn.Module, processes: int) -> Choice:
+    """`rollout.engine`, with `auto` resolved for `policy` in a run of `processes` training processes."""
+    if requested != "auto":
+        return Choice(requested, f"rollout.engine={requested} was set explicitly")
+    problem = vllm_problem(policy, processes)
+    if problem is None:
+        import vllm
+
+        return Choice("vllm", f"auto: vLLM {vllm.__version__} is installed and runs {architecture(policy)}")
+    return Choice("hf", f"auto: {problem}")
+
+
+def vllm_problem(policy: torch.nn.Module, processes: int) -> str | None:
+    """Why the vllm engine is not the automatic choice for `policy` (None when it is)."""
+    if not vllm_available():
+        return "vLLM is not installed (./scripts/setup.sh installs its CPU build on x86-64 Linux)"
+    if processes > 1:  # one in-process engine per rank is written for CUDA and not run here on CPU processes
+        return f"this run has {processes} training processes (rollout.engine=vllm runs one engine per rank)"
+    if problem := head_size_problem(policy):
+        return problem
+    try:
+        from vllm import ModelRegistry
+    except Exception as error:  # a broken install must not stop a run that hf can sample
+        return f"vLLM is installed but does not import ({type(error).__name__}: {str(error)[:200]})"
+    if (arch := architecture(policy)) not in ModelRegistry.get_supported_archs():
+        return f"vLLM has no implementation of {arch}"
+    return None
+
+
+def architecture(policy: torch.nn.Module) -> str:
+    """The model class vLLM would load (a LoRA policy: its base model's)."""
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    return (getattr(base.config, "architectures", None) or [type(base).__name__])[0]
+
+
+def training_processes(trainer_cfg: Any) -> int:
+    """Processes the run trains in: the launcher's WORLD_SIZE, else trainer.devices x trainer.num_nodes."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    devices = trainer_cfg.get("devices", 1)
+    devices = len(devices) if isinstance(devices, (list, tuple)) else devices
+    return (devices if isinstance(devices, int) else 1) * int(trainer_cfg.get("num_nodes", 1) or 1)
+
+
+def engine_dtype(configured: str | None, precision: Any) -> str | None:
+    """The vllm engine's weight dtype: `rollout.vllm.dtype` when set, bfloat16 when the trainer computes
+    in bf16 (the engine then samples in the policy's precision), else None (the policy's weights' dtype)."""
+    if configured:
+        return configured
+    return "bfloat16" if str(precision) in BF16_PRECISIONS else None
