@@ -13,10 +13,12 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_atten
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from clipo.algorithms import StepNormalizer
+from clipo.builders import build_batching
 from clipo.registry import ALGORITHMS
-from clipo.rollout import forward_responses
 from clipo.rollout import forward as forward_module
+from clipo.rollout import forward_responses
 from clipo.rollout.varlen import is_varlen_attention, resolve_padding_free, varlen_rows
+from tests.conftest import TINY_OVERRIDES, compose_config
 from tests.test_rollout_forward import TIGHT, assert_same_grads, grads_of, padded_reference, tiny, uneven  # noqa: F401
 
 
@@ -60,6 +62,13 @@ def test_varlen_kernels_are_recognised(monkeypatch):
 def test_padding_free_auto_packs_on_varlen_kernels_only(attention, setting, expected):
     model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attention))
     assert resolve_padding_free(setting, model) is expected
+
+
+def test_the_config_default_resolves_for_the_policy(tmp_path):
+    cfg = compose_config(TINY_OVERRIDES, output_dir=tmp_path)
+    assert cfg.ppo.padding_free == "auto"
+    sdpa, flash = (SimpleNamespace(config=SimpleNamespace(_attn_implementation=a)) for a in ("sdpa", "flash_attention_2"))
+    assert build_batching(cfg, sdpa).padding_free is False and build_batching(cfg, flash).padding_free is True
 
 
 def with_empty_response(batch):

@@ -50,7 +50,7 @@ def forward_responses(
     hidden_layer: int | None = None,
     with_entropy: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    packed: bool = True,
+    packed: bool = False,
     row_tokens: int | None = None,
     varlen: bool | None = None,
 ) -> ForwardOutput:
