@@ -14,6 +14,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from clipo.algorithms import StepNormalizer
 from clipo.builders import build_batching
+from clipo.models import load_model
 from clipo.registry import ALGORITHMS
 from clipo.rollout import forward as forward_module
 from clipo.rollout import forward_responses
@@ -103,6 +104,19 @@ def test_varlen_values_equal_the_padded_forward(tiny, shape):  # noqa: F811
     assert_close(out.entropy[mask], entropy[mask], atol=1e-4, rtol=1e-5)
     assert_close(out.hidden[mask], hidden[mask], **TIGHT)
     assert (out.logprobs[~mask] == 0).all() and (out.hidden[~mask] == 0).all() and out.hidden.shape == hidden.shape
+
+
+def test_varlen_layout_with_eager_attention(tiny):  # noqa: F811
+    model, _, batch = tiny
+    eager, _ = load_model("tiny", tiny={})  # same weights (seeded)
+    eager.set_attn_implementation("eager")  # eager adds transformers' block-diagonal mask to the scores
+    batch = with_empty_response(batch)
+    with torch.no_grad():
+        out = forward_responses(eager, batch, hidden_layer=-1, packed=True, varlen=True)
+        logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)
+    mask = batch.response_mask
+    assert_close(out.logprobs[mask], logprobs[mask], **TIGHT)
+    assert_close(out.hidden[mask], hidden[mask], **TIGHT)
 
 
 def test_varlen_gradients_equal_the_padded_forward(tiny):  # noqa: F811
