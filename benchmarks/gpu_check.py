@@ -1,13 +1,16 @@
 """What only a CUDA GPU can show, in one command: one verdict line per check, then a JSON line.
 
-    python benchmarks/gpu_check.py                  # on a machine with one CUDA GPU: < 8 minutes
+    python benchmarks/gpu_check.py                  # on a machine with one CUDA GPU: < 9 minutes
     python benchmarks/gpu_check.py --cpu-dry-run    # the same checks on model=tiny, CPU, fp32 (proves the script)
 
 Checks (each a short `train` run of 3 RL steps in its own process, so a crash or hang is one check's):
 - `hf_bf16`: SmolLM2-135M, bf16-mixed, the hf engine, one process (`strategy=auto`);
 - `zero2`, `zero3`, `fsdp`: the same under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 on the one GPU;
 - `vllm_sleep`: the vllm engine colocated, sleeping during the update (skipped, with the reason, when
-  vllm does not import).
+  vllm does not import);
+- `varlen` (no training run): the packed forward through flash-attention's varlen kernel against the
+  padded one on one micro-batch, log-probs and seconds (`benchmarks/varlen_check.py`; skipped when
+  flash-attn is not installed).
 Each passes when its 3 steps ran, every loss is finite and the exported `policy/` loads with
 `AutoModelForCausalLM.from_pretrained` (whether it moved from the initial weights is reported: with
 the tiny random model every reward is 0, so nothing moves). Reported: generated tokens per
@@ -32,7 +35,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
-CHECK_TIMEOUT_S = {"hf_bf16": 100, "zero2": 75, "zero3": 75, "fsdp": 75, "vllm_sleep": 150}  # < 8 min in all
+CHECK_TIMEOUT_S = {"hf_bf16": 100, "zero2": 75, "zero3": 75, "fsdp": 75, "vllm_sleep": 150, "varlen": 60}  # < 9 min
 STRATEGIES = {"hf_bf16": "auto", "zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3", "fsdp": "fsdp",
               "vllm_sleep": "auto"}
 # dense bf16 peak FLOP/s by device name (vendor data sheets, no sparsity)
@@ -56,6 +59,10 @@ def overrides(check: str, dry_run: bool) -> list[str]:
 
 def run_one(check: str, dry_run: bool) -> dict[str, Any]:
     """One check's training, in this process; returns what the verdict needs."""
+    if check == "varlen":
+        from varlen_check import run_varlen  # benchmarks/ is on the path: this script runs as a file
+
+        return run_varlen(dry_run)
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -116,7 +123,12 @@ def skip_reason(check: str, dry_run: bool) -> str | None:
 
     if not dry_run and not torch.cuda.is_available():
         return "no CUDA GPU here (run on a GPU machine, or --cpu-dry-run for the same checks on CPU)"
-    if STRATEGIES[check].startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+    if check == "varlen" and not dry_run:
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            return "flash-attn is not installed (pip install flash-attn --no-build-isolation)"
+    if STRATEGIES.get(check, "").startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         return "deepspeed is not installed (DS_BUILD_OPS=0 pip install deepspeed)"
     if check == "vllm_sleep":
         try:
@@ -129,7 +141,7 @@ def skip_reason(check: str, dry_run: bool) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-dry-run", action="store_true", help="the same checks on model=tiny, CPU, fp32")
-    parser.add_argument("--only", nargs="*", default=list(STRATEGIES), choices=list(STRATEGIES))
+    parser.add_argument("--only", nargs="*", default=list(CHECK_TIMEOUT_S), choices=list(CHECK_TIMEOUT_S))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one check in this process
     args = parser.parse_args()
     if args.one:
@@ -160,6 +172,8 @@ def run_check(check: str, dry_run: bool) -> dict[str, Any]:
         return {"verdict": "FAIL", "why": done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else "crashed",
                 "stderr_tail": done.stderr[-3000:]}
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    if check == "varlen":  # a forward comparison, not a training run
+        return {k: result[k] for k in ("verdict", "why", "errors", "seconds_per_micro_batch", "device")}
     state, why = verdict(result)
     figures = throughput(result)
     shown = ", ".join(f"{k} {v:.3g}" for k, v in figures.items() if v is not None)

@@ -189,6 +189,13 @@ def test_token_budget_must_hold_the_longest_rollout(tmp_path):
                                    output_dir=tmp_path))
 
 
+def test_padding_free_takes_auto_or_a_bool(tmp_path):
+    message = _errors(["ppo.padding_free=yes"], tmp_path)
+    assert "ppo.padding_free='yes': use auto (packed on a flash-attention kernel, padded otherwise)" in message
+    for value in ("auto", "true", "false"):
+        validate_config(compose_config(TINY_OVERRIDES + [f"ppo.padding_free={value}"], output_dir=tmp_path))
+
+
 def test_vllm_kv_cache_size_is_checked(tmp_path):
     message = _errors(["rollout.engine=vllm", "rollout.vllm.kv_cache_gib=0"], tmp_path)
     assert "rollout.vllm.kv_cache_gib=0: give a size in GiB > 0 (e.g. 0.5) or auto" in message

@@ -103,8 +103,8 @@ def short_rows(batch):
 
 
 PATHS = {  # forward_responses arguments (None: `short_rows`)
-    "packed, one row": {"row_tokens": 10_000},
-    "packed, short rows": {"row_tokens": None},
+    "packed, one row": {"packed": True, "row_tokens": 10_000},
+    "packed, short rows": {"packed": True, "row_tokens": None},
     "shared prompt cache": {"packed": False},
 }
 
@@ -139,7 +139,7 @@ def test_packed_forward_with_eager_attention(tiny):
     eager.set_attn_implementation("eager")
     batch = uneven(batch)
     with torch.no_grad():
-        out = forward_responses(eager, batch, hidden_layer=-1, row_tokens=short_rows(batch))
+        out = forward_responses(eager, batch, hidden_layer=-1, packed=True, row_tokens=short_rows(batch))
         logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)  # same weights (seeded), sdpa
     mask = batch.response_mask
     assert_close(out.logprobs[mask], logprobs[mask], **TIGHT)
@@ -182,7 +182,7 @@ def test_accumulated_packed_micro_batches_equal_the_full_padded_batch(tiny):
                            prompt_lengths=batch.attention_mask[:, : batch.prompt_len].sum(-1))
     assert len(parts) > 2  # several micro-batches, a group split between two
     for index in parts:
-        loss(forward_responses(model, batch.select(index)).logprobs, index).backward()
+        loss(forward_responses(model, batch.select(index), packed=True).logprobs, index).backward()
     got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     everything = torch.arange(len(batch.responses))
     assert_same_grads(got, grads_of(model, loss(padded_reference(model, batch)[0], everything)))
@@ -198,7 +198,7 @@ def test_contrastive_loss_mode_hidden_gradient_equals_the_padded_forward(tiny, t
     def loss(hidden):
         return contrastive(hidden, batch.hidden_mask, correct, batch.groups).batch_loss
 
-    got = grads_of(model, loss(forward_responses(model, batch, hidden_layer=layer, row_tokens=short_rows(batch)).hidden))
+    got = grads_of(model, loss(forward_responses(model, batch, hidden_layer=layer, packed=True, row_tokens=short_rows(batch)).hidden))
     expected = grads_of(model, loss(padded_reference(model, batch, hidden_layer=layer)[2]))
     assert_same_grads(got, expected)
 
@@ -211,7 +211,7 @@ def test_different_prompts_in_a_group_are_packed_unshared_and_said_once(tiny, ca
     calls, handle = decoder_calls(model)
     with torch.no_grad(), caplog.at_level(logging.WARNING):
         for _ in range(2):
-            out = forward_responses(model, mixed, row_tokens=10_000)
+            out = forward_responses(model, mixed, packed=True, row_tokens=10_000)
     handle.remove()
     assert [c[0] for c in calls] == [1, 1]  # one packed row each time, each rollout with its own prompt
     assert sum("different prompt tokens" in r.message for r in caplog.records) == 1
@@ -228,7 +228,7 @@ def test_sliding_window_and_gradient_checkpointing_take_the_padded_path(caplog):
     assert "sliding-window" in packing_unsupported_reason(sliding)
     batch = rollouts_for(sliding, tokenizer, max_new_tokens=8)
     with torch.no_grad(), caplog.at_level(logging.WARNING):
-        out = forward_responses(sliding, batch)
+        out = forward_responses(sliding, batch, packed=True)
         assert any("padding-free packing is off" in r.message for r in caplog.records)
         mask = batch.response_mask
         assert_close(out.logprobs[mask], padded_reference(sliding, batch)[0][mask], **TIGHT)
@@ -246,7 +246,7 @@ def test_smollm2_takes_the_packed_path_with_equal_values_and_gradients():
     assert type(model).__name__ == "LlamaForCausalLM" and packing_unsupported_reason(model) is None
     batch = rollouts_for(model, tokenizer, group_size=2, max_new_tokens=6)
     calls, handle = decoder_calls(model)
-    out = forward_responses(model, batch, hidden_layer=-1)
+    out = forward_responses(model, batch, hidden_layer=-1, packed=True)
     handle.remove()
     assert [c[0] for c in calls] == [1]
     logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)

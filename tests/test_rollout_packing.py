@@ -111,5 +111,6 @@ def test_auto_budget_is_the_device_default_raised_to_the_largest_unit(monkeypatc
     assert auto_token_budget(torch.device("cpu"), batch, index, None) == 7
     assert auto_token_budget(torch.device("cpu"), batch, index, batch.groups) == 8
     assert auto_token_budget(torch.device("cpu"), batch, index, batch.groups, real_tokens=False) == 2 * 7
-    parts = UpdateBatching(max_tokens_per_micro_batch="auto").micro_batches(batch, index, n, whole_groups=True)
+    parts = UpdateBatching(max_tokens_per_micro_batch="auto", padding_free=True).micro_batches(batch, index, n,
+                                                                               whole_groups=True)
     assert as_lists(parts) == [[0, 1], [2, 3]]

@@ -35,6 +35,7 @@ from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
 from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_processes
 from clipo.rollout.sampling import Sampling
+from clipo.rollout.varlen import resolve_padding_free
 from clipo.run.checkpointing import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,10 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
                       log.rollouts_max_rows_per_step)
 
 
-def build_batching(cfg: DictConfig) -> UpdateBatching:
+def build_batching(cfg: DictConfig, policy: Any) -> UpdateBatching:
     p = cfg.ppo
     return UpdateBatching(p.epochs, p.mini_batch_size, p.micro_batch_size, p.max_tokens_per_micro_batch,
-                          p.get("padding_free", True))
+                          resolve_padding_free(p.get("padding_free", "auto"), policy))
 
 
 def build_rollout_logprobs(
@@ -234,7 +235,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
     verifier, val_verifiers = build_verifiers(cfg)
     engine = build_engine(cfg, policy, tokenizer)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
-    batching = build_batching(cfg)
+    batching = build_batching(cfg, policy)
     logprobs = build_rollout_logprobs(cfg, policy, reference, algorithm, sampling, batching, mode)
     rewards = build_rewards(cfg, verifier, tokenizer)
     return ClipoModule(

@@ -71,6 +71,10 @@ def batch_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
         )
     if cfg.ppo.epochs < 1:
         problems.append(f"ppo.epochs={cfg.ppo.epochs} must be at least 1")
+    padding_free = cfg.ppo.get("padding_free", "auto")
+    if not isinstance(padding_free, bool) and padding_free != "auto":
+        problems.append(f"ppo.padding_free={padding_free!r}: use auto (packed on a flash-attention kernel, padded "
+                        "otherwise), true (always packed) or false (always padded)")
     return problems
 
 

@@ -26,13 +26,14 @@ def batch_sizes(n: int, world_size: int, mini_batch_size: int | None, micro_batc
 @dataclass(frozen=True)
 class UpdateBatching:
     """`ppo.epochs`, `ppo.mini_batch_size`, `ppo.micro_batch_size`, `ppo.max_tokens_per_micro_batch`,
-    `ppo.padding_free` (each forward packs its rollouts without padding, `clipo.rollout.packed`)."""
+    `ppo.padding_free` resolved for the policy (each forward packs its rollouts without padding,
+    `clipo.rollout.forward`; off, as auto resolves on SDPA / eager)."""
 
     epochs: int = 1
     mini_batch_size: int | None = None
     micro_batch_size: int | None = None
     max_tokens_per_micro_batch: int | str | None = None  # "auto": `auto_token_budget`
-    padding_free: bool = True
+    padding_free: bool = False
 
     def sizes(self, n: int, world_size: int) -> tuple[int, int]:
         return batch_sizes(n, world_size, self.mini_batch_size, self.micro_batch_size)

@@ -1,10 +1,12 @@
 """The training forward over sampled rollouts: log-probs, entropy and hidden states.
 
 Three things keep it at the compute limit, none of which changes a value or a gradient:
-- no padded token is computed: the micro-batch's rollouts are packed into rows, each group's
-  prompt once, its responses attending to it through a prefix-sharing mask
-  (`clipo.rollout.packed`); where a model cannot take such a mask, the columns padded in every
-  rollout are cropped and each distinct prompt runs once into a KV cache its responses read
+- packed (`packed=True`), no padded token is computed: on a variable-length attention kernel
+  (flash-attention) the rollouts run back to back in one row, each with its own prompt
+  (`clipo.rollout.varlen`); on SDPA / eager they are packed into rows, each group's prompt once,
+  its responses attending to it through a prefix-sharing mask (`clipo.rollout.packed`);
+- padded, or where a model cannot take such a mask, the columns padded in every rollout are
+  cropped and each distinct prompt runs once into a KV cache its responses read
   (`clipo.rollout.shared_prompt`), or one padded forward runs over every rollout's own prompt;
 - the LM head runs on the response tokens only, chunk by chunk, recomputed in the backward
   pass (`clipo.rollout.logprobs`), so the [n, T, V] float32 logits never exist at once; entropy
@@ -31,6 +33,7 @@ from clipo.rollout.shared_prompt import (
     unsupported_reason,
     warn_once,
 )
+from clipo.rollout.varlen import uses_varlen_attention, varlen_rows
 
 
 @dataclass
@@ -47,8 +50,9 @@ def forward_responses(
     hidden_layer: int | None = None,
     with_entropy: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    packed: bool = True,
+    packed: bool = False,
     row_tokens: int | None = None,
+    varlen: bool | None = None,
 ) -> ForwardOutput:
     """Log-probs of the response tokens under `model` (with grad if enabled by the caller).
 
@@ -59,12 +63,14 @@ def forward_responses(
     Args:
         chunk_size: response positions per LM-head chunk (`clipo.rollout.logprobs`).
         packed: pack the rollouts padding-free where the model allows (False: the padded paths).
-        row_tokens: the longest packed row (None: `clipo.rollout.packed.default_row_tokens`).
+        row_tokens: the longest prefix-sharing row (None: `clipo.rollout.packed.default_row_tokens`).
+        varlen: with `packed`, the varlen layout (True) or prefix-sharing rows (False); None: varlen
+            exactly when the model's attention is a varlen kernel (True forces it on SDPA, for tests).
     """
     sequences, attention_mask, P, T = _cropped(rollouts)
     mask = rollouts.response_mask[:, :T]  # [n, T]
     predicting, chosen = _states(model, rollouts.groups, sequences, attention_mask, mask, P, hidden_layer,
-                                 packed, row_tokens)  # [M, D], [n, T, D] or None
+                                 packed, row_tokens, varlen)  # [M, D], [n, T, D] or None
     logprobs, entropy = token_logprobs(
         model.get_output_embeddings(), predicting, sequences[:, P:][mask], temperature, with_entropy, chunk_size
     )  # [M] each
@@ -83,9 +89,12 @@ def forward_responses(
 def _states(
     model: torch.nn.Module, groups: torch.Tensor, sequences: torch.Tensor, attention_mask: torch.Tensor,
     mask: torch.Tensor, P: int, hidden_layer: int | None, packed: bool, row_tokens: int | None,
+    varlen: bool | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(final-layer states predicting each response token [M, D], `hidden_layer`'s at the response
     tokens [n, T, D] or None): packed where the model allows, else through the padded paths."""
+    if packed and (uses_varlen_attention(model) if varlen is None else varlen):
+        return packed_states(model, varlen_rows(sequences, attention_mask, mask, P), hidden_layer, mask)
     reason = packing_unsupported_reason(model) if packed else "packing was turned off"
     if reason is None:
         prompt = prompt_rows(groups, sequences[:, :P], attention_mask[:, :P])

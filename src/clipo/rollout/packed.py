@@ -54,7 +54,7 @@ def default_row_tokens(config) -> int:
 class PackedRows(NamedTuple):
     input_ids: torch.Tensor  # [R, L]
     position_ids: torch.Tensor  # [R, L]
-    allowed: torch.Tensor  # [R, 1, L, L] bool: query (row 2) may attend to key (row 3)
+    allowed: torch.Tensor | None  # [R, 1, L, L] bool: query (row 2) may attend to key (row 3); None: no mask
     predicting: torch.Tensor  # [M] flat index into R*L of the state predicting each response token
     own: torch.Tensor  # [n, T] flat index of each response token's own position (0 outside the response)
 
@@ -153,8 +153,8 @@ def packed_states(
     """(final-layer states predicting each response token [M, D], `hidden_layer`'s states at the
     response tokens' own positions [n, T, D] (0 outside the response) or None), from one packed pass."""
     decoder = model.get_decoder()
-    mask = packed.allowed
-    if model.config._attn_implementation == "eager":  # eager adds the mask to the scores
+    mask = packed.allowed  # None (`clipo.rollout.varlen`): the kernel splits the row at the position-id restarts
+    if mask is not None and model.config._attn_implementation == "eager":  # eager adds the mask to the scores
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     out = decoder(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
