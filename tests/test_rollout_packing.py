@@ -111,6 +111,25 @@ def test_auto_budget_is_the_device_default_raised_to_the_largest_unit(monkeypatc
     assert auto_token_budget(torch.device("cpu"), batch, index, None) == 7
     assert auto_token_budget(torch.device("cpu"), batch, index, batch.groups) == 8
     assert auto_token_budget(torch.device("cpu"), batch, index, batch.groups, real_tokens=False) == 2 * 7
+    # varlen rows: each rollout with its own prompt, groups of 7 + 3 and 4 + 6 tokens
+    assert auto_token_budget(torch.device("cpu"), batch, index, batch.groups, varlen=True) == 10
     parts = UpdateBatching(max_tokens_per_micro_batch="auto", padding_free=True).micro_batches(batch, index, n,
                                                                                whole_groups=True)
     assert as_lists(parts) == [[0, 1], [2, 3]]
+
+
+def test_varlen_rows_count_every_rollouts_prompt_against_the_budget():
+    from clipo.rl.batching import UpdateBatching
+    from clipo.rollout.batch import RolloutBatch
+
+    n, P, T = 4, 3, 4
+    response_mask = torch.arange(T) < torch.tensor([4, 4, 4, 4])[:, None]
+    attention_mask = torch.cat([torch.ones(n, P, dtype=torch.long), response_mask.long()], 1)  # 3 + 4 tokens each
+    batch = RolloutBatch(sequences=torch.ones(n, P + T, dtype=torch.long), attention_mask=attention_mask,
+                         response_mask=response_mask, prompt_len=P, groups=torch.zeros(n, dtype=torch.long),
+                         responses=[""] * n, ground_truths=[""] * n, truncated=torch.zeros(n, dtype=torch.bool))
+    index = torch.arange(n)
+    # 16 tokens: the prefix-sharing rows fit 3 rollouts (3 + 3 x 4 = 15), varlen rows 2 (2 x 7 = 14)
+    shared = UpdateBatching(max_tokens_per_micro_batch=16, padding_free=True).micro_batches(batch, index, n)
+    varlen = UpdateBatching(max_tokens_per_micro_batch=16, padding_free=True, varlen=True).micro_batches(batch, index, n)
+    assert [len(p) for p in shared] == [3, 1] and [len(p) for p in varlen] == [2, 2]

@@ -35,7 +35,7 @@ from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
 from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_processes
 from clipo.rollout.sampling import Sampling
-from clipo.rollout.varlen import resolve_padding_free
+from clipo.rollout.varlen import resolve_padding_free, uses_varlen_attention
 from clipo.run.checkpointing import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -161,8 +161,9 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
 
 def build_batching(cfg: DictConfig, policy: Any) -> UpdateBatching:
     p = cfg.ppo
+    padding_free = resolve_padding_free(p.get("padding_free", "auto"), policy)
     return UpdateBatching(p.epochs, p.mini_batch_size, p.micro_batch_size, p.max_tokens_per_micro_batch,
-                          resolve_padding_free(p.get("padding_free", "auto"), policy))
+                          padding_free, varlen=padding_free and uses_varlen_attention(policy))
 
 
 def build_rollout_logprobs(

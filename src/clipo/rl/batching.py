@@ -27,13 +27,15 @@ def batch_sizes(n: int, world_size: int, mini_batch_size: int | None, micro_batc
 class UpdateBatching:
     """`ppo.epochs`, `ppo.mini_batch_size`, `ppo.micro_batch_size`, `ppo.max_tokens_per_micro_batch`,
     `ppo.padding_free` resolved for the policy (each forward packs its rollouts without padding,
-    `clipo.rollout.forward`; off, as auto resolves on SDPA / eager)."""
+    `clipo.rollout.forward`; off, as auto resolves on SDPA / eager), and whether those packed rows are
+    varlen ones, where each rollout computes its own prompt (`clipo.rollout.varlen`)."""
 
     epochs: int = 1
     mini_batch_size: int | None = None
     micro_batch_size: int | None = None
     max_tokens_per_micro_batch: int | str | None = None  # "auto": `auto_token_budget`
     padding_free: bool = False
+    varlen: bool = False
 
     def sizes(self, n: int, world_size: int) -> tuple[int, int]:
         return batch_sizes(n, world_size, self.mini_batch_size, self.micro_batch_size)
@@ -49,13 +51,16 @@ class UpdateBatching:
         if self.max_tokens_per_micro_batch is None:
             return list(index.split(micro))
         lengths = rollouts.attention_mask[index].sum(-1)  # [n] prompt + response tokens
-        # a padding-free forward computes real tokens only: count those (each group's prompt once)
+        # a padding-free forward computes real tokens only: count those (each group's prompt once, or with
+        # varlen rows every rollout's whole: a prompt length of 0 makes the cost the sum of the lengths)
         prompts = rollouts.attention_mask[index, : rollouts.prompt_len].sum(-1) if self.padding_free else None
+        if prompts is not None and self.varlen:
+            prompts = torch.zeros_like(prompts)
         groups = rollouts.groups[index]
         budget = self.max_tokens_per_micro_batch
         if budget == "auto":
             budget = auto_token_budget(index.device, rollouts, index, groups if whole_groups else None,
-                                       self.padding_free)
+                                       self.padding_free, self.varlen)
         packed = pack_by_tokens(lengths, budget, groups, whole_groups, prompt_lengths=prompts)
         # every rank runs as many passes (each backward synchronises gradients under DDP)
         count = int(max_over_ranks(torch.tensor(len(packed), device=index.device)))
@@ -68,10 +73,10 @@ AUTO_TOKENS = {"cpu": 4096, "cuda": 16384}  # real tokens per forward/backward; 
 
 
 def auto_token_budget(device: torch.device, rollouts: RolloutBatch, index: torch.Tensor,
-                      groups: torch.Tensor | None, real_tokens: bool = True) -> int:
+                      groups: torch.Tensor | None, real_tokens: bool = True, varlen: bool = False) -> int:
     """`ppo.max_tokens_per_micro_batch=auto`: `AUTO_TOKENS` of the device kind, raised to the largest
     unit that must share a forward (a rollout, or a whole group when `groups`: its prompt once with
-    `real_tokens`, else rows x its longest rollout)."""
+    `real_tokens` (every rollout's own with `varlen`), else rows x its longest rollout)."""
     lengths = rollouts.attention_mask[index].sum(-1)  # [n]
     unit = int(lengths.max()) if len(lengths) else 1
     if groups is not None:
@@ -80,6 +85,9 @@ def auto_token_budget(device: torch.device, rollouts: RolloutBatch, index: torch
             members = groups == g
             if not real_tokens:
                 unit = max(unit, int(members.sum() * lengths[members].max()))
+                continue
+            if varlen:  # every rollout with its own prompt
+                unit = max(unit, int(lengths[members].sum()))
                 continue
             unit = max(unit, int(lengths[members].max() + responses[members].sum() - responses[members].max()))
     return max(AUTO_TOKENS.get(device.type, AUTO_TOKENS["cuda"]), unit)
