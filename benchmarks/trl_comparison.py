@@ -7,14 +7,15 @@ float32 for both, on the same arith prompts, scored by clipo's math verifier, wi
 64 new tokens, temperature 1, top-p 1, learning rate 1e-5, no KL term (so no reference model),
 one update per batch, token-mean loss, gradient checkpointing off. TRL generates with HF
 `generate` (its default); clipo runs once per rollout engine (`hf`, and `vllm` when vLLM is
-installed, clipo's best CPU setting), and once more with vllm and micro-batches of 8 rollouts instead of
-16 (`ppo.micro_batch_size=8`: the same gradient, less activation memory; TRL keeps its micro-batch
-of 32). Each trainer runs in a fresh process (peak resident
-memory is its own); the first step is warm-up and is not timed. Targets (issue #26, fp32): clipo's
-step time at most 0.35 x TRL's and peak memory at most 0.45 x TRL's.
+installed, what `rollout.engine=auto` picks), and once more with vllm and micro-batches of 8 rollouts
+(`ppo.max_tokens_per_micro_batch=null ppo.micro_batch_size=8`: the same gradient, less activation
+memory; the default 2048-token budget makes 16-rollout passes here; TRL keeps its micro-batch of 32).
+Each trainer runs in a fresh process (peak resident memory is its own); the first step is warm-up
+and is not timed. Targets (issue #26, fp32): clipo's step time at most 0.35 x TRL's and peak memory
+at most 0.45 x TRL's.
 
-TRL is not a clipo dependency: install it into an environment of its own that shares clipo's
-torch and transformers, e.g.
+TRL is in clipo's `dev` extra (a test reference), so `./scripts/setup.sh --dev` installs it; or into
+an environment of its own that shares clipo's torch and transformers, e.g.
 
     python -m venv --system-site-packages /tmp/trl-venv
     printf "torch==2.13.0\\ntransformers==5.19.0\\n" > /tmp/trl-constraints.txt
@@ -37,7 +38,8 @@ from common import cpu_precision, median, run_in_subprocess, save, train_and_rep
 
 PROMPTS, GROUP, NEW_TOKENS, LR, SEED = 4, 8, 64, 1e-5, 0
 # clipo's runs: engine and extra overrides
-CLIPO_RUNS = {"clipo-hf": ("hf", []), "clipo-vllm": ("vllm", []), "clipo-vllm-mb8": ("vllm", ["ppo.micro_batch_size=8"])}
+CLIPO_RUNS = {"clipo-hf": ("hf", []), "clipo-vllm": ("vllm", []),
+              "clipo-vllm-mb8": ("vllm", ["ppo.max_tokens_per_micro_batch=null", "ppo.micro_batch_size=8"])}
 
 
 def clipo_step_times(steps: int, precision: str, engine: str, extra: list[str]) -> dict:

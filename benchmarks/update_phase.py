@@ -219,13 +219,14 @@ def main() -> None:
     base = ["model=smollm2_135m", "loss=none", f"data.prompts_per_step={args.prompts}",
             f"rollout.group_size={args.group_size}", f"rollout.max_new_tokens={args.max_new_tokens}",
             f"ppo.micro_batch_size={args.micro_batch_size}", f"trainer.precision={args.precision}", "data.val=null"]
-    variants = {"after": (str(REPO / "src"), base)}
+    per_rollouts = ["ppo.max_tokens_per_micro_batch=null"]  # --micro-batch-size rollouts a pass, not the token budget
+    variants = {"after": (str(REPO / "src"), base + per_rollouts)}
     if args.before_src:
         variants = {"before": (args.before_src, base), **variants}
     for budget in args.budgets:
         variants[f"after, budget {budget}"] = (str(REPO / "src"), base + [f"ppo.max_tokens_per_micro_batch={budget}"])
     if args.packing:
-        variants["after, packed"] = (str(REPO / "src"), base + ["ppo.padding_free=true"])
+        variants["after, packed"] = (str(REPO / "src"), base + per_rollouts + ["ppo.padding_free=true"])
     results = {}
     for name, (src, overrides) in variants.items():
         results[name] = run_variant(src, overrides, args.repeats, args.threads)

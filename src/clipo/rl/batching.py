@@ -69,7 +69,10 @@ class UpdateBatching:
         return [index[part.to(index.device)] for part in packed]
 
 
-AUTO_TOKENS = {"cpu": 4096, "cuda": 16384}  # real tokens per forward/backward; see ppo.max_tokens_per_micro_batch
+# tokens per forward/backward as computed (see ppo.max_tokens_per_micro_batch). CPU: SmolLM2-135M, fp32, 2 cores,
+# 32 padded rollouts of <= 256 tokens updated in 59.4 s and 7.0 GB at 2048 against 68.3 s and 12.3 GB at 16 rollouts
+# a pass (benchmarks/RESULTS.md); CUDA: verl's ppo_max_token_len_per_gpu
+AUTO_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 
 def auto_token_budget(device: torch.device, rollouts: RolloutBatch, index: torch.Tensor,
