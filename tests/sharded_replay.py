@@ -1,4 +1,4 @@
-"""Helper script of tests/test_sharded.py: `tests/ddp_replay.py`'s fixed-batch RL steps under each
+"""Helper script of tests/run/test_strategies.py: `tests/ddp_replay.py`'s fixed-batch RL steps under each
 strategy, one training after another in the same processes (the process group is made once), recording
 the policy's full weights after every step (gathered from ZeRO-3 / FSDP shards), the contrastive head,
 and a checkpoint per step in the strategy's own format.

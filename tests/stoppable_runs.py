@@ -1,5 +1,5 @@
 """`src/clipo/train.py` (its Hydra main, as the command line runs it) for several run folders at once,
-with a verifier slow enough to be stopped mid-run. Used by tests/test_checkpoint.py.
+with a verifier slow enough to be stopped mid-run. Used by tests/run/test_checkpointing.py.
 
     python tests/stoppable_runs.py '[{"out": "/tmp/a", "overrides": [...], "env": {...}}, ...]'
 

@@ -113,7 +113,7 @@ def test_trl_reward_functions_and_a_reward_model_on_a_trl_dataset(parity_verifie
     from omegaconf import open_dict
     from trl.rewards import accuracy_reward, think_format_reward
 
-    from tests.test_reward_model import by_hand, save_tiny_classifier
+    from tests.rl.test_reward_model import by_hand, save_tiny_classifier
 
     rows = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "solution": f"${2 * i}$", "difficulty": i}
             for i in range(8)]

@@ -20,7 +20,7 @@ from clipo.rollout import forward as forward_module
 from clipo.rollout import forward_responses
 from clipo.rollout.varlen import is_varlen_attention, resolve_padding_free, varlen_rows
 from tests.conftest import TINY_OVERRIDES, compose_config
-from tests.test_rollout_forward import TIGHT, assert_same_grads, grads_of, padded_reference, tiny, uneven  # noqa: F401
+from tests.rollout.test_forward import TIGHT, assert_same_grads, grads_of, padded_reference, tiny, uneven  # noqa: F401
 
 
 def test_layout_by_hand():

@@ -16,7 +16,7 @@ from clipo.run.checkpointing import AtomicCheckpointIO
 from clipo.train import train
 from tests.conftest import tiny_parity_config as _config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from tests.conftest import compose_config, fresh_shell_env
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                 reason="deepspeed is not installed (scripts/setup.sh --dev installs it)")
 
-REPLAY = Path(__file__).with_name("sharded_replay.py")
+REPLAY = Path(__file__).resolve().parents[1] / "sharded_replay.py"
 SHARDED = ["zero2", "zero3", "fsdp"]
 ONE_PROCESS = ["one-reward", "one-loss", "one-lora"]
 TWO_PROCESSES = ["ddp-reward", "ddp-loss", *(f"{s}-{kind}" for s in SHARDED for kind in ("reward", "resume", "loss")),

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from clipo.run.console import LineProgressBar, progress_bar
 from tests.test_cli import TINY
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Clock:

@@ -1,5 +1,5 @@
 """StopSignals records a stop signal instead of dying; a second Ctrl-C raises at once; handlers come back.
-(The end-to-end runs, exit statuses and resumes are in tests/test_checkpoint.py.)"""
+(The end-to-end runs, exit statuses and resumes are in tests/run/test_checkpointing.py.)"""
 
 import os
 import signal
