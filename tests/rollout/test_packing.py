@@ -89,7 +89,7 @@ def test_real_token_budget_counts_each_groups_prompt_once():
     # (counted per rollout, or padded, the first four would be 26 or 40 tokens)
     assert as_lists(pack_by_tokens(lengths, 25, groups, prompt_lengths=prompts)) == [[0, 1, 4, 5], [2, 3]]
     assert as_lists(pack_by_tokens(lengths, 15, groups, prompt_lengths=prompts)) == [[0, 1], [4, 5], [2, 3]]
-    with pytest.raises(ValueError, match="smaller than a group of 2 rollouts .12 tokens with its prompt once"):
+    with pytest.raises(ValueError, match="smaller than a group of 2 rollouts .12 tokens as the forward computes them"):
         pack_by_tokens(lengths, 11, groups, whole_groups=True, prompt_lengths=prompts)
 
 

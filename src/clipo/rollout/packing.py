@@ -50,38 +50,57 @@ def pack_by_tokens(
     num_groups = int(group_of.max()) + 1 if n else 0
     group_len = torch.zeros(num_groups, dtype=torch.long).scatter_reduce(0, group_of, lengths, reduce="amax")
     group_rows = torch.bincount(group_of, minlength=num_groups)  # [G']
-    # order: groups by their longest rollout, then each group's rollouts longest first (stable sorts, last key first)
-    order = torch.sort(lengths, descending=True, stable=True).indices
-    order = order[torch.sort(group_of[order], stable=True).indices]
-    order = order[torch.sort(group_len[group_of[order]], descending=True, stable=True).indices]
     if prompt_lengths is None:
         _check_fits(lengths, group_len, group_rows, budget, whole_groups and groups is not None)
     cost = _padded_cost if prompt_lengths is None else _real_cost(lengths, prompt_lengths.long().cpu(), group_of, budget)
+    units = _units(_order(lengths, group_of, group_len), group_of, group_rows, whole_groups)
+    batches = _fill(units, lengths.tolist(), budget, cost, check_units=prompt_lengths is not None)
+    _split_to(batches, min_batches)
+    return [torch.tensor(sorted(j for unit in b for j in unit), dtype=torch.long, device=device) for b in batches]
 
-    batches, current = [], []  # each batch a list of units (lists of rollout indices)
-    pending, lens = order.tolist(), lengths.tolist()
-    i = 0
-    while i < n:  # a loop over rollouts (or whole groups), never over tokens
-        g = int(group_of[pending[i]])
-        unit = pending[i : i + int(group_rows[g])] if whole_groups else pending[i : i + 1]
-        if prompt_lengths is not None and cost([unit], lens) > budget:  # a whole group alone
+
+def _order(lengths: torch.Tensor, group_of: torch.Tensor, group_len: torch.Tensor) -> list[int]:
+    """Groups by their longest rollout, then each group's rollouts longest first (stable sorts, last key first)."""
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    order = order[torch.sort(group_of[order], stable=True).indices]
+    return order[torch.sort(group_len[group_of[order]], descending=True, stable=True).indices].tolist()
+
+
+def _units(order: list[int], group_of: torch.Tensor, group_rows: torch.Tensor, whole_groups: bool) -> list[list[int]]:
+    """What may not be split: single rollouts, or whole groups (consecutive in `order`)."""
+    if not whole_groups:
+        return [[j] for j in order]
+    units, i = [], 0
+    while i < len(order):  # a loop over groups, never over tokens
+        size = int(group_rows[group_of[order[i]]])
+        units.append(order[i : i + size])
+        i += size
+    return units
+
+
+def _fill(units: list[list[int]], lens: list[int], budget: int, cost, check_units: bool) -> list[list[list[int]]]:
+    """Micro-batches of units in order, each as full as `budget` allows."""
+    batches, current = [], []
+    for unit in units:
+        if check_units and cost([unit], lens) > budget:  # a whole group alone
             raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than a group of {len(unit)} rollouts "
-                             f"({cost([unit], lens)} tokens with its prompt once), and whole groups must share a "
+                             f"({cost([unit], lens)} tokens as the forward computes them), and whole groups must share a "
                              f"micro-batch; raise it to at least {cost([unit], lens)}")
         if current and cost(current + [unit], lens) > budget:
             batches.append(current)
             current = []
         current.append(unit)
-        i += len(unit)
-    if current:
-        batches.append(current)
-    while len(batches) < min_batches:  # same count on every rank: halve the batch with the most units
+    return batches + [current] if current else batches
+
+
+def _split_to(batches: list[list[list[int]]], min_batches: int) -> None:
+    """At least `min_batches` (same count on every rank): halve the batch with the most units, in place."""
+    while len(batches) < min_batches:
         k = max(range(len(batches)), key=lambda b: len(batches[b]))
         if len(batches[k]) < 2:
             raise ValueError(f"cannot make {min_batches} micro-batches out of {len(batches)} units")
         half = len(batches[k]) // 2
         batches[k : k + 1] = [batches[k][:half], batches[k][half:]]
-    return [torch.tensor(sorted(j for unit in b for j in unit), dtype=torch.long, device=device) for b in batches]
 
 
 def _padded_cost(units: list[list[int]], lens: list[int]) -> int:
