@@ -244,21 +244,25 @@ def score_rollouts(
     rows, seconds = [], {}
     for function in functions:
         start = time.perf_counter()
-        inputs = as_text if function.text else as_trl
-        try:
-            output = call_with_timeout(function, {**inputs, "completion_ids": completion_ids, **kwargs})
-        except Exception as error:
-            raise RewardFunctionError(
-                f"reward function {function.name!r} raised {type(error).__name__}: {error} (signature: {SIGNATURE})"
-            ) from error
+        inputs = {**(as_text if function.text else as_trl), "completion_ids": completion_ids, **kwargs}
+        rows.append(_checked(function.name, _call(function, inputs), n))
         seconds[function.name] = time.perf_counter() - start
-        rows.append(_checked(function.name, output, n))
     scores = torch.tensor(rows, dtype=torch.float32).T.reshape(n, len(functions))  # [N, F]
     verifier = [f.name for f in functions].index(VERIFIER)
     extra = {k: v for k, v in extra.items() if len(v) == n}  # a column not one per rollout cannot be shown
     weights = torch.tensor([f.weight for f in functions], dtype=torch.float32)
     names = [f.name for f in functions]
     return RewardScores(names, weights, scores, scores[:, verifier] > 0.5, list(prompts), seconds, logged, extra)
+
+
+def _call(function: RewardFunction, inputs: dict[str, Any]) -> Any:
+    """`function`'s output on `inputs`; whatever it raises becomes a `RewardFunctionError` naming it."""
+    try:
+        return call_with_timeout(function, inputs)
+    except Exception as error:
+        raise RewardFunctionError(
+            f"reward function {function.name!r} raised {type(error).__name__}: {error} (signature: {SIGNATURE})"
+        ) from error
 
 
 def reward_metrics(scores: RewardScores) -> dict[str, torch.Tensor]:
