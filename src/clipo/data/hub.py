@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from clipo.data.common import (
     ANSWER_COLUMNS,
@@ -96,12 +97,18 @@ def load_hub(
             record = verl_record(row, i, data_source or name, at)
             record["messages"] = chat_messages(record["messages"], instruction, system_prompt, at)
         else:
-            answer = "" if row[answer_column] is None else str(row[answer_column])  # null: empty, not "None"
-            if pattern is not None and answer:
-                if (match := pattern.search(answer)) is None:
-                    raise ValueError(f"{at}: answer_pattern {answer_pattern!r} does not match {answer!r:.200}")
-                answer = match.group(1)
             messages = chat_messages(row[prompt_column], instruction, system_prompt, at)
-            record = prompt_record(row, prompt_column, messages, answer.strip(), data_source or name, i)
+            record = prompt_record(row, prompt_column, messages, _answer(row[answer_column], pattern, at),
+                                   data_source or name, i)
         records.append(record)
     return records
+
+
+def _answer(value: Any, pattern: re.Pattern | None, at: str) -> str:
+    """The ground truth in an answer cell: `pattern`'s first group when given, stripped; null is empty."""
+    answer = "" if value is None else str(value)  # null: empty, not "None"
+    if pattern is not None and answer:
+        if (match := pattern.search(answer)) is None:
+            raise ValueError(f"{at}: answer_pattern {pattern.pattern!r} does not match {answer!r:.200}")
+        answer = match.group(1)
+    return answer.strip()
