@@ -88,3 +88,17 @@ def test_a_run_piped_to_a_file_reads_as_lines(tmp_path):
     progress = [line for line in result.stdout.splitlines() if line.startswith(("[train]", "[validate]"))]
     done = ["[validate] arith done: 2 batches", "[validate] arith_p1 done: 2 batches"]
     assert [line.split(" in ")[0].split(" |")[0] for line in progress] == [*done, "[train] step 2/2 (100%)", *done]
+
+
+def test_vllm_logs_errors_only_unless_the_user_says_otherwise(monkeypatch):
+    import logging
+
+    from clipo.run.console import quiet_third_party_output
+
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    monkeypatch.setattr(logging.getLogger("vllm"), "level", logging.NOTSET)
+    quiet_third_party_output()
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "ERROR" and logging.getLogger("vllm").level == logging.ERROR
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "info")
+    quiet_third_party_output()
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "info" and logging.getLogger("vllm").level == logging.INFO

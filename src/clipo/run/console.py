@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +122,14 @@ class _DropPromotionalTips(logging.Filter):
 
 
 def quiet_third_party_output() -> None:
-    """No promotional tips; and off a terminal, no tqdm bars from transformers or huggingface_hub
-    (loading and saving weights), whose frames a log file would keep as one long `\\r` line."""
+    """No promotional tips; vLLM's errors only (its start-up prints its whole engine config and a dozen
+    warnings that concern GPUs and kernels a CPU run does not use; VLLM_LOGGING_LEVEL=INFO shows them);
+    and off a terminal, no tqdm bars from transformers or huggingface_hub (loading and saving weights),
+    whose frames a log file would keep as one long `\\r` line."""
     silence_promotional_tips()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # read when vLLM is first imported
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())  # in case it was imported already
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
     if not sys.stderr.isatty():
         import huggingface_hub.utils
         import transformers.utils.logging
