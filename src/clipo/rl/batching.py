@@ -69,9 +69,9 @@ class UpdateBatching:
         return [index[part.to(index.device)] for part in packed]
 
 
-# tokens per forward/backward as computed (see ppo.max_tokens_per_micro_batch). CPU: SmolLM2-135M, fp32, 2 cores,
-# 32 padded rollouts of <= 256 tokens updated in 59.4 s and 7.0 GB at 2048 against 68.3 s and 12.3 GB at 16 rollouts
-# a pass (benchmarks/RESULTS.md); CUDA: verl's ppo_max_token_len_per_gpu
+# tokens per forward/backward as computed (see ppo.max_tokens_per_micro_batch). CPU: SmolLM2-135M, fp32, 2 AMD EPYC
+# cores with AVX-512 BF16, 32 padded rollouts of <= 256 tokens updated in 59.4 s and 7.0 GB at 2048 against 68.3 s
+# and 12.3 GB at 16 rollouts a pass (benchmarks/RESULTS.md); CUDA: verl's ppo_max_token_len_per_gpu
 AUTO_TOKENS = {"cpu": 2048, "cuda": 16384}
 
 

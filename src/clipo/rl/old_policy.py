@@ -146,7 +146,7 @@ class RolloutLogprobs:
         hidden = None  # [N, T, D]
         for part in self.batching.micro_batches(rollouts, index, micro):
             out = forward_responses(model, rollouts.select(part), self.temperature, hidden_layer,
-                                    packed=self.batching.padding_free)
+                                    packed=self.batching.padding_free, varlen=self.batching.varlen)
             logprobs[part] = out.logprobs
             if hidden_layer is not None:
                 hidden = out.hidden.new_zeros((*logprobs.shape, out.hidden.shape[-1])) if hidden is None else hidden

@@ -113,7 +113,7 @@ class PolicyUpdater:
         """The loss of the rollouts `index` (its share of the update's) and its metrics."""
         part = batch.rollouts.select(index)
         out = forward_responses(self.policy, part, self.temperature, self.hidden_layer, with_entropy=True,
-                                packed=self.batching.padding_free)
+                                packed=self.batching.padding_free, varlen=self.batching.varlen)
         old, weights = batch.old.for_micro_batch(index, part, out.logprobs)
         ref = None if batch.ref_logprobs is None else batch.ref_logprobs[index]
         loss, metrics = self.algorithm(out.logprobs, old, batch.advantages[index], part.response_mask, norm, ref, weights)

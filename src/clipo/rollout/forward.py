@@ -64,8 +64,9 @@ def forward_responses(
         chunk_size: response positions per LM-head chunk (`clipo.rollout.logprobs`).
         packed: pack the rollouts padding-free where the model allows (False: the padded paths).
         row_tokens: the longest prefix-sharing row (None: `clipo.rollout.packed.default_row_tokens`).
-        varlen: with `packed`, the varlen layout (True) or prefix-sharing rows (False); None: varlen
-            exactly when the model's attention is a varlen kernel (True forces it on SDPA, for tests).
+        varlen: with `packed`, the varlen layout (True) or prefix-sharing rows (False), as the builders
+            decided it (`UpdateBatching.varlen`); None: varlen exactly when the model's attention is a
+            varlen kernel (for direct callers; True forces it on SDPA, for tests).
     """
     sequences, attention_mask, P, T = _cropped(rollouts)
     mask = rollouts.response_mask[:, :T]  # [n, T]
