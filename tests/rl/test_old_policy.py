@@ -72,7 +72,8 @@ def _update(module, collected):
 def _count_passes(module, monkeypatch):
     calls = []
     forward = module.collector.logprobs._forward
-    monkeypatch.setattr(module.collector.logprobs, "_forward", lambda *args: calls.append(args) or forward(*args))
+    monkeypatch.setattr(module.collector.logprobs, "_forward",
+                        lambda *args, **kwargs: calls.append(args) or forward(*args, **kwargs))
     return calls
 
 

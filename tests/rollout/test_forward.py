@@ -109,6 +109,18 @@ PATHS = {  # forward_responses arguments (None: `short_rows`)
 }
 
 
+def test_hidden_states_alone_skip_the_lm_head(tiny):
+    model, _, batch = tiny
+    head_calls = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda *args: head_calls.append(1))
+    with torch.no_grad():
+        out = forward_responses(model, batch, hidden_layer=1, with_entropy=True, with_logprobs=False)
+    handle.remove()
+    _, _, hidden = padded_reference(model, batch, hidden_layer=1)
+    assert not head_calls and out.logprobs is None and out.entropy is None
+    assert_close(out.hidden[batch.response_mask], hidden[batch.response_mask], **TIGHT)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("shape", ["as sampled", "uneven"])
 def test_forward_values_equal_the_padded_forward(tiny, path, shape):

@@ -127,7 +127,7 @@ class RolloutLogprobs:
         take_old = update and self.old_before_update
         old = None
         if wanted is not None or take_old:
-            old, hidden = self._forward(self.policy, rollouts, wanted)
+            old, hidden = self._forward(self.policy, rollouts, wanted, with_logprobs=take_old)
             if wanted is not None:
                 rollouts.hidden = hidden
         reference = None
@@ -139,16 +139,20 @@ class RolloutLogprobs:
         return OnPolicy(rollouts, self.correction), reference
 
     @torch.no_grad()
-    def _forward(self, model: torch.nn.Module, rollouts: RolloutBatch, hidden_layer: int | None):
+    def _forward(self, model: torch.nn.Module, rollouts: RolloutBatch, hidden_layer: int | None,
+                 with_logprobs: bool = True):
+        """(log-probs [N, T], or None without `with_logprobs`; `hidden_layer`'s states [N, T, D] or None)."""
         index = torch.arange(len(rollouts.responses), device=rollouts.sequences.device)
         micro = self.batching.micro_batch_size or len(index)
         logprobs = torch.zeros(rollouts.response_mask.shape, device=index.device)  # [N, T]
         hidden = None  # [N, T, D]
         for part in self.batching.micro_batches(rollouts, index, micro):
             out = forward_responses(model, rollouts.select(part), self.temperature, hidden_layer,
-                                    packed=self.batching.padding_free, varlen=self.batching.varlen)
-            logprobs[part] = out.logprobs
+                                    packed=self.batching.padding_free, varlen=self.batching.varlen,
+                                    with_logprobs=with_logprobs)
+            if with_logprobs:
+                logprobs[part] = out.logprobs
             if hidden_layer is not None:
                 hidden = out.hidden.new_zeros((*logprobs.shape, out.hidden.shape[-1])) if hidden is None else hidden
                 hidden[part] = out.hidden
-        return logprobs, hidden
+        return (logprobs if with_logprobs else None), hidden

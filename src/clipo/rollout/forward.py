@@ -38,7 +38,7 @@ from clipo.rollout.varlen import uses_varlen_attention, varlen_rows
 
 @dataclass
 class ForwardOutput:
-    logprobs: torch.Tensor  # [n, T] log-prob of each response token (0 after the response's end)
+    logprobs: torch.Tensor | None  # [n, T] log-prob of each response token (0 after the response's end), when asked for
     entropy: torch.Tensor | None  # [n, T] (no grad), when asked for (0 after the response's end)
     hidden: torch.Tensor | None  # [n, T, D] chosen layer at the response tokens (row t: token t), when asked for
 
@@ -53,6 +53,7 @@ def forward_responses(
     packed: bool = False,
     row_tokens: int | None = None,
     varlen: bool | None = None,
+    with_logprobs: bool = True,
 ) -> ForwardOutput:
     """Log-probs of the response tokens under `model` (with grad if enabled by the caller).
 
@@ -67,16 +68,19 @@ def forward_responses(
         varlen: with `packed`, the varlen layout (True) or prefix-sharing rows (False), as the builders
             decided it (`UpdateBatching.varlen`); None: varlen exactly when the model's attention is a
             varlen kernel (for direct callers; True forces it on SDPA, for tests).
+        with_logprobs: False skips the LM head (hidden states alone: CLIPO's for an engine without them).
     """
     sequences, attention_mask, P, T = _cropped(rollouts)
     mask = rollouts.response_mask[:, :T]  # [n, T]
     predicting, chosen = _states(model, rollouts.groups, sequences, attention_mask, mask, P, hidden_layer,
                                  packed, row_tokens, varlen)  # [M, D], [n, T, D] or None
-    logprobs, entropy = token_logprobs(
-        model.get_output_embeddings(), predicting, sequences[:, P:][mask], temperature, with_entropy, chunk_size
-    )  # [M] each
     full_mask = rollouts.response_mask.bool()  # [n, T_batch]; True only within the first T columns
-    logprobs = logprobs.new_zeros(full_mask.shape).masked_scatter(full_mask, logprobs)
+    logprobs = entropy = None
+    if with_logprobs:
+        logprobs, entropy = token_logprobs(
+            model.get_output_embeddings(), predicting, sequences[:, P:][mask], temperature, with_entropy, chunk_size
+        )  # [M] each
+        logprobs = logprobs.new_zeros(full_mask.shape).masked_scatter(full_mask, logprobs)
     if entropy is not None:
         entropy = entropy.new_zeros(full_mask.shape).masked_scatter(full_mask, entropy)
     hidden = None
