@@ -180,7 +180,8 @@ def build_rollout_logprobs(
         sampling.logprob_temperature,
         batching,
         old_before_update=batching.reuses_batch(cfg.data.prompts_per_step * cfg.rollout.group_size),
-        correction=ImportanceCorrection(correction.cap, correction.level, correction.mode) if correction.enabled else None,
+        correction=ImportanceCorrection(correction.cap, correction.level, correction.mode,
+                                        correction.get("min_ratio")) if correction.enabled else None,
         hidden_layer=cfg.rollout.hidden_layer if mode is ContrastiveMode.REWARD else None,
         reference=policy if base_reference else reference,
         reference_context=policy.disable_adapter if base_reference else nullcontext,
@@ -219,6 +220,7 @@ def build_updater(
         max_grad_norm=cfg.ppo.max_grad_norm,
         max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
         contrastive=loss_term,
+        whole_groups=algorithm.needs_whole_groups,
     )
 
 

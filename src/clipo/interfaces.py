@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from clipo.algorithms.aggregation import StepNormalizer
+from clipo.algorithms.inputs import LossInputs
 from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.sampling import Sampling
 
@@ -68,9 +69,13 @@ class Verifier(Protocol):
 
 @runtime_checkable
 class AdvantageEstimator(Protocol):
-    """rewards [N], integer group ids [N] -> advantages [N] float32 (groups may be unequal and unordered)."""
+    """rewards [N], integer group ids [N] -> advantages [N] float32 (groups may be unequal and unordered).
+    `lengths` [N] (response tokens) and `components` [N, F] with `component_weights` [F] (each reward
+    function's score and the shaping on top) are there for the estimators that use them."""
 
-    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor, lengths: torch.Tensor | None = None,
+                 components: torch.Tensor | None = None,
+                 component_weights: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -84,6 +89,10 @@ class PolicyLoss(Protocol):
     """
 
     uses_reference: bool
+    needs_whole_groups: bool  # each forward must hold whole groups (the loss compares a group's rollouts)
+
+    def loss(self, inputs: LossInputs, norm: StepNormalizer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one micro-batch's `LossInputs` (what the updater calls); `__call__` takes the common tensors."""
 
     def __call__(
         self,

@@ -14,6 +14,7 @@ from clipo.algorithms import (
     GMPOLoss,
     GRPOLoss,
     GSPOLoss,
+    LossInputs,
     StepNormalizer,
     aggregate,
     token_kl,
@@ -385,8 +386,10 @@ def test_registry_contract(name):
     logp = (torch.randn(4, 5, generator=gen) - 2).to(torch.bfloat16).requires_grad_()
     old = logp.detach().float() + 0.05 * torch.randn(4, 5, generator=gen)
     mask = torch.arange(5) < torch.tensor([[5], [1], [3], [0]])  # includes an empty response
-    norm = StepNormalizer.from_mask(mask)
-    loss, metrics = algo(logp, old, torch.randn(4, generator=gen), mask, norm, old - 0.1)
+    groups, correct = torch.tensor([0, 0, 1, 1]), torch.tensor([True, False, True, False])
+    norm = StepNormalizer.from_mask(mask, groups=groups, correct=correct)
+    inputs = LossInputs(logp, old, torch.randn(4, generator=gen), mask, old - 0.1, groups=groups, correct=correct)
+    loss, metrics = algo.loss(inputs, norm)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert logp.grad is not None and torch.isfinite(logp.grad).all()

@@ -128,7 +128,10 @@ class RolloutCollector:
                     rollouts.hidden, rollouts.hidden_mask, correct, rollouts.groups, shaped
                 )
             metrics |= contrastive.metrics
-        advantages = self.advantage(shaped, rollouts.groups)
+        # each reward function's score and the shaping on top: the components GDPO normalises apart
+        components = torch.cat([scores.scores.to(device), (shaped - rewards).unsqueeze(-1)], dim=-1)  # [N, F + 1]
+        weights = torch.cat([scores.weights.to(device).float(), torch.ones(1, device=device)])
+        advantages = self.advantage(shaped, rollouts.groups, rollouts.response_lengths, components, weights)
         metrics["train/shaped_reward"] = shaped.mean()
         return Trajectory(rollouts, rewards, correct, shaped, advantages, old, ref_logprobs, update_policy,
                           metrics, scores, contrastive)

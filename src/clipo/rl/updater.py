@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from clipo.algorithms import StepNormalizer
+from clipo.algorithms import LossInputs, StepNormalizer, mixed_group_count
 from clipo.contrastive.modes import ContrastiveLossTerm
 from clipo.distributed import sum_over_ranks, world
 from clipo.interfaces import PolicyLoss
@@ -38,6 +38,8 @@ class PolicyUpdater:
         max_grad_norm: clipping bound (None or 0: no clipping).
         max_nonfinite_updates: skipped updates in a row that stop the run.
         contrastive: CLIPO's loss-mode term, or None.
+        whole_groups: each forward holds whole groups (the algorithm's `needs_whole_groups`; always with
+            `contrastive`, which compares a group's rollouts per forward).
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class PolicyUpdater:
         max_grad_norm: float | None = 1.0,
         max_nonfinite_updates: int = 3,
         contrastive: ContrastiveLossTerm | None = None,
+        whole_groups: bool = False,
     ) -> None:
         self.policy, self.algorithm, self.batching, self.contrastive = policy, algorithm, batching, contrastive
+        self.whole_groups = whole_groups or contrastive is not None
         self.temperature, self.max_len = temperature, max_len
         self.max_grad_norm, self.max_nonfinite_updates = max_grad_norm, max_nonfinite_updates
         self.hidden_layer = None if contrastive is None else contrastive.hidden_layer
@@ -70,9 +74,11 @@ class PolicyUpdater:
         self.skipped_updates = int(state.get("skipped_updates", 0))
 
     def update(
-        self, batch: Trajectory, optimizer: Any, backward: Callable[[torch.Tensor], None], timer: PhaseTimer
+        self, batch: Trajectory, optimizer: Any, backward: Callable[[torch.Tensor], None], timer: PhaseTimer,
+        step: int = 0,
     ) -> dict[str, torch.Tensor]:
-        """`epochs` passes over mini-batches; metrics averaged over micro-batches (or updates)."""
+        """`epochs` passes over mini-batches; metrics averaged over micro-batches (or updates). `step`: RL
+        steps done before this one (the loss's training progress)."""
         with timer("update"):
             n = len(batch.rollouts.responses)
             mini, micro = self.batching.sizes(n, world()[1])
@@ -80,21 +86,21 @@ class PolicyUpdater:
             for _ in range(self.batching.epochs):
                 for start in range(0, n, mini):
                     index = torch.arange(start, start + mini, device=batch.advantages.device)
-                    for key, value in self._update_once(batch, index, micro, optimizer, backward).items():
+                    for key, value in self._update_once(batch, index, micro, optimizer, backward, step).items():
                         history[key].extend(value)
             history["numerics/skipped_updates"].append(torch.tensor(float(self.skipped_updates)))
             return {k: torch.stack(v).mean() for k, v in history.items()} | batch.old.metrics()
 
     def _update_once(
         self, batch: Trajectory, mini_index: torch.Tensor, micro: int, optimizer: Any,
-        backward: Callable[[torch.Tensor], None],
+        backward: Callable[[torch.Tensor], None], step: int = 0,
     ) -> dict[str, list[torch.Tensor]]:
         """One optimizer update over the mini-batch `mini_index`, accumulated over its micro-batches."""
-        norm = self.step_normalizer(batch.rollouts.response_mask[mini_index])
+        norm = self.step_normalizer(batch.rollouts.response_mask[mini_index], batch.rollouts.groups[mini_index],
+                                    batch.correct[mini_index])
         history: dict[str, list[torch.Tensor]] = defaultdict(list)
-        whole_groups = self.contrastive is not None
-        for index in self.batching.micro_batches(batch.rollouts, mini_index, micro, whole_groups):
-            loss, metrics = self._micro_batch_loss(batch, index, norm, len(mini_index))
+        for index in self.batching.micro_batches(batch.rollouts, mini_index, micro, self.whole_groups):
+            loss, metrics = self._micro_batch_loss(batch, index, norm, len(mini_index), step)
             backward(loss)
             metrics["actor/loss"] = loss.detach().float()
             for key, value in metrics.items():
@@ -108,7 +114,7 @@ class PolicyUpdater:
         return history
 
     def _micro_batch_loss(
-        self, batch: Trajectory, index: torch.Tensor, norm: StepNormalizer, mini: int
+        self, batch: Trajectory, index: torch.Tensor, norm: StepNormalizer, mini: int, step: int = 0
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of the rollouts `index` (its share of the update's) and its metrics."""
         part = batch.rollouts.select(index)
@@ -116,7 +122,10 @@ class PolicyUpdater:
                                 packed=self.batching.padding_free, varlen=self.batching.varlen)
         old, weights = batch.old.for_micro_batch(index, part, out.logprobs)
         ref = None if batch.ref_logprobs is None else batch.ref_logprobs[index]
-        loss, metrics = self.algorithm(out.logprobs, old, batch.advantages[index], part.response_mask, norm, ref, weights)
+        inputs = LossInputs(out.logprobs, old, batch.advantages[index], part.response_mask, ref, weights,
+                            part.sampling_logprobs, out.entropy, part.groups, batch.correct[index],
+                            (batch.shaped_rewards - batch.rewards)[index], step)
+        loss, metrics = self.algorithm.loss(inputs, norm)
         if self.contrastive is not None:
             term, contrastive_metrics = self.contrastive(
                 out.hidden, part.hidden_mask, batch.correct[index], part.groups, len(index), mini
@@ -126,14 +135,15 @@ class PolicyUpdater:
         metrics["actor/entropy"] = out.entropy[part.response_mask].mean()
         return loss, metrics
 
-    def step_normalizer(self, mask: torch.Tensor) -> StepNormalizer:
-        """Aggregation denominators of one update: the counts of the global mini-batch (all ranks),
-        divided by the world size because data parallelism averages the ranks' gradients, so the
-        average of the ranks' losses is the loss one process would compute on the global batch."""
+    def step_normalizer(self, mask: torch.Tensor, groups: torch.Tensor, correct: torch.Tensor) -> StepNormalizer:
+        """Aggregation denominators of one update: the counts of the global mini-batch (all ranks; a group
+        lives on one rank), divided by the world size because data parallelism averages the ranks'
+        gradients, so the average of the ranks' losses is the loss one process would compute on the global batch."""
         mask = mask.bool()
-        counts = torch.stack([mask.sum(), mask.any(-1).sum()]).double()
-        tokens, sequences = (sum_over_ranks(counts).clamp(min=1) / world()[1]).tolist()
-        return StepNormalizer(tokens=tokens, sequences=sequences, max_len=self.max_len)
+        mixed = torch.tensor(mixed_group_count(groups, correct), device=mask.device)
+        counts = torch.stack([mask.sum(), mask.any(-1).sum(), mixed]).double()
+        tokens, sequences, mixed_groups = (sum_over_ranks(counts).clamp(min=1) / world()[1]).tolist()
+        return StepNormalizer(tokens=tokens, sequences=sequences, max_len=self.max_len, mixed_groups=mixed_groups)
 
     def clip_and_step(self, optimizer: Any) -> torch.Tensor:
         """Clip and step; a non-finite gradient skips the update (counted, and fatal after too many in a row)."""
