@@ -102,26 +102,41 @@ def test_sums_to_zero_within_group(estimator, seed):
         assert abs(float(adv[groups == g].sum())) < 1e-4
 
 
-@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def lengths_of(rewards: torch.Tensor) -> torch.Tensor:
+    """Response lengths 1..7 for the estimators that weigh by length."""
+    return torch.arange(len(rewards)) % 7 + 1
+
+
+def built(name: str, **settings):
+    """The registered estimator `name`, called as the collector calls it (with lengths)."""
+    estimator = ADVANTAGES.build({"name": name, **settings})
+    return lambda rewards, groups: estimator(rewards, groups, lengths_of(rewards))
+
+
+# every estimator whose advantages sum over a group's sign pattern: positive above the group's baseline
+SIGNED = sorted(set(ADVANTAGES.names()) - {"grpo_passk"})
+
+
+@pytest.mark.parametrize("estimator", SIGNED)
 def test_size_one_and_equal_reward_groups_get_zero(estimator):
     rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 5.0])
     groups = torch.tensor([0, 0, 0, 1, 1, 2])  # group 0 all equal, group 2 alone
-    adv = ESTIMATORS[estimator](rewards, groups)
+    adv = built(estimator)(rewards, groups)
     assert_close(adv[[0, 1, 2, 5]], torch.zeros(4))
     assert adv[3] < 0 < adv[4]
 
 
-@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+@pytest.mark.parametrize("estimator", SIGNED)
 @pytest.mark.parametrize("value", [0.9, 0.1, 0.7, 1 / 3, -2.3, 0.35 + 0.5 * 0.6])
 def test_fractional_equal_groups_get_exactly_zero(estimator, value):
     # weighted functions or a reward model give non-binary rewards: in float32 the mean of 16
     # copies of 0.9 is one rounding step off, which GRPO's std + 1e-6 blew up to 0.1
     rewards = torch.cat([torch.full((16,), value), torch.tensor([0.0, 1.0, 0.25, 0.5])])
     groups = torch.tensor([4] * 16 + [9] * 4)
-    adv = ESTIMATORS[estimator](rewards, groups)
+    adv = built(estimator)(rewards, groups)
     assert torch.equal(adv[:16], torch.zeros(16))  # exactly, not within a tolerance
     assert (adv[16:] != 0).all()
-    alone = ESTIMATORS[estimator](torch.full((16,), value), torch.zeros(16, dtype=torch.long))
+    alone = built(estimator)(torch.full((16,), value), torch.zeros(16, dtype=torch.long))
     assert torch.equal(alone, torch.zeros(16))
 
 
@@ -144,11 +159,18 @@ def test_integer_rewards_and_bad_input():
 
 @pytest.mark.parametrize("name", ADVANTAGES.names())
 def test_registry_contract(name):
-    estimator = ADVANTAGES.build({"name": name})
     rewards, groups = random_batch(4, 4, seed=5, ragged=True, binary=True)
-    adv = estimator(rewards, groups)
+    adv = built(name)(rewards, groups)
     assert adv.shape == rewards.shape and adv.dtype == torch.float32 and torch.isfinite(adv).all()
-    assert_close(adv, ESTIMATORS[name](rewards, groups))
+    if name in ESTIMATORS:
+        assert_close(adv, ESTIMATORS[name](rewards, groups))
+
+
+@pytest.mark.parametrize("name", ["opo", "reinforce_pp", "gdpo"])
+def test_length_users_need_lengths(name):
+    settings = {"whiten_over": "tokens"} if name == "reinforce_pp" else {}
+    with pytest.raises(ValueError, match="response length"):
+        ADVANTAGES.build({"name": name, **settings})(REWARDS, GROUPS)
 
 
 def test_registry_lists_all_estimators():
