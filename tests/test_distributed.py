@@ -120,8 +120,10 @@ def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
         ["advantage=reinforce_pp", "algorithm.aggregation=seq-mean-token-mean", "loss=infonce", "loss.level=batch"],
         # packed micro-batches: ranks whose rollouts pack into fewer passes are split to the same count
         ["loss=none", "ppo.max_tokens_per_micro_batch=320"],
+        # ConSPO averages over the mixed groups of all ranks; its full margin from the first step
+        ["loss=none", "algorithm=conspo", "algorithm.alpha=0", "ppo.micro_batch_size=4"],
     ],
-    ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level", "grpo-token-budget"],
+    ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level", "grpo-token-budget", "conspo"],
 )
 def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, overrides):
     # the token-budget case's single process runs the padded forward: DDP over packed rows equals it too
