@@ -4,9 +4,9 @@ verl is installed with `pip install verl==0.9.1 --no-deps` (scripts/setup.sh --d
 requirements (ray, vLLM/SGLang, tensordict, ...) would pull a second torch. `import verl` itself
 then fails, because `verl/__init__.py` imports `verl.protocol`, which imports ray. `core_algos`
 needs none of that at run time: this loader skips `verl/__init__.py` and lets the import-time-only
-references to ray, tensordict and codetiming resolve to inert stand-ins that raise if anything calls
-them afterwards, so a reference function that touched them fails loudly instead of computing.
-Nothing of verl's code is copied or changed.
+references to ray, tensordict, codetiming and orjson (where they are not installed) resolve to inert
+stand-ins that raise if anything calls them afterwards, so a reference function that touched them
+fails loudly instead of computing. Nothing of verl's code is copied or changed.
 """
 
 from __future__ import annotations
@@ -19,18 +19,18 @@ from functools import cache
 import pytest
 
 VERL_VERSION = "0.9.1"
-IMPORT_ONLY = ("ray", "tensordict", "tensordict.tensorclass", "codetiming")
+IMPORT_ONLY = ("ray", "tensordict", "tensordict.tensorclass", "codetiming", "orjson")
 _armed = False  # after the import: any use of a stand-in is an error
 
 
 class _StandIn:
     def __init__(self, *args, **kwargs) -> None:
         if _armed:
-            raise RuntimeError("a verl reference function used ray/tensordict/codetiming at run time")
+            raise RuntimeError("a verl reference function used a module it was imported without (ray, tensordict, ...)")
 
     def __call__(self, *args, **kwargs):  # decorators applied at import time return the function
         if _armed:
-            raise RuntimeError("a verl reference function used ray/tensordict/codetiming at run time")
+            raise RuntimeError("a verl reference function used a module it was imported without (ray, tensordict, ...)")
         return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else _StandIn()
 
     def __class_getitem__(cls, item):  # annotations such as list[ray.ObjectRef]
@@ -51,7 +51,8 @@ def core_algos() -> types.ModuleType:
     spec = importlib.util.find_spec("verl")
     if spec is None:
         pytest.skip(f"verl is not installed: pip install verl=={VERL_VERSION} --no-deps (scripts/setup.sh --dev)")
-    added = [name for name in IMPORT_ONLY if name not in sys.modules]
+    missing = [name for name in IMPORT_ONLY if importlib.util.find_spec(name.split(".")[0]) is None]
+    added = [name for name in missing if name not in sys.modules]
     for name in added:
         module = _StandInModule(name)
         module.__path__ = []
