@@ -41,6 +41,35 @@ def test_reinforce_pp_hand_example():
     assert_close(reinforce_pp_advantages(REWARDS, GROUPS), expected, atol=1e-6, rtol=0)
 
 
+def test_opo_gpg_passk_hand_examples():
+    from clipo.advantages import gpg_advantages, grpo_passk_advantages, opo_advantages
+
+    lengths = torch.tensor([2, 6, 1, 1, 3, 5, 4])
+    # opo, group 7: baseline (2*1 + 6*0 + 1*0 + 1*0) / 10 = 0.2 -> [0.8, -0.2, -0.2, -0.2];
+    # group 3: (3*1 + 5*0) / 8 = 0.375 -> [0.625, -0.375]; the singleton: 0
+    assert_close(opo_advantages(REWARDS, GROUPS, lengths), torch.tensor([0.8, -0.2, -0.2, -0.2, 0.625, -0.375, 0.0]))
+    # gpg: alpha = 7 rollouts / 3 nonzero rewards = 7/3 times r - group mean ([0.75, -0.25 x3, 0.5, -0.5, 0])
+    expected = torch.tensor([0.75, -0.25, -0.25, -0.25, 0.5, -0.5, 0.0]) * 7 / 3
+    assert_close(gpg_advantages(REWARDS, GROUPS), expected)
+    # pass@k: the best of group 7 gets (1 - 0) / (std 0.5 + 1e-6), of group 3 (1 - 0) / (0.70711 + 1e-6)
+    expected = torch.tensor([1 / (0.5 + 1e-6), 0, 0, 0, 1 / (0.5**0.5 + 1e-6), 0, 0])
+    assert_close(grpo_passk_advantages(REWARDS, GROUPS), expected)
+    # ties at the top: only the first best is credited, by 0
+    assert_close(grpo_passk_advantages(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0, 0, 0])), torch.zeros(3))
+
+
+def test_batch_scale_and_token_whitening_hand_examples():
+    # grpo scale=batch: the rewards' unbiased std over the batch, [1,0,0,0,1,0,1]: mean 3/7,
+    # var (3 * (4/7)^2 + 4 * (3/7)^2) / 6 = (48/49 + 36/49) / 6 = 2/7, std 0.534522
+    centred = torch.tensor([0.75, -0.25, -0.25, -0.25, 0.5, -0.5, 0.0])
+    assert_close(grpo_advantages(REWARDS, GROUPS, scale="batch"), centred / ((2 / 7) ** 0.5 + 1e-6))
+    # reinforce_pp over tokens: centred values of the 6 counted rollouts weighted by lengths [1, 1, 1, 1, 2, 2]:
+    # n = 8, mean = (0.75 - 0.75 + 1 - 1) / 8 = 0, var = (0.5625 + 3 * 0.0625 + 2 * 0.25 + 2 * 0.25) / 7 = 1.75 / 7
+    lengths = torch.tensor([1, 1, 1, 1, 2, 2, 9])
+    got = reinforce_pp_advantages(REWARDS, GROUPS, whiten_over="tokens", lengths=lengths)
+    assert_close(got, centred / (0.25 + 1e-8) ** 0.5)
+
+
 def naive(rewards: torch.Tensor, groups: torch.Tensor, estimator: str) -> torch.Tensor:
     """Straight from the formulas, one group at a time."""
     out = torch.zeros(len(rewards), dtype=torch.float64)
