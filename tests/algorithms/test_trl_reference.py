@@ -72,8 +72,9 @@ def run_both(case: str, seed: int, sampler: bool = False, token_weights=None, tr
     ours_logp = leaf(b.logprobs)
     algorithm = ALGORITHMS.build(clipo_cfg)
     norm = StepNormalizer.from_mask(mask, max_len=T)
-    ours, _ = algorithm.loss(LossInputs(ours_logp, b.old, b.advantages, mask, b.ref if algorithm.uses_reference else None,
-                                        token_weights, b.sampling if sampler else None, b.entropy), norm)
+    ref = b.ref if algorithm.uses_reference else None
+    ours, _ = algorithm.loss(LossInputs(ours_logp, b.old, b.advantages, mask, ref, token_weights,
+                                        b.sampling if sampler else None, b.entropy), norm)
     (ours_grad,) = torch.autograd.grad(ours, ours_logp)
     return (theirs.detach(), theirs_grad), (ours.detach(), ours_grad)
 

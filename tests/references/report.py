@@ -13,13 +13,12 @@ from collections import defaultdict
 
 import torch
 
+from clipo.algorithms.rollout_correction import importance_weights
 from tests.advantages import test_references as adv
 from tests.algorithms import test_trl_reference as trl
 from tests.algorithms import test_verl_reference as verl
 from tests.references.inputs import policy_batch
 from tests.references.trl import trl_sampler_ratio
-
-from clipo.algorithms.rollout_correction import importance_weights
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -37,7 +36,8 @@ def loss_rows() -> dict[tuple[str, str], list[float]]:
     for seed in trl.SEEDS:
         for case, (settings, config, _) in trl.CASES.items():
             sampler = case == "off_policy_mask"
-            add((f"{config['name']} ({case})", f"TRL loss_type={settings['loss_type']}"), *trl.run_both(case, seed, sampler))
+            key = (f"{config['name']} ({case})", f"TRL loss_type={settings['loss_type']}")
+            add(key, *trl.run_both(case, seed, sampler))
         for mode in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):
             b = policy_batch(seed)
             level, kind = mode.split("_")
@@ -70,7 +70,8 @@ def advantage_rows() -> dict[tuple[str, str], list[float]]:
             for case, ((name, settings), scale) in adv.TRL_CASES.items():
                 theirs = adv.trl_advantages(rewards.unsqueeze(-1), torch.ones(1), adv.G, scale)
                 row = rows[(f"advantage={name} {settings or ''}".strip(), f"TRL scale_rewards={scale}")]
-                row[0], row[1] = row[0] + 1, max(row[1], _diff(adv.ours(name, rewards, groups, lengths, **settings), theirs))
+                got = adv.ours(name, rewards, groups, lengths, **settings)
+                row[0], row[1] = row[0] + 1, max(row[1], _diff(got, theirs))
         rewards, groups, lengths = adv.batch(seed, binary=False)
         theirs = adv.verl_estimator("reinforce_plus_plus", rewards, groups, lengths, config=adv.algo_config(gamma=1.0))
         got = adv.ours("reinforce_pp", rewards, groups, lengths, baseline="none", whiten_over="tokens")

@@ -55,7 +55,8 @@ def trl_loss(logprobs: torch.Tensor, entropy: torch.Tensor, inputs: dict, loss_t
     trainer.__dict__.update(
         _get_per_token_logps_and_entropies=lambda *a, **k: (logprobs, entropy, None),
         top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=0.0,
-        loss_type=loss_type, epsilon_low=0.2, epsilon_high=0.2, use_vllm=False, vllm_importance_sampling_correction=False,
+        loss_type=loss_type, epsilon_low=0.2, epsilon_high=0.2, use_vllm=False,
+        vllm_importance_sampling_correction=False,
         model=types.SimpleNamespace(training=True), current_gradient_accumulation_steps=1, max_completion_length=None,
         accelerator=OneProcess(), _entropy_bonus_enabled=False, aux_loss_enabled=False,
         _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, args=args,

@@ -11,7 +11,8 @@ from clipo.registry import ADVANTAGES
 SCALES = ("group", "batch")
 
 
-def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-6, scale: str = "group") -> torch.Tensor:
+def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-6,
+                    scale: str = "group") -> torch.Tensor:
     """GRPO outcome advantage `(r - group mean) / (std + eps)`.
 
     DeepSeekMath, Shao et al. 2024, https://arxiv.org/abs/2402.03300 (Sec. 4.1.2). `scale="group"`:

@@ -58,9 +58,11 @@ class PolicyLossBase:
         if kl_coef < 0:
             raise ValueError(f"{name}: kl_coef must be >= 0, got {kl_coef}")
         if not 0.0 <= top_entropy_quantile <= 1.0:
-            raise ValueError(f"{name}: top_entropy_quantile must be in [0, 1] (1 keeps every token), got {top_entropy_quantile}")
+            raise ValueError(f"{name}: top_entropy_quantile must be in [0, 1] (1 keeps every token), "
+                             f"got {top_entropy_quantile}")
         if off_policy_mask_threshold is not None and off_policy_mask_threshold < 0:
-            raise ValueError(f"{name}: off_policy_mask_threshold must be >= 0 or null (off), got {off_policy_mask_threshold}")
+            raise ValueError(f"{name}: off_policy_mask_threshold must be >= 0 or null (off), "
+                             f"got {off_policy_mask_threshold}")
         self.aggregation, self.kl_coef, self.kl_estimator = aggregation, kl_coef, kl_estimator
         self.kl_bias_correction = kl_bias_correction
         self.off_policy_mask_threshold, self.top_entropy_quantile = off_policy_mask_threshold, top_entropy_quantile

@@ -105,7 +105,8 @@ class ConSPOLoss(PolicyLossBase):
 
     def policy_loss(self, inputs: LossInputs, norm: StepNormalizer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if inputs.groups is None or inputs.correct is None:
-            raise ValueError("algorithm=conspo needs each rollout's group id and correctness (LossInputs.groups, .correct)")
+            raise ValueError("algorithm=conspo needs each rollout's group id and correctness "
+                             "(LossInputs.groups, .correct)")
         mask, logprobs = inputs.mask, inputs.logprobs
         factors = self.token_factors(inputs)
         # the score's value is the plain mean; each token's gradient share is scaled by its factor

@@ -42,7 +42,8 @@ class DPPOLossBase(PolicyLossBase):
             raise ValueError(f"{type(self).__name__}: clip_c (the weight's truncation) must be > 0, got {clip_c}")
         self.clip_low, self.clip_high, self.clip_c = clip_low, clip_high, clip_c
 
-    def valid_tokens(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    def valid_tokens(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                     advantages: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001

@@ -16,7 +16,8 @@ class DPPOKLLoss(DPPOLossBase):
     the advantage's direction: a token keeps its gradient while that KL <= clip_high or p <= p_old (A > 0),
     KL <= clip_low or p >= p_old (A <= 0); see `dppo_token_losses`."""
 
-    def valid_tokens(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    def valid_tokens(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                     advantages: torch.Tensor) -> torch.Tensor:
         p, p_old = logprobs.exp(), old_logprobs.exp()
         kl = p_old * (old_logprobs - logprobs) + (1 - p_old) * torch.log((1.0 - p_old + 1e-8) / (1.0 - p + 1e-8))
         return torch.where(advantages > 0, (kl <= self.clip_high) | (p <= p_old), (kl <= self.clip_low) | (p >= p_old))

@@ -14,6 +14,7 @@ class DPPOTVLoss(DPPOLossBase):
     while `p - p_old <= clip_high` (A > 0) or `p - p_old >= -clip_low` (A <= 0), p the sampled token's
     probability; see `dppo_token_losses`."""
 
-    def valid_tokens(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    def valid_tokens(self, logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                     advantages: torch.Tensor) -> torch.Tensor:
         change = logprobs.exp() - old_logprobs.exp()  # [N, T]
         return torch.where(advantages > 0, change <= self.clip_high, change >= -self.clip_low)

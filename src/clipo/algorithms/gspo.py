@@ -37,4 +37,5 @@ class GSPOLoss(PolicyLossBase):
 
     def kl_ratio(self, inputs: LossInputs) -> torch.Tensor:
         """[N, 1] the sequence ratio exp(mean_t log(pi / pi_old)) with its gradient (TRL's sequence-level weight)."""
-        return masked_mean(inputs.logprobs - inputs.old_logprobs, inputs.mask, dim=-1).clamp(max=10.0).exp().unsqueeze(-1)
+        seq_log_ratio = masked_mean(inputs.logprobs - inputs.old_logprobs, inputs.mask, dim=-1)  # [N]
+        return seq_log_ratio.clamp(max=10.0).exp().unsqueeze(-1)

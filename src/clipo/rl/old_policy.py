@@ -36,7 +36,8 @@ class ImportanceCorrection:
         low_ok = self.min_ratio is None or 0 <= self.min_ratio <= 1
         if self.cap < 1 or self.level not in LEVELS or self.mode not in MODES or not low_ok:
             raise ValueError(f"rollout.importance_sampling: cap={self.cap} must be >= 1, level={self.level!r} one of "
-                             f"{LEVELS}, mode={self.mode!r} one of {MODES}, min_ratio={self.min_ratio} null or in [0, 1]")
+                             f"{LEVELS}, mode={self.mode!r} one of {MODES}, "
+                             f"min_ratio={self.min_ratio} null or in [0, 1]")
 
     def __call__(self, old: torch.Tensor, sampling: torch.Tensor, mask: torch.Tensor):
         return importance_weights(old, sampling, mask, self.cap, self.level, self.mode, self.min_ratio)
