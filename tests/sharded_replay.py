@@ -53,6 +53,21 @@ class RecordSteps(L.Callback):
         self.whole_in_generation: list[bool] = []
         self.sharded_after_generation: list[bool] = []
         self.vllm_push: dict = {}
+        self.head_grads: list[dict[str, torch.Tensor]] = []
+
+    def on_train_start(self, trainer, module) -> None:  # noqa: ANN001
+        """The head's gradient at each of its optimizer steps, averaged over the ranks (`HeadStep.step`):
+        what the ranks must agree on with one process, before AdamW amplifies rounding in tiny gradients."""
+        optimizer = module.head_step.optimizer
+        if optimizer is None:
+            return
+        names = {id(p): name for name, p in module.contrastive.named_parameters()}
+
+        def record(opt, args, kwargs) -> None:  # noqa: ANN001
+            self.head_grads.append({names[id(p)]: p.grad.detach().float().clone() for group in opt.param_groups
+                                    for p in group["params"] if p.grad is not None})
+
+        optimizer.register_step_pre_hook(record)
 
     def on_train_end(self, trainer, module) -> None:  # noqa: ANN001
         """What the vllm engine's weight push (`named_weights`) yields: every tensor whole, and the policy
@@ -121,6 +136,7 @@ def run_plan(out_dir: Path, devices: int, name: str) -> None:
     metrics, objects = train(cfg)
     if objects["trainer"].is_global_zero:
         torch.save({"metrics": metrics, "steps": RECORDER.weights, "heads": RECORDER.heads,
+                    "head_grads": RECORDER.head_grads,
                     "whole_in_generation": RECORDER.whole_in_generation, "vllm_push": RECORDER.vllm_push,
                     "sharded_after_generation": RECORDER.sharded_after_generation,
                     "run_dir": cfg.paths.output_dir}, out_dir / f"{name}.pt")
