@@ -46,6 +46,7 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
         super().__init__(**kwargs)
         self.gradient_clipping = float(gradient_clipping or 0.0)
         self.param_persistence_threshold = param_persistence_threshold
+        self._inference_engine_made = False  # `trainer.validate` before `fit` (clipo's validation before training)
 
     def setup_environment(self) -> None:
         if isinstance(self.accelerator, CPUAccelerator):  # Lightning's check accepts CUDA only
@@ -105,12 +106,13 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
         """`deepspeed.initialize` on the module without its contrastive part, put back afterwards: the
         engine then neither casts it to bf16, partitions it (ZeRO-3) nor hooks its gradients."""
         import deepspeed
+        from lightning.pytorch.strategies.deepspeed import remove_module_hooks
 
-        # Lightning passes the CUDA index; a CPU device has none, and DeepSpeed reads -1 as "one process"
-        index = self.root_device.index
         with children_hidden(model):
+            if self._inference_engine_made:  # validation before fit: its ZeRO-3 hooks would run beside the new ones
+                remove_module_hooks(model)
             engine, optimizer, _, _ = deepspeed.initialize(
-                args=argparse.Namespace(device_rank=self.local_rank if index is None else index),
+                args=argparse.Namespace(device_rank=self._device_rank()),
                 config=self.config,
                 model=model,
                 model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -119,6 +121,30 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
                 dist_init_required=False,
             )
         return engine, optimizer
+
+    def _initialize_deepspeed_inference(self, model: torch.nn.Module) -> None:
+        """Lightning's inference engine (`trainer.validate` before `fit`): the same config subset, with the
+        CPU's device rank and without the contrastive part, as in training (Lightning passes the CUDA index,
+        None on a CPU, which DeepSpeed cannot compare)."""
+        import deepspeed
+        from lightning.pytorch.strategies.deepspeed import remove_module_hooks
+
+        config = {"train_micro_batch_size_per_gpu": 1}
+        config |= {key: self.config[key] for key in ("fp16", "bf16") if key in self.config}
+        if self.zero_stage_3:
+            config |= {key: self.config[key] for key in ("zero_allow_untested_optimizer", "zero_optimization")}
+        with children_hidden(model):
+            remove_module_hooks(model)  # a training engine's hooks (validation after fit), as Lightning does
+            self._inference_engine_made = True
+            self.model, _, _, _ = deepspeed.initialize(
+                args=argparse.Namespace(device_rank=self._device_rank()), config=config, model=model,
+                optimizer=None, lr_scheduler=None, model_parameters=[], dist_init_required=False,
+            )
+
+    def _device_rank(self) -> int:
+        """Lightning passes the CUDA index; a CPU device has none, and DeepSpeed reads -1 as "one process"."""
+        index = self.root_device.index
+        return self.local_rank if index is None else index
 
 
 @contextmanager
