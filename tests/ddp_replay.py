@@ -33,12 +33,12 @@ GLOBAL_PROMPTS = 4
 TRAIN_SET = None  # the run's train set, built in main()
 
 
-def replay_share(self: RolloutCollector, batch: list[dict], timer, generation_context, trainer_state):  # noqa: ANN001
+def replay_share(self: RolloutCollector, batch: list[dict], timer, trainer_state):  # noqa: ANN001
     """Stands in for `RolloutCollector._generate_and_score`: this rank's share of one fixed global batch."""
     records = [TRAIN_SET[i] for i in range(GLOBAL_PROMPTS)]
     with torch.random.fork_rng():
         torch.manual_seed(1234)
-        rollouts = self.engine.generate(records, self.group_size, self.sampling, self.hidden_layer)
+        rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
     scores = self.rewards(records, rollouts, self.group_size, trainer_state)
     rank, world_size = world()
     share = len(rollouts.responses) // world_size

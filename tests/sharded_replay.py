@@ -29,14 +29,21 @@ from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 
 
-def replay_gathered(self: RolloutCollector, batch, timer, generation_context, trainer_state):  # noqa: ANN001
-    """`ddp_replay.replay_share` inside the strategy's generation context (weights gathered for the phase)."""
-    policy = trainer_state.lightning_module.policy
-    with generation_context():
-        RECORDER.whole_in_generation.append(not is_sharded_now(policy))
-        result = replay.replay_share(self, batch, timer, generation_context, trainer_state)
-    RECORDER.sharded_after_generation.append(is_sharded_now(policy))
-    return result
+def replay_gathered(self: RolloutCollector, batch, timer, trainer_state):  # noqa: ANN001
+    """`ddp_replay.replay_share`, recording that it runs inside the strategy's generation context (weights
+    gathered for the whole sampling phase)."""
+    RECORDER.whole_in_generation.append(not is_sharded_now(trainer_state.lightning_module.policy))
+    return replay.replay_share(self, batch, timer, trainer_state)
+
+
+def record_sharded_after_generation(collect):  # noqa: ANN001, ANN201
+    """`RolloutCollector.collect`, recording whether the policy is sharded again once it returns."""
+    def recorded(self, records, step, refill, timer, generation_context, trainer_state):  # noqa: ANN001
+        result = collect(self, records, step, refill, timer, generation_context, trainer_state)
+        RECORDER.sharded_after_generation.append(is_sharded_now(trainer_state.lightning_module.policy))
+        return result
+
+    return recorded
 
 
 def is_sharded_now(policy: torch.nn.Module) -> bool:
@@ -146,6 +153,7 @@ def main() -> None:
     out_dir, devices, *names = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.")]
     VERIFIERS._entries["parity"] = ParityVerifier
     RolloutCollector._generate_and_score = replay_gathered
+    RolloutCollector.collect = record_sharded_after_generation(RolloutCollector.collect)
     L.Trainer.__init__ = _with_callback(L.Trainer.__init__, RECORDER)
     for name in names:
         run_plan(Path(out_dir), int(devices), name)

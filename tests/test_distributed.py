@@ -118,15 +118,16 @@ def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
     [
         ["loss=none"],
         ["advantage=reinforce_pp", "algorithm.aggregation=seq-mean-token-mean", "loss=infonce", "loss.level=batch"],
-        # packed micro-batches: ranks whose rollouts pack into fewer passes are split to the same count
+        # micro-batches by tokens: a rank whose rollouts pack into fewer passes runs stand-ins to the same count
         ["loss=none", "ppo.max_tokens_per_micro_batch=320"],
     ],
     ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level", "grpo-token-budget"],
 )
 def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, overrides):
-    # the token-budget case's single process runs the padded forward: DDP over packed rows equals it too
-    packed = ["ppo.padding_free=true"] if "ppo.max_tokens_per_micro_batch=320" in overrides else []
-    one, two = _replay(tmp_path, 1, overrides), _replay(tmp_path, 2, overrides + packed)
+    # the token-budget case's single process runs the padded forward: DDP over varlen rows equals it too
+    varlen = ["ppo.forward_layout=varlen"] if "ppo.max_tokens_per_micro_batch=320" in overrides else []
+    one, two = _replay(tmp_path, 1, overrides + ["ppo.forward_layout=padded"] * bool(varlen)), _replay(
+        tmp_path, 2, overrides + varlen)
     for key in ("train/reward", "train/shaped_reward", "actor/loss", "actor/pg_loss", "actor/grad_norm", "actor/entropy"):
         torch.testing.assert_close(two["metrics"][key], one["metrics"][key], rtol=1e-4, atol=1e-7, msg=key)
     assert one["metrics"]["actor/grad_norm"] > 0 and one["metrics"]["actor/loss"] != 0

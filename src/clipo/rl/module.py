@@ -7,6 +7,7 @@ an RL step samples, scores and then makes one or more optimizer updates.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, Callable
 
 import lightning as L
@@ -18,7 +19,6 @@ from clipo.contrastive.modes import HeadStep
 from clipo.distributed import gathered_for_generation, mean_over_ranks
 from clipo.evaluation.validation import Validation
 from clipo.rl.collector import RolloutCollector, Trajectory
-from clipo.rl.old_policy import TakenOld
 from clipo.rl.rollout_log import RolloutLog, rollout_rows
 from clipo.rl.updater import PolicyUpdater
 from clipo.run.flops import matmul_parameters, rl_step_perf, step_passes
@@ -99,8 +99,7 @@ class ClipoModule(L.LightningModule):
         metrics |= {f"time/{phase}": torch.tensor(s) for phase, s in timer.seconds.items()}
         metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
         metrics["perf/tokens_per_s"] = torch.tensor(timer.generated_tokens / max(timer.seconds["generate"], 1e-9))
-        passes = step_passes(collected.update_policy, self.updater.batching.epochs,
-                             isinstance(collected.old, TakenOld), collected.ref_logprobs is not None)
+        passes = step_passes(collected.update_policy, self.updater.batching.epochs, collected.forward_passes)
         metrics |= rl_step_perf(self.policy, collected.rollouts.attention_mask.sum(-1), passes,
                                 float(metrics["time/step"]), self.trainer.precision, self.matmul_params)
         metrics = self._mean_over_ranks(metrics)
@@ -130,12 +129,19 @@ class ClipoModule(L.LightningModule):
         return dict(zip(keys, values))
 
     # ---- validation --------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        # the weights gathered once for the whole pass: ranks hold different numbers of batches (problem i goes
+        # to rank i mod W), so gathering per batch (ZeRO-3, FSDP) would put their collectives out of step
+        self._validation_context = ExitStack()
+        self._validation_context.enter_context(self._generation_context())
+
     def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.trainer.datamodule.val_set_names[dataloader_idx]
-        self.validation.score(batch, name, self._generation_context, self.device)
+        self.validation.score(batch, name, self.device)
 
     def on_validation_epoch_end(self) -> None:
         """Per-set accuracy (mean@n), pass@k and maj@k; robustness gaps to each twin; averages over sets."""
+        self._validation_context.close()
         logged = self.validation.compute()
         self.log_dict(logged, prog_bar=False)
         if not self.trainer.sanity_checking:

@@ -140,6 +140,9 @@ class HFEngine:
     """`rollout.engine=hf`: transformers `generate` on the training policy itself, with the hidden-state
     hook for CLIPO (see `generate_rollouts`). It samples from the live weights, so `sync_weights` does nothing."""
 
+    gives_hidden_states = True  # captured while sampling
+    gives_sampling_logprobs = False  # it samples from the trainer's own distribution
+
     def __init__(self, policy: torch.nn.Module, tokenizer: Any) -> None:
         self.policy, self.tokenizer = policy, tokenizer
 
