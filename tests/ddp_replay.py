@@ -25,7 +25,6 @@ from clipo.data import build_dataset  # noqa: E402
 from clipo.distributed import world  # noqa: E402
 from clipo.registry import VERIFIERS  # noqa: E402
 from clipo.rl.collector import RolloutCollector  # noqa: E402
-from clipo.run.strategies import sharded_state_dict  # noqa: E402
 from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 
@@ -66,7 +65,7 @@ def main() -> None:
     RolloutCollector._generate_and_score = replay_share
     metrics, objects = train(cfg)
     policy = objects["module"].policy
-    weights = sharded_state_dict(policy) or policy.state_dict()  # ZeRO-3 / FSDP: gathered by every rank
+    weights = objects["module"].full_policy_state() or policy.state_dict()  # ZeRO-3 / FSDP: gathered by every rank
     if objects["trainer"].is_global_zero:
         torch.save({"metrics": metrics, "weights": weights}, out)
 

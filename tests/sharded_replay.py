@@ -24,7 +24,6 @@ from clipo.data import build_dataset  # noqa: E402
 from clipo.registry import VERIFIERS  # noqa: E402
 from clipo.rl.collector import RolloutCollector  # noqa: E402
 from clipo.rollout.vllm_engine import named_weights  # noqa: E402
-from clipo.run.strategies import sharded_state_dict  # noqa: E402
 from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 
@@ -85,7 +84,7 @@ class RecordSteps(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         policy = module.policy
-        self.weights.append(sharded_state_dict(policy) or {k: v.clone() for k, v in policy.state_dict().items()})
+        self.weights.append(module.full_policy_state() or {k: v.clone() for k, v in policy.state_dict().items()})
         contrastive = module.contrastive or torch.nn.Module()  # loss=none builds no objective
         params = list(contrastive.parameters())
         optimizer = module.head_step.optimizer

@@ -18,6 +18,7 @@ from clipo.advantages import reinforce_pp_advantages
 from clipo.contrastive.sets import build_sets
 from clipo.distributed import all_gather_rows, gathered_for_generation, globally_unique_groups, sum_over_ranks, world
 from clipo.registry import LOSSES, register_components
+from clipo.run.facts import StrategyKind
 from tests.conftest import fresh_shell_env
 
 REPLAY = Path(__file__).with_name("ddp_replay.py")
@@ -160,7 +161,7 @@ def _zero3_worker(rank: int, rendezvous: str) -> None:
     torch.manual_seed(0)
     expected = generate_rollouts(reference, tokenizer, records, 3, generation, hidden_layer=-1)
     torch.manual_seed(0)
-    with gathered_for_generation(SimpleNamespace(zero_stage_3=True, model=engine)):
+    with gathered_for_generation(StrategyKind.ZERO3, SimpleNamespace(model=engine), engine.module):
         assert sum(p.numel() for p in engine.module.parameters()) == sum(p.numel() for p in reference.parameters())
         got = generate_rollouts(engine.module, tokenizer, records, 3, generation, hidden_layer=-1)
     assert got.responses == expected.responses
@@ -188,10 +189,10 @@ def test_generation_gathers_zero3_weights_once_per_rollout_phase(monkeypatch):
 
     monkeypatch.setattr("deepspeed.runtime.zero.unwrap_model_for_generation", fake_unwrap)
     engine = object()
-    with gathered_for_generation(SimpleNamespace(zero_stage_3=True, model=engine)):
+    with gathered_for_generation(StrategyKind.ZERO3, SimpleNamespace(model=engine), None):
         pass
     assert entered == [engine]
-    for strategy in (SimpleNamespace(zero_stage_3=False, model=engine), SimpleNamespace()):  # ZeRO-2, DDP, single
-        with gathered_for_generation(strategy):
+    for kind in (StrategyKind.ZERO2, StrategyKind.DDP, StrategyKind.SINGLE):
+        with gathered_for_generation(kind, SimpleNamespace(model=engine), None):
             pass
     assert entered == [engine]

@@ -33,10 +33,12 @@ from clipo.rl.old_policy import ImportanceCorrection, LogprobPasses
 from clipo.rl.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
-from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_processes
+from clipo.rollout.engine_choice import choose_engine, engine_dtype
 from clipo.rollout.forward import plan_training_forward
 from clipo.rollout.sampling import Sampling
 from clipo.run.checkpointing import AtomicCheckpointIO
+from clipo.run.facts import RunFacts, StrategyKind, detect_facts
+from clipo.run.runtime import Choice
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +134,16 @@ def build_verifier(cfg: DictConfig, kind: str) -> Any:
     return VERIFIERS.build(plain((cfg.get("verifiers") or {}).get(kind)) or {"name": kind})
 
 
-def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
+def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, processes: int = 1,
+                 precision: Any = None) -> tuple[Any, Choice]:
     """`rollout.engine` (`auto` decided here, once, and said), with its own settings block when it has one
-    (`rollout.vllm`); the vllm engine samples in bf16 when the trainer computes in bf16."""
-    choice = choose_engine(cfg.rollout.engine, policy, training_processes(cfg.get("trainer") or {}))
+    (`rollout.vllm`), and the choice; the vllm engine samples in bf16 when the trainer computes in bf16."""
+    choice = choose_engine(cfg.rollout.engine, policy, processes)
     log.info("rollout engine %s: %s", choice.value, choice.reason)
     settings = plain(cfg.rollout.get(choice.value)) or {}
     if choice.value == "vllm":
-        settings["dtype"] = engine_dtype(settings.get("dtype"), (cfg.get("trainer") or {}).get("precision"))
-    return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer)
+        settings["dtype"] = engine_dtype(settings.get("dtype"), precision)
+    return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer), choice
 
 
 def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
@@ -159,24 +162,17 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
                       log.rollouts_max_rows_per_step)
 
 
-def build_batching(cfg: DictConfig, policy: Any, whole_groups: bool) -> UpdateBatching:
+def build_batching(cfg: DictConfig, policy: Any, whole_groups: bool, device: str = "cpu") -> UpdateBatching:
     """Micro-batching and the training forward's plan, decided once for the policy and said in the run's first
-    lines; `whole_groups`: a loss taken per forward pass over a group's rollouts (CLIPO's loss mode)."""
+    lines; `whole_groups`: a loss taken per forward pass over a group's rollouts (CLIPO's loss mode); `device`:
+    the kind the policy trains on ("cpu" or "cuda"), whose token budget `auto` takes."""
     p = cfg.ppo
     forward = plan_training_forward(policy, p.forward_layout)
     log.info("training forward %s: %s", forward.layout.value, forward.reason)
     budget = p.max_tokens_per_micro_batch
     auto = budget == "auto"
     return UpdateBatching(forward, p.epochs, p.mini_batch_size, p.micro_batch_size,
-                          AUTO_TOKENS[training_device(cfg)] if auto else budget, grow_budget=auto,
-                          whole_groups=whole_groups)
-
-
-def training_device(cfg: DictConfig) -> str:
-    """The device kind the policy trains on ("cuda" or "cpu"), from `trainer.accelerator`."""
-    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
-    cuda = accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
-    return "cuda" if cuda else "cpu"
+                          AUTO_TOKENS[device] if auto else budget, grow_budget=auto, whole_groups=whole_groups)
 
 
 def build_logprob_passes(
@@ -221,7 +217,7 @@ def build_collector(
 
 def build_updater(
     cfg: DictConfig, policy: Any, algorithm: Any, batching: UpdateBatching, sampling: Sampling,
-    loss_term: ContrastiveLossTerm | None, sampler_logprobs: bool,
+    loss_term: ContrastiveLossTerm | None, sampler_logprobs: bool, facts: RunFacts | None = None,
 ) -> PolicyUpdater:
     """The update; with an engine that reports its log-probs, the sampler correction (`rollout.importance_sampling`)."""
     correction = cfg.rollout.importance_sampling
@@ -235,6 +231,7 @@ def build_updater(
         max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
         contrastive=loss_term,
         sampler_logprobs=sampler_logprobs,
+        sharded_grad_norm=facts is not None and facts.strategy is StrategyKind.FSDP,
         correction=ImportanceCorrection(correction.cap, correction.level, correction.mode) if correction.enabled else None,
     )
 
@@ -244,16 +241,19 @@ def build_validation(cfg: DictConfig, engine: Any, verifiers: dict[str, Any], sa
     return Validation(engine, sampling, verifiers, twins, cfg.validation.n, list(cfg.validation.ks))
 
 
-def build_module(cfg: DictConfig) -> ClipoModule:
+def build_module(cfg: DictConfig, facts: RunFacts | None = None) -> ClipoModule:
+    """Every part of the run, from the config and the run's facts (None: detected here, for tests and notebooks);
+    the module keeps the facts, with the engine chosen once the policy has loaded."""
     register_components()
-    mode = ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
+    facts = facts or detect_facts(cfg)
+    mode = facts.contrastive
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = build_verifiers(cfg)
-    engine = build_engine(cfg, policy, tokenizer)
+    engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, facts.precision.value)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
-    batching = build_batching(cfg, policy, whole_groups=mode is ContrastiveMode.LOSS)
+    batching = build_batching(cfg, policy, whole_groups=mode is ContrastiveMode.LOSS, device=facts.device)
     # reward shaping pools hidden states: captured while sampling, or taken by the collector's pass
     shaping_layer = cfg.rollout.hidden_layer if mode is ContrastiveMode.REWARD else None
     captured = engine.gives_hidden_states
@@ -266,11 +266,12 @@ def build_module(cfg: DictConfig) -> ClipoModule:
         collector=build_collector(cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping,
                                   tokenizer.pad_token_id, shaping_layer if captured else None),
         updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term,
-                              engine.gives_sampling_logprobs),
+                              engine.gives_sampling_logprobs, facts),
         contrastive=contrastive.objective,
         head_step=contrastive.head_step,
         optimizer=instantiate(cfg.optimizer),
         validation=build_validation(cfg, engine, val_verifiers, val_sampling),
+        facts=facts.with_engine(choice),
         reference=reference,
         rollout_log=build_rollout_log(cfg),
         run_config=run_config(cfg),
@@ -283,13 +284,13 @@ def build_strategy(cfg: DictConfig) -> Any:
     return instantiate(spec) if "_target_" in spec else name
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, facts: RunFacts) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     no_validation = {} if cfg.data.get("val") else {"limit_val_batches": 0}
     strategy = build_strategy(cfg)
     # DeepSpeed and FSDP write their own sharded checkpoint folders; every other strategy writes through this
-    plugins = [] if str(cfg.strategy.name).startswith(("deepspeed", "fsdp")) else [AtomicCheckpointIO()]
+    plugins = [] if facts.strategy.writes_folders else [AtomicCheckpointIO()]
     return instantiate(
         cfg.trainer, strategy=strategy, callbacks=callbacks, logger=loggers or False, plugins=plugins, **no_validation
     )

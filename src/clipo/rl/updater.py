@@ -24,7 +24,6 @@ from clipo.interfaces import PolicyLoss
 from clipo.rl.batching import MicroBatch, UpdateBatching
 from clipo.rl.collector import Trajectory
 from clipo.rl.old_policy import ImportanceCorrection, mismatch_metrics
-from clipo.run.strategies import full_tensor
 from clipo.run.timing import PhaseTimer
 
 
@@ -42,6 +41,7 @@ class PolicyUpdater:
         contrastive: CLIPO's loss-mode term, or None.
         sampler_logprobs: the engine reports its log-probs (vLLM): the mismatch is measured, and
             `correction` (`rollout.importance_sampling`, None when off) re-weights for it.
+        sharded_grad_norm: the gradient norm is a DTensor shard to make whole (FSDP2).
     """
 
     def __init__(
@@ -56,9 +56,11 @@ class PolicyUpdater:
         contrastive: ContrastiveLossTerm | None = None,
         sampler_logprobs: bool = False,
         correction: ImportanceCorrection | None = None,
+        sharded_grad_norm: bool = False,
     ) -> None:
         self.policy, self.algorithm, self.batching, self.contrastive = policy, algorithm, batching, contrastive
         self.sampler_logprobs, self.correction = sampler_logprobs, correction if sampler_logprobs else None
+        self.sharded_grad_norm = sharded_grad_norm
         self.temperature, self.max_len = temperature, max_len
         self.max_grad_norm, self.max_nonfinite_updates = max_grad_norm, max_nonfinite_updates
         self.hidden_layer = None if contrastive is None else contrastive.hidden_layer
@@ -167,7 +169,8 @@ class PolicyUpdater:
         params = [p for p in self.policy.parameters() if p.grad is not None]
         max_norm = self.max_grad_norm if self.max_grad_norm else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
-        grad_norm = full_tensor(grad_norm)  # FSDP2: a DTensor
+        if self.sharded_grad_norm and params:
+            grad_norm = grad_norm.full_tensor()
         if torch.isfinite(grad_norm):
             optimizer.step()
             self.nonfinite_in_a_row = 0
