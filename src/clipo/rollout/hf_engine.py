@@ -12,6 +12,7 @@ returns the states at the same positions, so both paths pool the same thing
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Iterator
 
 import torch
@@ -89,13 +90,17 @@ def generate_rollouts(
     was_training = model.training
     model.eval()  # no dropout while sampling
     module = hidden_layer_module(model, hidden_layer) if hidden_layer is not None else None
+    # no per-token sync between ranks (transformers turns it on for an FSDP module): the caller holds whole
+    # weights for the phase, and ranks generate different numbers of times (validation batches, refills)
+    generate = partial(model.generate, input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation,
+                       synced_gpus=False)
     try:
         if module is None:
-            sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation)
+            sequences = generate()
             states = []
         else:
             with capture_predicting_states(module) as states:
-                sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation)
+                sequences = generate()
     finally:
         model.train(was_training)
 
