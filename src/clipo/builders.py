@@ -242,16 +242,18 @@ def build_validation(cfg: DictConfig, engine: Any, verifiers: dict[str, Any], sa
     return Validation(engine, sampling, verifiers, twins, cfg.validation.n, list(cfg.validation.ks))
 
 
-def build_module(cfg: DictConfig, facts: RunFacts | None = None) -> ClipoModule:
+def build_module(cfg: DictConfig, facts: RunFacts | None = None,
+                 verifiers: tuple[Any, dict[str, Any]] | None = None) -> ClipoModule:
     """Every part of the run, from the config and the run's facts (None: detected here, for tests and notebooks);
-    the module keeps the facts, with the engine chosen once the policy has loaded."""
+    the module keeps the facts, with the engine chosen once the policy has loaded. `verifiers`: the training
+    verifier and the validation sets' (`build_verifiers`), when the data check built them already."""
     register_components()
     facts = facts or detect_facts(cfg)
     mode = facts.contrastive
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
-    verifier, val_verifiers = build_verifiers(cfg)
+    verifier, val_verifiers = verifiers or build_verifiers(cfg)
     engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, facts.precision.value)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
     # CLIPO's loss mode and a loss over a group's rollouts (`needs_whole_groups`) are taken per forward pass

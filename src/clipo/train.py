@@ -72,15 +72,16 @@ def apply_facts(cfg: DictConfig, facts: RunFacts) -> RunFacts:
     return facts
 
 
-def check_training_data(cfg: DictConfig, datamodule: Any) -> None:
+def check_training_data(cfg: DictConfig, datamodule: Any, verifiers: tuple[Any, dict[str, Any]]) -> None:
     """Load the train and validation sets and check their ground truths with the verifiers that will score
-    them (`clipo.data.checks`), before the model loads."""
-    train_verifier, val_verifiers = build_verifiers(cfg)
+    them (`clipo.data.checks`), before the model loads; a bad set closes the verifiers' worker pools."""
+    train_verifier, val_verifiers = verifiers
     try:
         check_data(datamodule, train_verifier, val_verifiers, bool(cfg.data.get("skip_bad_rows", False)))
-    finally:
+    except BaseException:
         for verifier in {id(v): v for v in [train_verifier, *val_verifiers.values()]}.values():
             verifier.close()
+        raise
 
 
 def _build_run(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
@@ -89,8 +90,9 @@ def _build_run(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
     resumed checkpoint's step."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    check_training_data(cfg, datamodule)
-    module = build_module(cfg, facts)
+    verifiers = build_verifiers(cfg)  # once: the data check and the run share them (and the math worker pool)
+    check_training_data(cfg, datamodule, verifiers)
+    module = build_module(cfg, facts, verifiers)
     context = getattr(module.policy.config, "max_position_embeddings", None)
     if limit := prompt_token_limit(cfg.data.get("max_prompt_tokens", "auto"), context, cfg.rollout.max_new_tokens):
         drop_overlong_prompts(datamodule, module.tokenizer, limit)

@@ -28,10 +28,15 @@ class StrategyKind(str, Enum):
 
     @classmethod
     def of(cls, strategy_name: str, processes: int) -> StrategyKind:
-        """The kind of `strategy=<name>` (the `_offload` variants are their stage's) in a run of `processes`."""
+        """The kind of `strategy=<name>` (the `_offload` variants are their stage's) in a run of `processes`;
+        a strategy of the user's own (`_target_`) names the kind it behaves like."""
         name = str(strategy_name).removesuffix("_offload")
         if name in ("auto", "ddp"):
             return cls.DDP if processes > 1 else cls.SINGLE
+        if name not in {kind.value for kind in cls}:
+            raise ValueError(f"strategy.name={strategy_name!r} is not a strategy kind clipo knows (auto, ddp, "
+                             "deepspeed_zero2, deepspeed_zero3, fsdp, and the _offload variants): a strategy of your "
+                             "own sets `name:` to the one whose parameters it holds alike (ddp: whole on every rank)")
         return cls(name)
 
     @property
