@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import torch
 
-from clipo.advantages import grpo_advantages
+from clipo.advantages import GRPOAdvantage, grpo_advantages
 from clipo.rl.collector import RolloutCollector, Trajectory
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.old_policy import PassResults
@@ -75,7 +75,7 @@ def record(truth, rewards):
 
 
 def collector(**parts) -> RolloutCollector:
-    return RolloutCollector(HandMadeEngine(), Verifier(), GivenRewards(), grpo_advantages, Sampling(max_new_tokens=3),
+    return RolloutCollector(HandMadeEngine(), Verifier(), GivenRewards(), GRPOAdvantage(), Sampling(max_new_tokens=3),
                             G, parts.pop("logprobs", PlannedPasses(False)), **parts)
 
 

@@ -159,12 +159,14 @@ class PolicyUpdater:
         metrics["actor/entropy"] = out.entropy[part.response_mask].mean()
         return loss, metrics
 
-    def step_normalizer(self, mask: torch.Tensor, groups: torch.Tensor, correct: torch.Tensor) -> StepNormalizer:
+    def step_normalizer(self, mask: torch.Tensor, groups: torch.Tensor | None = None,
+                        correct: torch.Tensor | None = None) -> StepNormalizer:
         """Aggregation denominators of one update: the counts of the global mini-batch (all ranks; a group
         lives on one rank), divided by the world size because data parallelism averages the ranks'
-        gradients, so the average of the ranks' losses is the loss one process would compute on the global batch."""
+        gradients, so the average of the ranks' losses is the loss one process would compute on the global
+        batch. `groups` and `correct` count the groups with both labels (ConSPO's normaliser)."""
         mask = mask.bool()
-        mixed = torch.tensor(mixed_group_count(groups, correct), device=mask.device)
+        mixed = torch.tensor(0 if groups is None else mixed_group_count(groups, correct), device=mask.device)
         counts = torch.stack([mask.sum(), mask.any(-1).sum(), mixed]).double()
         tokens, sequences, mixed_groups = (sum_over_ranks(counts).clamp(min=1) / world()[1]).tolist()
         return StepNormalizer(tokens=tokens, sequences=sequences, max_len=self.max_len, mixed_groups=mixed_groups)
