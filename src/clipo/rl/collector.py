@@ -45,6 +45,7 @@ class Trajectory:
     ref_logprobs: torch.Tensor | None = None  # [N, T] the reference's, when the loss has a KL term
     update_policy: bool = True  # False during CLIPO's head warm-up
     forward_passes: int = 0  # the collector's no-grad passes over the batch (FLOPs accounting)
+    step: int = 0  # RL steps done before this one (the loss's training progress, e.g. ConSPO's margin)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars
     scores: RewardScores | None = None  # each reward function's scores [N, F], for the rollout log
     contrastive: RewardShapingOutput | None = None  # CLIPO's losses and bonuses in reward mode
@@ -141,8 +142,9 @@ class RolloutCollector:
         weights = torch.cat([scores.weights.to(device).float(), torch.ones(1, device=device)])
         advantages = self.advantage(shaped, rollouts.groups, rollouts.response_lengths, components, weights)
         metrics["train/shaped_reward"] = shaped.mean()
-        return Trajectory(rollouts, rewards, correct, shaped, advantages, passes.old_logprobs, passes.ref_logprobs,
-                          update_policy, passes.passes, metrics, scores, contrastive)
+        return Trajectory(rollouts, rewards, correct, shaped, advantages, old_logprobs=passes.old_logprobs,
+                          ref_logprobs=passes.ref_logprobs, update_policy=update_policy, forward_passes=passes.passes,
+                          step=step, metrics=metrics, scores=scores, contrastive=contrastive)
 
     def _generate_and_score(
         self, records: list[dict], timer: PhaseTimer, trainer_state: Any

@@ -96,7 +96,7 @@ class ClipoModule(L.LightningModule):
         self._log_rollouts(collected)
         metrics = dict(collected.metrics)
         if collected.update_policy:
-            metrics |= self.updater.update(collected, self.optimizers(), self.manual_backward, timer, self.rl_step)
+            metrics |= self.updater.update(collected, self.optimizers(), self.manual_backward, timer)
             self.collector.sync_weights(self.policy)
         self.rl_step += 1
         metrics |= {f"time/{phase}": torch.tensor(s) for phase, s in timer.seconds.items()}

@@ -79,11 +79,9 @@ class PolicyUpdater:
         self.skipped_updates = int(state.get("skipped_updates", 0))
 
     def update(
-        self, batch: Trajectory, optimizer: Any, backward: Callable[[torch.Tensor], None], timer: PhaseTimer,
-        step: int = 0,
+        self, batch: Trajectory, optimizer: Any, backward: Callable[[torch.Tensor], None], timer: PhaseTimer
     ) -> dict[str, torch.Tensor]:
-        """`epochs` passes over mini-batches; metrics averaged over micro-batches (or updates). `step`: RL
-        steps done before this one (the loss's training progress)."""
+        """`epochs` passes over mini-batches; metrics averaged over micro-batches (or updates)."""
         with timer("update"):
             n = len(batch.rollouts.responses)
             mini, micro = self.batching.sizes(n, world()[1])
@@ -95,8 +93,7 @@ class PolicyUpdater:
             for _ in range(self.batching.epochs):
                 for start in range(0, n, mini):
                     index = torch.arange(start, start + mini, device=batch.advantages.device)
-                    for key, value in self._update_once(batch, index, micro, optimizer, backward, old_seen,
-                                                        step).items():
+                    for key, value in self._update_once(batch, index, micro, optimizer, backward, old_seen).items():
                         history[key].extend(value)
             history["numerics/skipped_updates"].append(torch.tensor(float(self.skipped_updates)))
             metrics = {k: torch.stack(v).mean() for k, v in history.items()}
@@ -106,14 +103,14 @@ class PolicyUpdater:
 
     def _update_once(
         self, batch: Trajectory, mini_index: torch.Tensor, micro: int, optimizer: Any,
-        backward: Callable[[torch.Tensor], None], old_seen: torch.Tensor, step: int = 0,
+        backward: Callable[[torch.Tensor], None], old_seen: torch.Tensor,
     ) -> dict[str, list[torch.Tensor]]:
         """One optimizer update over the mini-batch `mini_index`, accumulated over its micro-batches."""
         norm = self.step_normalizer(batch.rollouts.response_mask[mini_index], batch.rollouts.groups[mini_index],
                                     batch.correct[mini_index])
         history: dict[str, list[torch.Tensor]] = defaultdict(list)
         for micro_batch in self.batching.micro_batches(batch.rollouts, mini_index, micro):
-            loss, metrics = self._micro_batch_loss(batch, micro_batch, norm, len(mini_index), old_seen, step)
+            loss, metrics = self._micro_batch_loss(batch, micro_batch, norm, len(mini_index), old_seen)
             if micro_batch.stand_in:  # the same collectives as the other ranks, no contribution
                 backward(loss * 0.0)
                 continue
@@ -131,7 +128,6 @@ class PolicyUpdater:
 
     def _micro_batch_loss(
         self, batch: Trajectory, micro_batch: MicroBatch, norm: StepNormalizer, mini: int, old_seen: torch.Tensor,
-        step: int = 0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of the micro-batch's rollouts (its share of the update's) and its metrics."""
         index = micro_batch.index
@@ -148,7 +144,7 @@ class PolicyUpdater:
         ref = None if batch.ref_logprobs is None else batch.ref_logprobs[index]
         inputs = LossInputs(out.logprobs, old, batch.advantages[index], part.response_mask, ref, weights,
                             part.sampling_logprobs, out.entropy, part.groups, batch.correct[index],
-                            (batch.shaped_rewards - batch.rewards)[index], step)
+                            (batch.shaped_rewards - batch.rewards)[index], batch.step)
         loss, metrics = self.algorithm.loss(inputs, norm)
         if self.contrastive is not None:
             term, contrastive_metrics = self.contrastive(
