@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from hydra.experimental.callback import Callback
 
 from clipo.config import ConfigError
+from clipo.run.run_lock import RunFolderInUse
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,14 @@ def one_line(text: str, limit: int = 1000) -> str:
 def end_job(error: Exception) -> NoReturn:
     """How `main()` ends on `error`: log it, then exit (one run) or raise `JobFailed` (a multirun job).
 
-    A `ConfigError` exits 2, a crash `train()` recorded (its console line is the last note) exits 1; any
+    A `ConfigError` or a run folder in use exits 2, a crash `train()` recorded (its console line is the last note) exits 1; any
     other exception propagates unchanged in a single run (Hydra prints its traceback) and is logged with
     its traceback in a multirun job's log before `JobFailed` carries its first line.
     """
     from clipo.run.crash import error_text
 
     notes = getattr(error, "__notes__", None)
-    if isinstance(error, ConfigError):
+    if isinstance(error, (ConfigError, RunFolderInUse)):
         message, code = str(error), 2
     elif notes:
         message, code = notes[-1], 1

@@ -32,8 +32,6 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from clipo.config import ConfigError
-
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".clipo.lock"
@@ -41,8 +39,9 @@ LOCK_FILE = ".clipo.lock"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK")
 
 
-class RunFolderInUse(ConfigError):
-    """The run folder is being written by another live run."""
+class RunFolderInUse(RuntimeError):
+    """The run folder is being written by another live run (a run exits 2 on it, as on a configuration error).
+    This module imports nothing heavy: a lock is checked before torch loads."""
 
 
 def _proc_start(pid: int) -> int | None:
