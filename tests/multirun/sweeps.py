@@ -15,11 +15,13 @@ TINY = ["model=tiny", "trainer.max_steps=1", "trainer.precision=32", "data.promp
 SMALL_VAL = ["data.val.arith.size=2", "data.val.arith_p1.size=2"]
 
 
-def run_multirun(root: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python src/clipo/train.py -m <overrides> <TINY>` in `root` (its logs/ there), offline, one thread."""
-    command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), "-m", *overrides, *TINY,
+def run_multirun(root: Path, *overrides: str, env: dict[str, str] | None = None,
+                 timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python src/clipo/train.py -m <TINY> <overrides>` in `root` (its logs/ there), offline, one thread; an
+    override of a TINY key wins (the later value does)."""
+    command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), "-m", *TINY, *overrides,
                f"paths.root_dir={root}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
