@@ -31,7 +31,13 @@ from pathlib import Path
 import pandas as pd
 
 from clipo.multirun.page import report_markdown
-from clipo.multirun.plots import CONTRASTIVE_PANELS, REWARD_PANELS, plot_curves, plot_heldout_accuracy, plot_robustness_gap
+from clipo.multirun.plots import (
+    CONTRASTIVE_PANELS,
+    REWARD_PANELS,
+    plot_curves,
+    plot_heldout_accuracy,
+    plot_robustness_gap,
+)
 from clipo.multirun.rollouts import ROLLOUTS_FILE, load_rollouts, rollouts_markdown
 from clipo.multirun.runs import NoRunsError, load_history, load_runs
 from clipo.multirun.spread import per_config, run_labels

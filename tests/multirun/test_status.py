@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from clipo.multirun.status import job_status, swept_keys
-from clipo.run.run_lock import LOCK_FILE, this_process
+from clipo.run.lock_owner import LOCK_FILE, this_process
 
 
 def _job(folder, summary=None, job=None, lock=None):

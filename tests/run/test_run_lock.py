@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from clipo.run.run_lock import LOCK_FILE, RunFolderInUse, acquire, hold_run_folder, read_owner, release, this_process
+from clipo.run.lock_owner import LOCK_FILE, read_owner, this_process
+from clipo.run.run_lock import RunFolderInUse, acquire, hold_run_folder, release
 from tests.conftest import fresh_shell_env
 from tests.conftest import tiny_parity_config as _config
 

@@ -10,7 +10,14 @@ import pandas as pd
 import yaml
 
 from clipo.multirun.status import FINISHED, planned_jobs, swept_keys
-from clipo.multirun.tables import choice_columns, headline_columns, markdown_table, mean_std_table, seeds_swept, summarize
+from clipo.multirun.tables import (
+    choice_columns,
+    headline_columns,
+    markdown_table,
+    mean_std_table,
+    seeds_swept,
+    summarize,
+)
 
 FOOTNOTE = (
     "Final metrics: train/* and contrastive/* are the last RL step's values, val/* the validation after "

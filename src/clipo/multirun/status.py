@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from clipo.multirun.jobs import JOB_FILE, one_line
-from clipo.run.run_lock import describe, owner_alive, read_owner
+from clipo.run.lock_owner import describe, owner_alive, read_owner
 
 FINISHED = "completed"
 FAILED = ("crashed", "failed", "killed")

@@ -23,102 +23,31 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
-log = logging.getLogger(__name__)
+from clipo.run.lock_owner import (
+    LOCK_FILE,
+    describe,
+    is_rank_zero,
+    is_this_process,
+    owner_alive,
+    parse_owner,
+    slurm_job,
+    this_process,
+)
 
-LOCK_FILE = ".clipo.lock"
-# environment variables that name a process's rank; any of them above zero: not the rank that locks
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK")
+log = logging.getLogger(__name__)
 
 
 class RunFolderInUse(RuntimeError):
     """The run folder is being written by another live run (a run exits 2 on it, as on a configuration error).
-    This module imports nothing heavy: a lock is checked before torch loads."""
-
-
-def _proc_start(pid: int) -> int | None:
-    """The start time of process `pid` in clock ticks since boot (Linux /proc), or None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the command name may hold spaces and ')'
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _slurm_job() -> str | None:
-    """This SLURM job (array task included); a requeued job keeps it."""
-    job, array, task = (os.environ.get(v) for v in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"))
-    return f"{array}_{task}" if array and task else job
-
-
-def this_process() -> dict[str, Any]:
-    """The lock record of the calling process."""
-    pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "proc_start": _proc_start(pid), "boot_id": _boot_id(),
-            "slurm_job": _slurm_job(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": " ".join(sys.argv)[:500]}
-
-
-def is_rank_zero() -> bool:
-    """Whether this process is a run's global rank zero, from the launcher variables (before Lightning starts)."""
-    return all(int(os.environ.get(name) or 0) == 0 for name in RANK_VARIABLES)
-
-
-def owner_alive(owner: dict[str, Any]) -> bool | None:
-    """True: the owner runs; False: it has ended; None: it runs on another host, where it cannot be checked."""
-    if owner.get("host") != socket.gethostname():
-        return None
-    if owner.get("boot_id") and _boot_id() and owner["boot_id"] != _boot_id():
-        return False  # the machine restarted since
-    pid = int(owner.get("pid") or 0)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: it exists
-    start = _proc_start(pid)
-    return owner.get("proc_start") is None or start is None or start == owner["proc_start"]
-
-
-def _is_this_process(owner: dict[str, Any]) -> bool:
-    mine = this_process()
-    return all(owner.get(k) == mine[k] for k in ("pid", "host", "proc_start"))
-
-
-def _parse(text: str) -> dict[str, Any] | None:
-    try:
-        owner = json.loads(text)
-    except ValueError:
-        return None  # empty: free; half-written: its writer was killed while writing
-    return owner if isinstance(owner, dict) and "pid" in owner else None
-
-
-def read_owner(folder: str | Path) -> dict[str, Any] | None:
-    """The record of the folder's lock, or None when there is none."""
-    try:
-        return _parse((Path(folder) / LOCK_FILE).read_text())
-    except OSError:
-        return None
-
-
-def describe(owner: dict[str, Any]) -> str:
-    return f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}: {owner.get('command', '')}"
+    This module imports nothing heavy: a lock is checked before torch loads. The owner's record and whether it
+    still runs: `clipo.run.lock_owner`."""
 
 
 @contextlib.contextmanager
@@ -161,12 +90,12 @@ def acquire(folder: str | Path) -> bool:
         return False
     folder.mkdir(parents=True, exist_ok=True)
     with _flocked(folder / LOCK_FILE) as fd:
-        owner = _parse(os.read(fd, 1 << 16).decode(errors="replace"))
-        if owner is not None and _is_this_process(owner):
+        owner = parse_owner(os.read(fd, 1 << 16).decode(errors="replace"))
+        if owner is not None and is_this_process(owner):
             return False
         if owner is not None:
             alive = owner_alive(owner)
-            requeued = alive is None and owner.get("slurm_job") and owner.get("slurm_job") == _slurm_job()
+            requeued = alive is None and owner.get("slurm_job") and owner.get("slurm_job") == slurm_job()
             if alive or (alive is None and not requeued):
                 raise RunFolderInUse(_refusal(folder, owner, alive))
             log.warning("took over the lock of %s: that run has ended (%s)", folder, describe(owner))
@@ -184,8 +113,8 @@ def release(folder: str | Path) -> None:
     if not path.is_file():
         return
     with _flocked(path) as fd:
-        owner = _parse(os.read(fd, 1 << 16).decode(errors="replace"))
-        if owner is None or _is_this_process(owner):  # ours, or an empty file made here or by a killed writer
+        owner = parse_owner(os.read(fd, 1 << 16).decode(errors="replace"))
+        if owner is None or is_this_process(owner):  # ours, or an empty file made here or by a killed writer
             path.unlink()
 
 
