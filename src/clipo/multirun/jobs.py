@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from hydra.experimental.callback import Callback
 
 from clipo.config import ConfigError
+from clipo.run.lock_owner import is_rank_zero
 from clipo.run.run_lock import RunFolderInUse
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class JobOutcome(Callback):
         from hydra.types import RunMode
 
         hydra = config.hydra
-        if hydra.mode != RunMode.MULTIRUN:
+        if hydra.mode != RunMode.MULTIRUN or not is_rank_zero():  # a SLURM job's other tasks run the job too
             return
         failed = job_return.status == JobStatus.FAILED
         error = one_line(job_return._return_value) if failed else None
