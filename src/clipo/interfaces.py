@@ -43,8 +43,11 @@ class RolloutEngine(Protocol):
     `records` are the datamodule's prompt dicts (`messages`, `ground_truth`, `data_source`, ...).
     An engine that can capture hidden states returns `hidden` [N, T, D] of `hidden_layer` (HF
     `hidden_states` index) at the positions predicting each response token; one that cannot
-    returns `hidden=None`.
+    returns `hidden=None`. The two flags say what it gives, so the builders plan the passes once.
     """
+
+    gives_hidden_states: bool  # `hidden` of `hidden_layer` when asked for
+    gives_sampling_logprobs: bool  # `sampling_logprobs`, its own log-probs of the sampled tokens
 
     def generate(
         self, records: list[dict], group_size: int, sampling: Sampling, hidden_layer: int | None = None

@@ -318,7 +318,8 @@ ACCUMULATION_KWARGS = {"grpo": {}, "dapo": {}, "gspo": {"clip_low": 0.05, "clip_
 def test_gradient_accumulation_equals_full_batch(name, mode, split):
     weight, features, tokens, mask, old, ref, adv = accumulation_setup(seed=6)
     if split == "token budget":  # ppo.max_tokens_per_micro_batch: unequal micro-batches, out of order
-        micro_batches = pack_by_tokens(mask.sum(-1), budget=12)  # lengths 6,1,3,5,2,6,4,1
+        lengths = mask.sum(-1)  # 6,1,3,5,2,6,4,1; padded rows: rows x the longest
+        micro_batches = pack_by_tokens(lengths, 12, lambda rows: len(rows) * int(lengths[rows].max()))
         assert [len(b) for b in micro_batches] == [2, 2, 4]  # 6,6 | 5,4 | 3,2,1,1
     else:
         micro_batches = torch.arange(len(adv)).chunk(int(split[0]))

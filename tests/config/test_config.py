@@ -189,11 +189,11 @@ def test_token_budget_must_hold_the_longest_rollout(tmp_path):
                                    output_dir=tmp_path))
 
 
-def test_padding_free_takes_auto_or_a_bool(tmp_path):
-    message = _errors(["ppo.padding_free=yes"], tmp_path)
-    assert "ppo.padding_free='yes': use auto (packed on a flash-attention kernel, padded otherwise)" in message
-    for value in ("auto", "true", "false"):
-        validate_config(compose_config(TINY_OVERRIDES + [f"ppo.padding_free={value}"], output_dir=tmp_path))
+def test_forward_layout_takes_auto_or_a_layout(tmp_path):
+    message = _errors(["ppo.forward_layout=packed"], tmp_path)
+    assert "ppo.forward_layout='packed': use one of auto, varlen, shared_prompt, padded" in message
+    for value in ("auto", "varlen", "shared_prompt", "padded"):
+        validate_config(compose_config(TINY_OVERRIDES + [f"ppo.forward_layout={value}"], output_dir=tmp_path))
 
 
 def test_vllm_kv_cache_size_is_checked(tmp_path):

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from clipo.contrastive.modes import ContrastiveMode
 from clipo.rl.batching import batch_sizes
+from clipo.rollout.forward import LAYOUT_SETTINGS
 
 
 def world_size(cfg: DictConfig) -> int | None:
@@ -71,10 +72,8 @@ def batch_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
         )
     if cfg.ppo.epochs < 1:
         problems.append(f"ppo.epochs={cfg.ppo.epochs} must be at least 1")
-    padding_free = cfg.ppo.get("padding_free", "auto")
-    if not isinstance(padding_free, bool) and padding_free != "auto":
-        problems.append(f"ppo.padding_free={padding_free!r}: use auto (packed on a flash-attention kernel, padded "
-                        "otherwise), true (always packed) or false (always padded)")
+    if cfg.ppo.forward_layout not in LAYOUT_SETTINGS:
+        problems.append(f"ppo.forward_layout={cfg.ppo.forward_layout!r}: use one of {', '.join(LAYOUT_SETTINGS)}")
     return problems
 
 
