@@ -24,7 +24,7 @@ from clipo.data import PromptDataModule
 from clipo.evaluation.scoring import eval_sampling, split_set_spec
 from clipo.evaluation.validation import Validation
 from clipo.models import is_adapter, load_model
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
 from clipo.rl.batching import AUTO_TOKENS, UpdateBatching
 from clipo.rl.collector import RolloutCollector
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
@@ -247,7 +247,6 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     """Every part of the run, from the config and the run's facts (None: detected here, for tests and notebooks);
     the module keeps the facts, with the engine chosen once the policy has loaded. `verifiers`: the training
     verifier and the validation sets' (`build_verifiers`), when the data check built them already."""
-    register_components()
     facts = facts or detect_facts(cfg)
     mode = facts.contrastive
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))

@@ -36,7 +36,6 @@ def _registered_arguments(kind: str) -> Callable[[DictConfig], set[str] | None]:
     def arguments(cfg: DictConfig) -> set[str] | None:
         from clipo import registry
 
-        registry.register_components()
         table = {"loss": registry.LOSSES, "head": registry.HEADS, "pooler": registry.POOLERS,
                  "advantage": registry.ADVANTAGES, "algorithm": registry.ALGORITHMS, "verifier": registry.VERIFIERS}[kind]
         name = OmegaConf.select(cfg, f"{kind}.name")
