@@ -37,6 +37,7 @@ from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_pr
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.varlen import resolve_padding_free, uses_varlen_attention
 from clipo.run.checkpointing import AtomicCheckpointIO
+from clipo.run.ranks import timed_strategy
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
 def build_strategy(cfg: DictConfig) -> Any:
     spec = plain(cfg.strategy)
     name = spec.pop("name")
-    return instantiate(spec) if "_target_" in spec else name
+    return timed_strategy(spec, name, cfg)  # collectives time out after distributed.timeout_s
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

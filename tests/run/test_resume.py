@@ -43,8 +43,8 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error_unless_fresh_is_asked(t
 def test_a_damaged_or_foreign_checkpoint_says_so(tmp_path):
     # before: torch's "Weights only load failed ... Re-running torch.load with weights_only=False" as the last line
     (tmp_path / "damaged.ckpt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ConfigError, match=r"damaged.ckpt cannot be read as a checkpoint: it is not the zip archive "
-                                          r"torch.save writes \(damaged, cut short"):
+    with pytest.raises(ConfigError, match=r"damaged.ckpt is damaged: not a whole zip archive as torch.save writes: "
+                                          r"cut short by a copy"):
         _resume(tmp_path, f"ckpt_path={tmp_path / 'damaged.ckpt'}")
     torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
     with pytest.raises(ConfigError, match=r"foreign.ckpt is not a clipo training checkpoint \(it holds \['model'\]"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clipo.advantages.base import group_stats_per_rollout
+from clipo.groups import group_stats
 from clipo.registry import ADVANTAGES
 
 
@@ -22,8 +22,8 @@ def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e
     Returns:
         [N] float32 advantages; 0 for groups of size 1 and groups with equal rewards.
     """
-    centered, var, _ = group_stats_per_rollout(rewards, groups)
-    return centered / (var.sqrt() + eps)  # a size-1 or equal-reward group has centered = 0
+    # the group std, not var.sqrt(): the variance of float32 rewards can overflow float32 (clipo.groups)
+    return group_stats(rewards, groups).standardized(eps)  # a size-1 or equal-reward group has centered = 0
 
 
 @ADVANTAGES.register("grpo")
