@@ -236,8 +236,9 @@ def _call(function: RewardFunction, inputs: dict[str, Any]) -> Any:
     except ForcedStop:
         raise
     except (Exception, SystemExit, KeyboardInterrupt) as error:
+        said = f": {error}" if str(error) else ""
         raise RewardFunctionError(
-            f"reward function {function.name!r} raised {type(error).__name__}: {error} (signature: {SIGNATURE})"
+            f"reward function {function.name!r} raised {type(error).__name__}{said} (signature: {SIGNATURE})"
         ) from error
 
 

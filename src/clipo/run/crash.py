@@ -19,10 +19,8 @@ into `<run>/train.log`; `crash_report` gives the one line the console ends with,
 
 from __future__ import annotations
 
-import errno
 import logging
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,11 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from clipo.run import ranks
+from clipo.run.crash_report import CrashReport, crash_report, error_text, what_to_do
 from clipo.run.rng import collect_rng_states, set_rng_states
+
+__all__ = ["CrashCheckpoint", "CrashReport", "crash_report", "error_text", "has_last_checkpoint", "what_to_do",
+           "write_traceback"]
 
 log = logging.getLogger(__name__)
 
@@ -113,75 +115,6 @@ class CrashCheckpoint(L.Callback):
             datamodule._consumed = start["consumed"] - 1  # the failed step's batch is drawn again
         if start.get("refills") is not None:
             datamodule._refills = start["refills"]
-
-
-def error_text(error: BaseException) -> str:
-    """`Type: first line of the message` (with the next line when the first only announces it, as torch's
-    "Error(s) in loading state_dict for ...:"), at most 300 characters."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    message = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
-    return f"{type(error).__name__}: {message}"[:300]
-
-
-def what_to_do(error: BaseException, run_dir: str, resumable: bool = True) -> str:
-    """Advice for the common failures a user can act on; else where the traceback is. `resumable`: the run
-    folder holds a checkpoint to continue from (else the advice is to run again)."""
-    text = str(error)
-    resume = f"continue with hydra.run.dir={run_dir} ckpt_path=last" if resumable else "run the same command again"
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in text or "unexpected pos" in text:
-        return f"the disk is full: free space on the disk of {run_dir} (or set hydra.run.dir elsewhere), then {resume}"
-    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        where = getattr(error, "filename", None) or run_dir
-        return f"{where} is not writable: fix its permissions or set hydra.run.dir to a writable folder"
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return ("out of memory: lower data.prompts_per_step, ppo.micro_batch_size (or set "
-                f"ppo.max_tokens_per_micro_batch) or rollout.max_new_tokens, then {resume}")
-    if "Error(s) in loading state_dict" in text:
-        return ("the checkpoint's weights do not fit this run's model (a change accepted with resume.allow_changes "
-                "changes their shapes): resume with the checkpoint's model settings, or start fresh (ckpt_path=null)")
-    return f"fix the cause (full traceback in {run_dir}/train.log), then {resume}"
-
-
-@dataclass(frozen=True)
-class CrashReport:
-    """What a crash says: `line` on the console, `error` and `what_to_do` in summary.json, and the rank that
-    failed first when several processes ran (`failed_rank`)."""
-
-    line: str
-    error: str
-    what_to_do: str
-    failed_rank: int | None = None
-
-
-def crash_report(error: BaseException, step: int, crash: CrashCheckpoint, run_dir: str, rank: int = 0,
-                 world: int = 1, resumable: bool = True) -> CrashReport:
-    """The report of `error` on this rank (`step`: RL steps completed). With several processes, a collective
-    that broke because another rank failed reports that rank's own error, and a timeout names the phase of
-    each rank."""
-    where = f"in RL step {step + 1}" if crash.in_step else f"after RL step {step}"
-    saved = f"; {crash.outcome}" if crash.outcome else ""
-    text, advice = error_text(error), what_to_do(error, run_dir, resumable)
-    if world == 1:
-        return CrashReport(f"training failed {where}: {text}{saved}. To do: {advice}", text, advice)
-    phase = ranks.BOARD.phase
-    if not ranks.is_communication_error(error):
-        return CrashReport(f"training failed on rank {rank} ({phase}): {text}{saved}. To do: {advice}",
-                           f"rank {rank} ({phase}): {text}", advice, rank)
-    if (peer := ranks.first_peer_failure(Path(run_dir))) is not None:
-        cause = f"rank {peer['rank']} ({peer['phase']}): {peer['error']}"
-        line = (f"training failed on {cause}; rank {rank} stopped with it (its collective in {phase} broke){saved}. "
-                f"To do: fix rank {peer['rank']}'s error (its traceback is in {run_dir}/train.log, under "
-                f"\"training crashed on rank {peer['rank']}\"), then {advice.split(', then ')[-1]}")
-        return CrashReport(line, cause, line.split("To do: ")[-1], peer["rank"])
-    others = "; ".join(f"rank {r}: {p}" for r, p in sorted(ranks.peer_phases().items())) or "not known"
-    if ranks.is_timeout(error):
-        advice = (f"find why the other ranks did not reach this collective (their last phases: {others}); if they "
-                  f"are only slower, raise distributed.timeout_s")
-        cause = f"rank {rank}: a collective in {phase} timed out waiting for the other ranks ({text})"
-    else:
-        advice = "the other ranks' logs have the cause (a rank killed from outside, e.g. out of memory, records none)"
-        cause = f"rank {rank}: its collective in {phase} lost another rank, which recorded no error ({text})"
-    return CrashReport(f"training failed on {cause}{saved}. Last phases: {others}. To do: {advice}", cause, advice, rank)
 
 
 def has_last_checkpoint(trainer: L.Trainer) -> bool:
