@@ -104,6 +104,7 @@ def test_a_training_checkpoint_is_scored_without_repeating_model(parity_verifier
     _, objects = train(tiny_parity_config(tmp_path / "train", "data.val=null", "trainer.max_steps=1"))
     checkpoint = tmp_path / "train" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["clipo"]["config"]["model"]["name"] == "tiny"
+    assert (tmp_path / "train" / "policy" / "checksums.json").is_file()  # the export is verified when scored
     cfg = compose_eval(["suite=arith", "max_rows=2", "max_new_tokens=4", f"ckpt_path={checkpoint}"], tmp_path / "run")
     assert cfg.model.name == "smollm2_135m"
     model, _ = load_policy(cfg)

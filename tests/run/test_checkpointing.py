@@ -227,7 +227,9 @@ def test_atomic_io_replaces_the_target_in_one_step(tmp_path):
 
 
 class _CrashingParity:
-    """`ParityVerifier` that raises in its third call: RL step 3, after two completed steps."""
+    """`ParityVerifier` that raises in its `fail_at`-th call (3: RL step 3, after two completed steps)."""
+
+    fail_at = 3
 
     def __init__(self, **options) -> None:
         from tests.conftest import ParityVerifier
@@ -236,7 +238,7 @@ class _CrashingParity:
 
     def __call__(self, responses, ground_truths):
         self.calls += 1
-        if self.calls == 3:
+        if self.calls == self.fail_at:
             raise RuntimeError("verifier exploded")
         return self.inner(responses, ground_truths)
 

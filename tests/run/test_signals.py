@@ -91,3 +91,17 @@ def test_the_interrupted_line_offers_only_what_exists():
 
     resumed = interrupted_line("SIGINT", 4, None, Resumed(), "/run")
     assert resumed.endswith("continue with ckpt_path=/old/checkpoints/step_000004.ckpt")
+
+
+def test_a_forked_child_signals_do_not_reach_the_parents_watchdog():
+    """A child forked during a run (vLLM's engine, a data loader worker) inherits the wakeup socket; its own
+    signals must not count as stops of the run."""
+    with StopSignals(grace_s=0.5) as stop:
+        pid = os.fork()
+        if pid == 0:  # the child signals itself, then leaves
+            signal.signal(signal.SIGTERM, lambda *args: None)
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        time.sleep(1.0)  # past the grace: the parent would have been ended here
+    assert stop.signum is None

@@ -35,9 +35,10 @@ def checkpoint_kind(path: Path) -> str:
 
 def header_file(path: Path, kind: str) -> Path:
     """The file of a checkpoint that holds Lightning's state (global_step, callbacks, clipo's section)."""
-    if kind == "deepspeed":
-        tag = (path / "latest").read_text().strip()
-        return path / tag / "mp_rank_00_model_states.pt"
+    if kind == "deepspeed":  # rank 0's model states: ZeRO-1/2 write one file, ZeRO-3 one per rank
+        folder = path / (path / "latest").read_text().strip()
+        names = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+        return next((folder / n for n in names if (folder / n).is_file()), folder / names[0])
     return path / "meta.pt" if kind == "fsdp" else path
 
 
@@ -49,6 +50,9 @@ def read_header(path: str | Path, verify: bool = True) -> dict:
     if verify and (problem := checkpoint_problem(path)):
         raise ConfigError(f"ckpt_path={path} is damaged: {problem}; {OTHER_CHECKPOINT}")
     file = header_file(path, kind)
+    if not file.is_file():
+        raise ConfigError(f"ckpt_path={path} is incomplete: {file.relative_to(path)} is missing (a save that did not "
+                          f"finish, or a partial copy); {OTHER_CHECKPOINT}")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user

@@ -42,6 +42,24 @@ class ForcedStop(KeyboardInterrupt):
     not one of these came from the program itself (e.g. a reward function), not from the user."""
 
 
+_AT_FORK = {"registered": False}
+
+
+def _forget_wakeup_fd_in_forked_children() -> None:
+    """A process forked from this one (vLLM's engine, a data loader worker) would write its own signals to the
+    parent's wakeup socket, which the watchdog would count as stops of the run: it drops the socket first."""
+
+    def forget() -> None:
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:  # forked from another thread than the main one
+            pass
+
+    if not _AT_FORK["registered"]:
+        os.register_at_fork(after_in_child=forget)
+        _AT_FORK["registered"] = True
+
+
 class StopWatchdog:
     """Counts stop signals as they arrive (see the module docstring) and ends the process when a stop
     takes too long. `on_force` runs first (e.g. to write an interrupted summary), errors ignored."""
@@ -57,6 +75,7 @@ class StopWatchdog:
 
     def start(self) -> None:
         """Install the wakeup socket (main thread only) and start watching."""
+        _forget_wakeup_fd_in_forked_children()
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
         self._thread.start()
 
