@@ -65,8 +65,8 @@ def run_fingerprint(monkeypatch, tmp_path, case: str, *extra: str, start_perturb
     starts = {}
     build = clipo.train.build_module
 
-    def recording_build(cfg):
-        module = build(cfg)
+    def recording_build(*args):
+        module = build(*args)
         if start_perturbation is not None:
             start_perturbation(module.policy)
         starts.update(policy=_float_tensors(module.policy), contrastive=_float_tensors(module.contrastive))

@@ -25,19 +25,21 @@ from clipo.evaluation.scoring import eval_sampling, split_set_spec
 from clipo.evaluation.validation import Validation
 from clipo.models import is_adapter, load_model
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
-from clipo.rl.batching import UpdateBatching
+from clipo.rl.batching import AUTO_TOKENS, UpdateBatching
 from clipo.rl.collector import RolloutCollector
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.module import ClipoModule
-from clipo.rl.old_policy import ImportanceCorrection, RolloutLogprobs
+from clipo.rl.old_policy import ImportanceCorrection, LogprobPasses
 from clipo.rl.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
-from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_processes
+from clipo.rollout.engine_choice import choose_engine, engine_dtype
+from clipo.rollout.forward import plan_training_forward
 from clipo.rollout.sampling import Sampling
-from clipo.rollout.varlen import resolve_padding_free, uses_varlen_attention
 from clipo.run.checkpointing import AtomicCheckpointIO
+from clipo.run.facts import RunFacts, StrategyKind, detect_facts
 from clipo.run.ranks import timed_strategy
+from clipo.run.runtime import Choice
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +135,16 @@ def build_verifier(cfg: DictConfig, kind: str) -> Any:
     return VERIFIERS.build(plain((cfg.get("verifiers") or {}).get(kind)) or {"name": kind})
 
 
-def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
+def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, processes: int = 1,
+                 precision: Any = None) -> tuple[Any, Choice]:
     """`rollout.engine` (`auto` decided here, once, and said), with its own settings block when it has one
-    (`rollout.vllm`); the vllm engine samples in bf16 when the trainer computes in bf16."""
-    choice = choose_engine(cfg.rollout.engine, policy, training_processes(cfg.get("trainer") or {}))
+    (`rollout.vllm`), and the choice; the vllm engine samples in bf16 when the trainer computes in bf16."""
+    choice = choose_engine(cfg.rollout.engine, policy, processes)
     log.info("rollout engine %s: %s", choice.value, choice.reason)
     settings = plain(cfg.rollout.get(choice.value)) or {}
     if choice.value == "vllm":
-        settings["dtype"] = engine_dtype(settings.get("dtype"), (cfg.get("trainer") or {}).get("precision"))
-    return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer)
+        settings["dtype"] = engine_dtype(settings.get("dtype"), precision)
+    return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer), choice
 
 
 def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
@@ -160,37 +163,42 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
                       log.rollouts_max_rows_per_step)
 
 
-def build_batching(cfg: DictConfig, policy: Any) -> UpdateBatching:
+def build_batching(cfg: DictConfig, policy: Any, whole_groups: bool, device: str = "cpu") -> UpdateBatching:
+    """Micro-batching and the training forward's plan, decided once for the policy and said in the run's first
+    lines; `whole_groups`: a loss taken per forward pass over a group's rollouts (CLIPO's loss mode); `device`:
+    the kind the policy trains on ("cpu" or "cuda"), whose token budget `auto` takes."""
     p = cfg.ppo
-    padding_free = resolve_padding_free(p.get("padding_free", "auto"), policy)
-    return UpdateBatching(p.epochs, p.mini_batch_size, p.micro_batch_size, p.max_tokens_per_micro_batch,
-                          padding_free, varlen=padding_free and uses_varlen_attention(policy))
+    forward = plan_training_forward(policy, p.forward_layout)
+    log.info("training forward %s: %s", forward.layout.value, forward.reason)
+    budget = p.max_tokens_per_micro_batch
+    auto = budget == "auto"
+    return UpdateBatching(forward, p.epochs, p.mini_batch_size, p.micro_batch_size,
+                          AUTO_TOKENS[device] if auto else budget, grow_budget=auto, whole_groups=whole_groups)
 
 
-def build_rollout_logprobs(
+def build_logprob_passes(
     cfg: DictConfig, policy: Any, reference: Any, algorithm: Any, sampling: Sampling, batching: UpdateBatching,
-    mode: ContrastiveMode,
-) -> RolloutLogprobs:
-    """The log-prob plan, decided once: pi_old before the update only when the batch gets several updates;
-    the sampler correction when on; hidden states for reward shaping; the reference when the loss has KL."""
-    correction = cfg.rollout.importance_sampling
+    hidden_layer: int | None,
+) -> LogprobPasses:
+    """The collector's no-grad passes, decided once: pi_old before the update only when the batch gets several
+    updates; `hidden_layer` when reward shaping needs states the engine does not give; the reference when
+    the loss has a KL term."""
     # LoRA with a KL term: the reference is the policy with its adapter disabled (no second model)
     base_reference = reference is None and algorithm.uses_reference and is_adapter(policy)
-    return RolloutLogprobs(
+    return LogprobPasses(
         policy,
         sampling.logprob_temperature,
         batching,
         old_before_update=batching.reuses_batch(cfg.data.prompts_per_step * cfg.rollout.group_size),
-        correction=ImportanceCorrection(correction.cap, correction.level, correction.mode) if correction.enabled else None,
-        hidden_layer=cfg.rollout.hidden_layer if mode is ContrastiveMode.REWARD else None,
+        hidden_layer=hidden_layer,
         reference=policy if base_reference else reference,
         reference_context=policy.disable_adapter if base_reference else nullcontext,
     )
 
 
 def build_collector(
-    cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, logprobs: RolloutLogprobs,
-    reward_shaping: ContrastiveRewardShaping | None, pad_token_id: int,
+    cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, logprobs: LogprobPasses,
+    reward_shaping: ContrastiveRewardShaping | None, pad_token_id: int, capture_layer: int | None,
 ) -> RolloutCollector:
     s = cfg.sampling
     return RolloutCollector(
@@ -201,6 +209,7 @@ def build_collector(
         sampling=sampling,
         group_size=cfg.rollout.group_size,
         logprobs=logprobs,
+        capture_layer=capture_layer,
         dynamic_sampling=DynamicSampling(pad_token_id, s.max_refill_batches, s.filter_on) if s.dynamic else None,
         overlong=OverlongShaping(sampling.max_new_tokens, s.overlong_buffer, s.overlong_penalty) if s.overlong_buffer else None,
         reward_shaping=reward_shaping,
@@ -209,8 +218,10 @@ def build_collector(
 
 def build_updater(
     cfg: DictConfig, policy: Any, algorithm: Any, batching: UpdateBatching, sampling: Sampling,
-    loss_term: ContrastiveLossTerm | None,
+    loss_term: ContrastiveLossTerm | None, sampler_logprobs: bool, facts: RunFacts | None = None,
 ) -> PolicyUpdater:
+    """The update; with an engine that reports its log-probs, the sampler correction (`rollout.importance_sampling`)."""
+    correction = cfg.rollout.importance_sampling
     return PolicyUpdater(
         policy=policy,
         algorithm=algorithm,
@@ -220,6 +231,10 @@ def build_updater(
         max_grad_norm=cfg.ppo.max_grad_norm,
         max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
         contrastive=loss_term,
+        sampler_logprobs=sampler_logprobs,
+        sharded_grad_norm=facts is not None and facts.strategy is StrategyKind.FSDP,
+        correction=ImportanceCorrection(correction.cap, correction.level, correction.mode,
+                                        correction.get("min_ratio")) if correction.enabled else None,
     )
 
 
@@ -228,28 +243,41 @@ def build_validation(cfg: DictConfig, engine: Any, verifiers: dict[str, Any], sa
     return Validation(engine, sampling, verifiers, twins, cfg.validation.n, list(cfg.validation.ks))
 
 
-def build_module(cfg: DictConfig) -> ClipoModule:
+def build_module(cfg: DictConfig, facts: RunFacts | None = None,
+                 verifiers: tuple[Any, dict[str, Any]] | None = None) -> ClipoModule:
+    """Every part of the run, from the config and the run's facts (None: detected here, for tests and notebooks);
+    the module keeps the facts, with the engine chosen once the policy has loaded. `verifiers`: the training
+    verifier and the validation sets' (`build_verifiers`), when the data check built them already."""
     register_components()
-    mode = ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
+    facts = facts or detect_facts(cfg)
+    mode = facts.contrastive
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
-    verifier, val_verifiers = build_verifiers(cfg)
-    engine = build_engine(cfg, policy, tokenizer)
+    verifier, val_verifiers = verifiers or build_verifiers(cfg)
+    engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, facts.precision.value)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
-    batching = build_batching(cfg, policy)
-    logprobs = build_rollout_logprobs(cfg, policy, reference, algorithm, sampling, batching, mode)
+    # CLIPO's loss mode and a loss over a group's rollouts (`needs_whole_groups`) are taken per forward pass
+    whole_groups = mode is ContrastiveMode.LOSS or algorithm.needs_whole_groups
+    batching = build_batching(cfg, policy, whole_groups=whole_groups, device=facts.device)
+    # reward shaping pools hidden states: captured while sampling, or taken by the collector's pass
+    shaping_layer = cfg.rollout.hidden_layer if mode is ContrastiveMode.REWARD else None
+    captured = engine.gives_hidden_states
+    logprobs = build_logprob_passes(cfg, policy, reference, algorithm, sampling, batching,
+                                    None if captured else shaping_layer)
     rewards = build_rewards(cfg, verifier, tokenizer)
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
         collector=build_collector(cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping,
-                                  tokenizer.pad_token_id),
-        updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term),
+                                  tokenizer.pad_token_id, shaping_layer if captured else None),
+        updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term,
+                              engine.gives_sampling_logprobs, facts),
         contrastive=contrastive.objective,
         head_step=contrastive.head_step,
         optimizer=instantiate(cfg.optimizer),
         validation=build_validation(cfg, engine, val_verifiers, val_sampling),
+        facts=facts.with_engine(choice),
         reference=reference,
         rollout_log=build_rollout_log(cfg),
         run_config=run_config(cfg),
@@ -262,13 +290,13 @@ def build_strategy(cfg: DictConfig) -> Any:
     return timed_strategy(spec, name, cfg)  # collectives time out after distributed.timeout_s
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, facts: RunFacts) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     no_validation = {} if cfg.data.get("val") else {"limit_val_batches": 0}
     strategy = build_strategy(cfg)
     # DeepSpeed and FSDP write their own sharded checkpoint folders; every other strategy writes through this
-    plugins = [] if str(cfg.strategy.name).startswith(("deepspeed", "fsdp")) else [AtomicCheckpointIO()]
+    plugins = [] if facts.strategy.writes_folders else [AtomicCheckpointIO()]
     return instantiate(
         cfg.trainer, strategy=strategy, callbacks=callbacks, logger=loggers or False, plugins=plugins, **no_validation
     )

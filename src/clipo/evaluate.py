@@ -138,7 +138,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model, tokenizer = load_policy(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model.to(device)
-    engine = build_engine(cfg, model, tokenizer)
+    engine, _ = build_engine(cfg, model, tokenizer)
     sampling = eval_sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     verifiers = {kind: build_verifier(cfg, kind) for kind in sorted({v for _, v, _ in specs.values()})}
     output_dir = Path(cfg.paths.output_dir)

@@ -24,17 +24,15 @@ from clipo.builders import build_datamodule, build_module, build_trainer, build_
 from clipo.config import ConfigError, validate_config, validate_model_source
 from clipo.data.checks import check_data, drop_overlong_prompts, prompt_token_limit
 from clipo.models import is_adapter, save_merged
-from clipo.registry import ENGINES
 from clipo.run.callbacks import RunSummary, format_summary
 from clipo.run.console import quiet_third_party_output
 from clipo.run.crash import CrashCheckpoint, crash_report, has_last_checkpoint, write_traceback
+from clipo.run.facts import RunFacts, detect_facts
 from clipo.run.integrity import write_checksums
 from clipo.run.loggers import log_run_config
 from clipo.run.resume import Resume, prepare_resume
 from clipo.run.run_logs import continue_logs
-from clipo.run.runtime import configure_threads, cpu_processes, resolve_precision
 from clipo.run.signals import StopOnSignal, StopSignals, interrupted_line, kill_launched_processes
-from clipo.run.strategies import sharded_state_dict
 
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
@@ -53,10 +51,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     validate_config(cfg)  # before any model or data is loaded
     validate_model_source(cfg)
     resume = prepare_resume(cfg, run_config(cfg))  # the same run, or an error before any weight loads
-    runtime = resolve_runtime(cfg)
+    facts = apply_facts(cfg, detect_facts(cfg))
     with StopSignals(grace_s=(cfg.get("signals") or {}).get("grace_s")) as stop:
         try:
-            return _train(cfg, runtime, stop, resume)
+            return _train(cfg, facts, stop, resume)
         except (KeyboardInterrupt, SystemExit):
             if stop.forced:
                 log.warning("second stop signal: stopped at once (the last complete checkpoint stays)")
@@ -64,41 +62,44 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             raise
 
 
-def resolve_runtime(cfg: DictConfig) -> dict[str, Any]:
-    """Decide precision and threads from the hardware (before the Trainer is built) and say so."""
+def apply_facts(cfg: DictConfig, facts: RunFacts) -> RunFacts:
+    """Act on the run's facts before the Trainer is built (the precision into the trainer's config, torch's
+    threads, the tokenizers' pool off: it would compete with torch for the same cores) and say them."""
     quiet_third_party_output()
-    threads = configure_threads(cpu_processes(cfg.trainer))
-    precision = resolve_precision(cfg.trainer)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(facts.threads.value)
     with open_dict(cfg):
-        cfg.trainer.precision = precision.value
-    log.info("precision %s: %s", precision.value, precision.reason)
-    log.info("torch threads %d (%s); tokenizers parallelism off", threads.value, threads.reason)
-    return {"precision": str(precision.value), "precision_reason": precision.reason,
-            "threads": threads.value, "threads_reason": threads.reason}
+        cfg.trainer.precision = facts.precision.value
+    log.info("precision %s: %s", facts.precision.value, facts.precision.reason)
+    log.info("torch threads %d (%s); tokenizers parallelism off", facts.threads.value, facts.threads.reason)
+    return facts
 
 
-def check_training_data(cfg: DictConfig, datamodule: Any) -> None:
+def check_training_data(cfg: DictConfig, datamodule: Any, verifiers: tuple[Any, dict[str, Any]]) -> None:
     """Load the train and validation sets and check their ground truths with the verifiers that will score
-    them (`clipo.data.checks`), before the model loads."""
-    train_verifier, val_verifiers = build_verifiers(cfg)
+    them (`clipo.data.checks`), before the model loads; a bad set closes the verifiers' worker pools."""
+    train_verifier, val_verifiers = verifiers
     try:
         check_data(datamodule, train_verifier, val_verifiers, bool(cfg.data.get("skip_bad_rows", False)))
-    finally:
+    except BaseException:
         for verifier in {id(v): v for v in [train_verifier, *val_verifiers.values()]}.values():
             verifier.close()
+        raise
 
 
-def _build_run(cfg: DictConfig, stop: StopSignals, resume: Resume | None) -> tuple[Any, Any, L.Trainer, CrashCheckpoint]:
+def _build_run(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
+               resume: Resume | None) -> tuple[Any, Any, L.Trainer, CrashCheckpoint]:
     """The checked data, the module, the trainer with clipo's callbacks, and the logs continued from a
     resumed checkpoint's step."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    check_training_data(cfg, datamodule)
-    module = build_module(cfg)
+    verifiers = build_verifiers(cfg)  # once: the data check and the run share them (and the math worker pool)
+    check_training_data(cfg, datamodule, verifiers)
+    module = build_module(cfg, facts, verifiers)
     context = getattr(module.policy.config, "max_position_embeddings", None)
     if limit := prompt_token_limit(cfg.data.get("max_prompt_tokens", "auto"), context, cfg.rollout.max_new_tokens):
         drop_overlong_prompts(datamodule, module.tokenizer, limit)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, facts)
     crash = CrashCheckpoint()
     trainer.callbacks.insert(0, crash)  # first: a step counts as done before any other end-of-step hook
     trainer.callbacks.append(StopOnSignal(stop))  # last: after the summary has recorded the step
@@ -109,10 +110,10 @@ def _build_run(cfg: DictConfig, stop: StopSignals, resume: Resume | None) -> tup
     return datamodule, module, trainer, crash
 
 
-def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
+def _train(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
            resume: Resume | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    datamodule, module, trainer, crash = _build_run(cfg, stop, resume)
-    runtime["engine"] = ENGINES.name_of(module.collector.engine)  # what rollout.engine=auto picked
+    datamodule, module, trainer, crash = _build_run(cfg, facts, stop, resume)
+    runtime = module.facts.runtime()  # with the engine that rollout.engine=auto picked
     output_dir = Path(cfg.paths.output_dir)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
     if trainer.is_global_zero:
@@ -144,7 +145,7 @@ def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
         raise SystemExit(stop.exit_code)
 
     merge = bool(cfg.get("export", {}).get("merge", False))
-    policy_state = sharded_state_dict(module.policy)  # ZeRO-3 / FSDP: gathered by every rank, else None
+    policy_state = module.full_policy_state()  # ZeRO-3 / FSDP: gathered by every rank, else None
     export_dir = export_policy(module, output_dir / "policy", merge, policy_state) if trainer.is_global_zero else None
     if summary is not None and trainer.is_global_zero:
         print(format_summary(summary, val_before, val_after, str(output_dir), checkpoint, str(export_dir)))

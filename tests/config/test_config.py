@@ -150,6 +150,15 @@ def test_loss_mode_needs_whole_groups_in_a_micro_batch(tmp_path):
     validate_config(compose_config(TINY_OVERRIDES + overrides[:1] + ["ppo.micro_batch_size=2"], output_dir=tmp_path))
 
 
+def test_conspo_needs_whole_groups_in_a_micro_batch(tmp_path):
+    # ConSPO contrasts a group's rollouts in each forward (its `needs_whole_groups`), as loss mode does
+    text = _errors(["algorithm=conspo", "loss=none", "ppo.micro_batch_size=2"], tmp_path)
+    assert "ppo.micro_batch_size=2 splits groups of rollout.group_size=4, and algorithm=conspo compares" in text
+    text = _errors(["algorithm=conspo", "loss=none", "ppo.max_tokens_per_micro_batch=20"], tmp_path)
+    assert "(algorithm=conspo packs whole groups)" in text
+    validate_config(compose_config(TINY_OVERRIDES + ["algorithm=conspo", "loss=none"], output_dir=tmp_path))
+
+
 def test_reward_funcs_that_do_not_import_fail_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text("def brevity(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -190,11 +199,11 @@ def test_token_budget_must_hold_the_longest_rollout(tmp_path):
                                    output_dir=tmp_path))
 
 
-def test_padding_free_takes_auto_or_a_bool(tmp_path):
-    message = _errors(["ppo.padding_free=yes"], tmp_path)
-    assert "ppo.padding_free='yes': use auto (packed on a flash-attention kernel, padded otherwise)" in message
-    for value in ("auto", "true", "false"):
-        validate_config(compose_config(TINY_OVERRIDES + [f"ppo.padding_free={value}"], output_dir=tmp_path))
+def test_forward_layout_takes_auto_or_a_layout(tmp_path):
+    message = _errors(["ppo.forward_layout=packed"], tmp_path)
+    assert "ppo.forward_layout='packed': use one of auto, varlen, shared_prompt, padded" in message
+    for value in ("auto", "varlen", "shared_prompt", "padded"):
+        validate_config(compose_config(TINY_OVERRIDES + [f"ppo.forward_layout={value}"], output_dir=tmp_path))
 
 
 def test_vllm_kv_cache_size_is_checked(tmp_path):

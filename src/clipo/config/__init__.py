@@ -144,7 +144,7 @@ def _engine_problems(cfg: DictConfig) -> list[str]:
     """The sampler correction's settings (its own check); the engine can run the model."""
     problems: list[str] = []
     i = cfg.rollout.importance_sampling
-    _rule(problems, lambda: ImportanceCorrection(i.cap, i.level, i.mode))
+    _rule(problems, lambda: ImportanceCorrection(i.cap, i.level, i.mode, i.get("min_ratio")))
     return problems + engine_problems(cfg.rollout, cfg.model)
 
 

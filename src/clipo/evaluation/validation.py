@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Callable
-
 import torch
 
 from clipo.evaluation.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
@@ -32,12 +29,11 @@ class Validation(torch.nn.Module):
         self.engine, self.sampling, self.verifiers, self.twins, self.n = engine, sampling, verifiers, twins, n
         self.set_metrics = torch.nn.ModuleDict({name: SetMetrics(n, ks or []) for name in verifiers})
 
-    def score(self, records: list[dict], name: str, generation_context: Callable[[], AbstractContextManager],
-              device: torch.device) -> None:
-        """Generate and verify one batch of the set `name`, adding it to the set's metrics."""
+    def score(self, records: list[dict], name: str, device: torch.device) -> None:
+        """Generate and verify one batch of the set `name`, adding it to the set's metrics (inside the
+        generation context the module holds for the whole pass: ranks may hold different numbers of batches)."""
         verifier = self.verifiers[name]
-        with generation_context():
-            scores = score_batch(self.engine, records, verifier, answer_extractor(verifier), self.sampling, self.n)
+        scores = score_batch(self.engine, records, verifier, answer_extractor(verifier), self.sampling, self.n)
         self.set_metrics[name].update(scores.correct.to(device), scores.answers)
 
     def compute(self) -> dict[str, float]:

@@ -132,23 +132,3 @@ def choose_threads(env: typing.Mapping[str, str], affinity: int, cgroup_limit: f
 def detect_threads(processes: int = 1) -> Choice:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return choose_threads(os.environ, affinity, cgroup_cpu_limit(), processes)
-
-
-def cpu_processes(trainer_cfg: typing.Mapping[str, typing.Any]) -> int:
-    """Training processes that share this machine's CPUs: trainer.devices when training runs on the CPU."""
-    import torch
-
-    accelerator, devices = str(trainer_cfg.get("accelerator", "auto")), trainer_cfg.get("devices", 1)
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    return devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
-
-
-def configure_threads(processes: int = 1) -> Choice:
-    """Set torch's thread count to the usable cores; the tokenizers' own pool stays off (it would
-    compete with torch's threads for the same cores). Call before any tokenizer is used."""
-    import torch
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = detect_threads(processes)
-    torch.set_num_threads(threads.value)
-    return threads
