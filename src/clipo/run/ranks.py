@@ -49,14 +49,13 @@ def timeout_problem(setting: Any) -> str | None:
 def timed_strategy(spec: dict, name: str, cfg: Any) -> Any:
     """The Lightning strategy `strategy=` names, its collectives timing out after `distributed.timeout_s`: a
     `_target_` strategy built with it; `auto` over several processes as the DDP Lightning would pick, with it."""
-    import torch
     from hydra.utils import instantiate
     from lightning.fabric.utilities.imports import _IS_INTERACTIVE
     from lightning.pytorch.strategies import DDPStrategy
 
-    from clipo.rollout.engine_choice import training_processes
+    from clipo.run.facts import training_device, training_processes
 
-    on_cpu = cfg.trainer.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    on_cpu = training_device(cfg.trainer) == "cpu"
     timeout = timedelta(seconds=timeout_seconds((cfg.get("distributed") or {}).get("timeout_s", "auto"), on_cpu))
     if "_target_" in spec:
         return instantiate(spec, timeout=timeout)
