@@ -237,7 +237,8 @@ def test_an_added_key_nothing_reads_names_the_closest_key(tmp_path, override, me
 def test_added_keys_that_something_reads_are_accepted(tmp_path):
     added = ["+trainer.limit_val_batches=1", "+data.train.system_prompt=Be brief.", "+optimizer.eps=1e-6",
              "+benchmark@data.val.gsm8k=gsm8k", "++rollout.new_forced_key=1",
-             "+callbacks.extra={_target_:lightning.pytorch.callbacks.Timer}", "+model.tiny.rope_theta=10000.0"]
+             "+callbacks.extra={_target_:lightning.pytorch.callbacks.Timer}", "+model.tiny.rope_theta=10000.0",
+             "~data.train", "+data.train={source:arith,size:8}"]  # a whole set replaced, as the README does
     cfg = compose_config([*TINY_OVERRIDES, *added], output_dir=tmp_path)
     from clipo.config.keys import unknown_key_problems
 

@@ -85,3 +85,17 @@ def test_a_stop_during_the_first_validation_keeps_nothing_and_says_so(signalling
     assert line == "interrupted by SIGTERM before any RL step was completed: nothing to keep; start the run again"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["interrupted"] and summary["checkpoint"] is None and summary["history"] == []
+
+
+def test_a_stop_does_not_wait_for_the_validation_lightning_would_start(signalling, tmp_path):
+    """Lightning validates when a fit is asked to stop (`should_stop`); a stop signal ends the run instead, with
+    the stopped step saved and logged and no validation row."""
+    signalling.at = 2
+    val = ["data.val.arith.verifier=parity", "data.val.arith_p1.verifier=parity"]
+    with pytest.raises(SystemExit) as stop:
+        train(_config(tmp_path, "trainer.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=100", *val))
+    assert stop.value.code == 128 + signal.SIGTERM and signalling.calls == 2  # nothing scored after the stop
+    assert _rows(tmp_path) == ["0", "1"]
+    with open(tmp_path / "csv" / "metrics.csv") as file:
+        assert not any(row.get("val/arith/acc") for row in csv.DictReader(file))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2

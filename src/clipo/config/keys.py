@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from clipo.compose import CONFIG_DIR
 
-# first key parts under which added keys are free-form (checked by their consumer, or by nobody)
-OPEN_PREFIXES = ("data.val", "optimizer", "contrastive.head_pooler_optimizer", "strategy", "logger",
+# first key parts under which added keys are free-form (checked by their consumer, or by nobody); a node with a
+# `_target_` or a data set among them is checked against its receiver first (`_node_arguments`)
+OPEN_PREFIXES = ("data.train", "data.val", "optimizer", "contrastive.head_pooler_optimizer", "strategy", "logger",
                  "callbacks", "rollout.vllm", "paths", "hydra", "model.tiny", "local", "experiment", "debug")
 # keys Hydra's `instantiate` reads itself
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
