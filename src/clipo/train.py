@@ -21,9 +21,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, open_dict
 
 from clipo.builders import build_datamodule, build_module, build_trainer, build_verifiers, run_config
-from clipo.config import ConfigError, validate_config, validate_model_source
+from clipo.config import validate_config, validate_model_source
 from clipo.data.checks import check_data, drop_overlong_prompts, prompt_token_limit
 from clipo.models import is_adapter, save_merged
+from clipo.multirun.jobs import end_job
+from clipo.multirun.objective import objective_name, objective_value
 from clipo.run.callbacks import RunSummary, format_summary
 from clipo.run.console import quiet_third_party_output
 from clipo.run.crash import CrashCheckpoint, crash_report, has_last_checkpoint, write_traceback
@@ -31,6 +33,7 @@ from clipo.run.facts import RunFacts, detect_facts
 from clipo.run.integrity import write_checksums
 from clipo.run.loggers import log_run_config
 from clipo.run.resume import Resume, prepare_resume
+from clipo.run.run_lock import hold_run_folder
 from clipo.run.run_logs import continue_logs
 from clipo.run.signals import StopOnSignal, StopSignals, interrupted_line, kill_launched_processes
 
@@ -52,7 +55,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     validate_model_source(cfg)
     resume = prepare_resume(cfg, run_config(cfg))  # the same run, or an error before any weight loads
     facts = apply_facts(cfg, detect_facts(cfg))
-    with StopSignals(grace_s=(cfg.get("signals") or {}).get("grace_s")) as stop:
+    grace_s = (cfg.get("signals") or {}).get("grace_s")
+    with hold_run_folder(cfg.paths.output_dir), StopSignals(grace_s=grace_s) as stop:  # one live run per folder
         try:
             return _train(cfg, facts, stop, resume)
         except (KeyboardInterrupt, SystemExit):
@@ -232,18 +236,14 @@ def export_policy(module: L.LightningModule, target: Path, merge: bool = False, 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Train; return `optimized_metric` to Hydra (a sweeper's objective). A failure exits non-zero, or in a
+    multirun is recorded as the job's result while the other jobs run (`clipo.multirun.jobs`)."""
     try:
+        objective = objective_name(cfg)
         metrics, _ = train(cfg)
-    except ConfigError as error:
-        log.error(str(error))
-        raise SystemExit(2) from None
-    except Exception as error:  # recorded by train(): summary.json, traceback in train.log, one line here
-        notes = getattr(error, "__notes__", None)
-        if not notes:
-            raise
-        log.error(notes[-1])
-        raise SystemExit(1) from None
-    return metrics.get("train/reward")
+    except Exception as error:  # noqa: BLE001 - end_job decides: exit, JobFailed, or raise it again
+        end_job(error)
+    return objective_value(metrics, objective)
 
 
 if __name__ == "__main__":
