@@ -38,6 +38,7 @@ from clipo.rollout.forward import plan_training_forward
 from clipo.rollout.sampling import Sampling
 from clipo.run.checkpointing import AtomicCheckpointIO
 from clipo.run.facts import RunFacts, StrategyKind, detect_facts
+from clipo.run.ranks import timed_strategy
 from clipo.run.runtime import Choice
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
 def build_strategy(cfg: DictConfig) -> Any:
     spec = plain(cfg.strategy)
     name = spec.pop("name")
-    return instantiate(spec) if "_target_" in spec else name
+    return timed_strategy(spec, name, cfg)  # collectives time out after distributed.timeout_s
 
 
 def build_trainer(cfg: DictConfig, facts: RunFacts) -> L.Trainer:

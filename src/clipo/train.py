@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,14 @@ from clipo.multirun.jobs import end_job
 from clipo.multirun.objective import objective_name, objective_value
 from clipo.run.callbacks import RunSummary, format_summary
 from clipo.run.console import quiet_third_party_output
-from clipo.run.crash import CrashCheckpoint, crash_line, error_text, what_to_do, write_traceback
+from clipo.run.crash import CrashCheckpoint, crash_report, has_last_checkpoint, write_traceback
 from clipo.run.facts import RunFacts, detect_facts
+from clipo.run.integrity import write_checksums
 from clipo.run.loggers import log_run_config
 from clipo.run.resume import Resume, prepare_resume
 from clipo.run.run_lock import hold_run_folder
 from clipo.run.run_logs import continue_logs
-from clipo.run.signals import StopOnSignal, StopSignals
+from clipo.run.signals import StopOnSignal, StopSignals, interrupted_line, kill_launched_processes
 
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
@@ -46,18 +48,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate the config, build every part, fit, export; returns (metrics, objects).
 
     A stop signal (SIGTERM, SIGINT, SIGUSR1) ends the current step, writes last.ckpt and an
-    interrupted summary.json, and raises SystemExit(128 + signal); a second Ctrl-C exits at once.
+    interrupted summary.json, and raises SystemExit(128 + signal); a second signal, or a step still running
+    `signals.grace_s` later, exits at once.
     """
     validate_config(cfg)  # before any model or data is loaded
     validate_model_source(cfg)
     resume = prepare_resume(cfg, run_config(cfg))  # the same run, or an error before any weight loads
     facts = apply_facts(cfg, detect_facts(cfg))
-    with hold_run_folder(cfg.paths.output_dir), StopSignals() as stop:  # one live run per folder
+    grace_s = (cfg.get("signals") or {}).get("grace_s")
+    with hold_run_folder(cfg.paths.output_dir), StopSignals(grace_s=grace_s) as stop:  # one live run per folder
         try:
             return _train(cfg, facts, stop, resume)
         except (KeyboardInterrupt, SystemExit):
             if stop.forced:
-                log.warning("second Ctrl-C: stopped at once (the last complete checkpoint stays)")
+                log.warning("second stop signal: stopped at once (the last complete checkpoint stays)")
                 raise SystemExit(stop.exit_code) from None
             raise
 
@@ -116,6 +120,8 @@ def _train(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
     runtime = module.facts.runtime()  # with the engine that rollout.engine=auto picked
     output_dir = Path(cfg.paths.output_dir)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
+    if trainer.is_global_zero:
+        stop.on_force = partial(record_forced_stop, trainer, summary, runtime, output_dir)
     validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
     val_before, val_after, metrics = {}, {}, {}
     try:
@@ -130,15 +136,14 @@ def _train(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
         metrics = metrics or {k: float(v) for k, v in trainer.callback_metrics.items()}
     except Exception as error:
         module.close_verifiers()
-        if trainer.is_global_zero:
-            record_crash(error, trainer, crash, summary, runtime, output_dir)
+        record_crash(error, trainer, crash, summary, runtime, output_dir)
+        kill_launched_processes(trainer, wait_s=10)  # ranks this one started would wait on it
         raise
-    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    checkpoint = (trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None) or None
     if stop.signum is not None:
         module.close_verifiers()
         if trainer.is_global_zero:
-            log.warning("interrupted by %s at step %d; continue with ckpt_path=%s", stop.name, trainer.global_step,
-                        checkpoint)
+            log.warning(interrupted_line(stop.name, trainer.global_step, checkpoint, resume, str(output_dir)))
             write_summary(output_dir, metrics, summary, runtime, interrupted=True, signal=stop.name,
                           checkpoint=checkpoint)
         raise SystemExit(stop.exit_code)
@@ -158,18 +163,32 @@ def _train(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
 
 def record_crash(error: Exception, trainer: L.Trainer, crash: CrashCheckpoint, summary: RunSummary | None,
                  runtime: dict[str, Any], output_dir: Path) -> None:
-    """summary.json with `crashed: true` and the error, the full traceback in train.log, and the console's
-    last line as a note on the exception (`main` prints it)."""
-    write_traceback(error, output_dir)
-    line = crash_line(error, trainer.global_step, crash.in_step, crash.outcome, str(output_dir))
-    try:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        write_summary(output_dir, metrics, summary, runtime, interrupted=False, crashed=True, error=error_text(error),
-                      step=trainer.global_step, checkpoint=crash.checkpoint,
-                      what_to_do=what_to_do(error, str(output_dir)))
-    except OSError as write_error:  # a full or read-only disk: the console line still says what happened
-        line += f" (summary.json not written: {write_error})"
+    """On every rank, the console's last line as a note on the exception (`main` prints it); on rank zero also
+    summary.json with `crashed: true` and the error (another rank's, when it failed first), the full traceback
+    in train.log."""
+    report = crash_report(error, trainer.global_step, crash, str(output_dir), trainer.global_rank, trainer.world_size,
+                          resumable=has_last_checkpoint(trainer))
+    line = report.line
+    write_traceback(error, output_dir, trainer.global_rank if trainer.world_size > 1 else None)
+    if trainer.is_global_zero:
+        try:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            write_summary(output_dir, metrics, summary, runtime, interrupted=False, crashed=True, error=report.error,
+                          failed_rank=report.failed_rank, step=trainer.global_step, checkpoint=crash.checkpoint,
+                          what_to_do=report.what_to_do)
+        except OSError as write_error:  # a full or read-only disk: the console line still says what happened
+            line += f" (summary.json not written: {write_error})"
     error.add_note(line)
+
+
+def record_forced_stop(trainer: L.Trainer, summary: RunSummary | None, runtime: dict[str, Any], output_dir: Path,
+                       exit_code: int) -> None:
+    """Before a forced exit (`clipo.run.stop_signals`): an interrupted summary.json with the steps completed, and the
+    processes Lightning launched ended with this one."""
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    write_summary(output_dir, {}, summary, runtime, interrupted=True, forced=True, exit_code=exit_code,
+                  signal=signal.Signals(exit_code - 128).name, checkpoint=checkpoint or None)
+    kill_launched_processes(trainer)
 
 
 def _validate_after_fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
@@ -207,6 +226,7 @@ def export_policy(module: L.LightningModule, target: Path, merge: bool = False, 
     target.mkdir(parents=True, exist_ok=True)
     module.policy.save_pretrained(target, state_dict=state_dict)
     module.tokenizer.save_pretrained(target)
+    write_checksums(target)  # evaluate.py policy_path=... verifies the weights against it
     if merge and is_adapter(module.policy):
         save_merged(module.policy, module.tokenizer, target.parent / f"{target.name}_merged")
     if module.contrastive is not None:

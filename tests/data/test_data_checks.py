@@ -74,7 +74,7 @@ def test_non_text_prompt_and_non_parquet_file_name_the_file(tmp_path, math):
     with pytest.raises(DataError, match=r"data\.train: .*binary\.parquet row 0: a 'prompt' message's content is not text"):
         check_data(datamodule(path), math, {})
     (tmp_path / "notes.parquet").write_text("not a parquet file\n")
-    with pytest.raises(DataError, match=r"data\.train \(.*notes\.parquet\): .*not a readable parquet file"):
+    with pytest.raises(DataError, match=r"data\.train: data file .*notes\.parquet is not a readable parquet file"):
         check_data(datamodule(str(tmp_path / "notes.parquet")), math, {})
 
 

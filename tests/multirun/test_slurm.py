@@ -50,7 +50,7 @@ def test_a_slurm_job_warned_before_its_time_limit_is_requeued_and_continues_in_i
     folder = sweep_folder(tmp_path)
     job = folder / "0"
     logs = "".join(p.read_text() for p in folder.glob(".submitit/4242/*_log.*"))
-    assert "received SIGUSR1: finishing the current step" in logs and "interrupted by SIGUSR1 at step 2" in logs
+    assert "received SIGUSR1: finishing the current step" in logs and "interrupted by SIGUSR1 after RL step 2" in logs
     assert (job / "hpc_ckpt_1.ckpt").is_file()  # written by Lightning's requeue handler beside last.ckpt
     assert f"Restored all states from the checkpoint at {job / 'checkpoints' / 'last.ckpt'}" in logs
     assert (out / "reward_calls").read_text() == "3"  # steps 1-2, then step 3 only: continued, not restarted

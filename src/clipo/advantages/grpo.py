@@ -6,6 +6,7 @@ import torch
 
 from clipo.advantages.base import group_stats_per_rollout
 from clipo.distributed import sum_over_ranks
+from clipo.groups import group_stats
 from clipo.registry import ADVANTAGES
 
 SCALES = ("group", "batch")
@@ -29,14 +30,15 @@ def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e
     Returns:
         [N] float32 advantages; 0 for groups of size 1 and groups with equal rewards.
     """
-    centered, var, _ = group_stats_per_rollout(rewards, groups)
-    if scale == "batch":
-        r = rewards.double()
-        n, total, total_sq = sum_over_ranks(torch.stack([r.new_tensor(float(len(r))), r.sum(), (r * r).sum()]))
-        var = ((total_sq - total**2 / n.clamp(min=1)).clamp(min=0) / (n - 1).clamp(min=1)).float()
-    elif scale != "group":
+    if scale not in SCALES:
         raise ValueError(f"grpo advantage: scale={scale!r}; choose one of {SCALES} (no scaling: advantage=dr_grpo)")
-    return centered / (var.sqrt() + eps)  # a size-1 or equal-reward group has centered = 0
+    if scale == "group":  # the group's std, not var.sqrt(): float32 rewards' variance can overflow float32
+        return group_stats(rewards, groups).standardized(eps)  # a size-1 or equal-reward group has centered = 0
+    centered, _, _ = group_stats_per_rollout(rewards, groups)
+    r = rewards.double()
+    n, total, total_sq = sum_over_ranks(torch.stack([r.new_tensor(float(len(r))), r.sum(), (r * r).sum()]))
+    std = ((total_sq - total**2 / n.clamp(min=1)).clamp(min=0) / (n - 1).clamp(min=1)).sqrt()  # float64: no overflow
+    return (centered.double() / (std + eps)).float()
 
 
 @ADVANTAGES.register("grpo")

@@ -16,10 +16,13 @@ from clipo.algorithms.kl import KL_ESTIMATORS
 from clipo.config.batches import batch_problems
 from clipo.config.keys import unknown_key_problems
 from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping
+from clipo.evaluation.scoring import eval_sampling
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
 from clipo.rl.dynamic_sampling import DynamicSampling
 from clipo.rl.old_policy import ImportanceCorrection
 from clipo.rl.rewards import reward_config_problems
+from clipo.rollout.sampling import Sampling
+from clipo.run.ranks import timeout_problem
 
 
 class ConfigError(ValueError):
@@ -48,6 +51,7 @@ def validate_config(cfg: DictConfig) -> None:
         problems.append(f"algorithm.kl_estimator={estimator!r} is unknown; choose one of: {', '.join(KL_ESTIMATORS)}")
     mode = _rule(problems, lambda: ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode))
     problems += _contrastive_problems(cfg, mode)
+    problems += _rollout_problems(cfg)
     problems += _sampling_problems(cfg)
     problems += _reward_problems(cfg)
     problems += _logging_and_lora_problems(cfg)
@@ -79,6 +83,20 @@ def _contrastive_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list
         _rule(problems, lambda: ContrastiveRewardShaping(None, None, c.lam, c.c, c.floor, c.head_warmup_steps))
     elif mode is ContrastiveMode.LOSS:
         _rule(problems, lambda: ContrastiveLossTerm(None, None, c.coef, cfg.rollout.hidden_layer))
+    return problems
+
+
+def _rollout_problems(cfg: DictConfig) -> list[str]:
+    """How training and validation sample (`Sampling`'s and `eval_sampling`'s own rules, before any model loads);
+    the collectives' time limit."""
+    r, v = cfg.rollout, cfg.validation
+    problems = Sampling.problems(r.max_new_tokens, r.temperature, r.top_p, r.top_k, "rollout.", training=True)
+    _rule(problems, lambda: eval_sampling(v.n, v.temperature, v.top_p, v.max_new_tokens or 1, "validation."))
+    if problem := timeout_problem((cfg.get("distributed") or {}).get("timeout_s", "auto")):
+        problems.append(problem)
+    grace = (cfg.get("signals") or {}).get("grace_s")
+    if grace is not None and (not isinstance(grace, (int, float)) or isinstance(grace, bool) or grace <= 0):
+        problems.append(f"signals.grace_s={grace!r} must be a positive number of seconds, or null (no limit)")
     return problems
 
 
@@ -159,6 +177,9 @@ def engine_problems(rollout_cfg: DictConfig, model_cfg: DictConfig) -> list[str]
 
 def _data_problems(cfg: DictConfig) -> list[str]:
     problems = _evaluation_problems(cfg)
+    val_batch = cfg.data.get("val_batch_size", 32)
+    if not isinstance(val_batch, int) or isinstance(val_batch, bool) or val_batch < 1:
+        problems.append(f"data.val_batch_size={val_batch} must be a count of prompts >= 1")
     sets = {"train": cfg.data.train, **{f"val.{k}": v for k, v in (cfg.data.get("val") or {}).items()}}
     for name, spec in sets.items():
         path = spec.get("path")

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clipo.contrastive.modes import ContrastiveMode
 from clipo.registry import ALGORITHMS
@@ -33,6 +33,12 @@ def batch_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
         problems.append(f"rollout.group_size={group_size}: a group needs at least 2 rollouts to compare")
     if prompts < 1:
         problems.append(f"data.prompts_per_step={prompts} must be at least 1")
+    for key in ("ppo.mini_batch_size", "ppo.micro_batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"{key}={value} must be a count of rollouts >= 1, or null (see configs/train.yaml)")
+    if group_size < 1 or prompts < 1 or problems:
+        return problems  # the sizes below divide by these
     if prompts % world:
         problems.append(
             f"data.prompts_per_step={prompts} (the global batch) does not split over {world} processes "

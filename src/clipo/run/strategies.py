@@ -191,11 +191,27 @@ class FSDP2Strategy(ModelParallelStrategy):
         process_group_backend: gloo on CPU, nccl on GPU (None: Lightning's choice for the device).
         save_distributed_checkpoint: each rank writes its shard into a checkpoint folder (True), or
             rank 0 writes one consolidated file (False).
+        **kwargs: Lightning's `ModelParallelStrategy` arguments (`timeout`, ...).
     """
 
-    def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = True) -> None:
+    def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(process_group_backend=process_group_backend,
-                         save_distributed_checkpoint=save_distributed_checkpoint)
+                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+        """Lightning's save, then `checksums.json` for the `.distcp` shards (they have no checksum of their own;
+        `clipo.run.integrity` verifies them on load). Removed first, so a save cut short leaves none."""
+        from pathlib import Path
+
+        from clipo.run.integrity import CHECKSUMS, write_checksums
+
+        folder = Path(self.broadcast(filepath))
+        if self.is_global_zero and folder.is_dir():
+            (folder / CHECKSUMS).unlink(missing_ok=True)
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+        if self.is_global_zero and folder.is_dir():  # rank 0 returns once every rank's shard is written
+            write_checksums(folder)
 
     def setup_environment(self) -> None:
         # one data-parallel dimension over every process, no tensor parallelism
