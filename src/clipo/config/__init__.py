@@ -17,7 +17,7 @@ from clipo.config.batches import batch_problems
 from clipo.config.keys import unknown_key_problems
 from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping
 from clipo.evaluation.scoring import eval_sampling
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
 from clipo.rl.dynamic_sampling import DynamicSampling
 from clipo.rl.old_policy import ImportanceCorrection
 from clipo.rl.rewards import reward_config_problems
@@ -30,7 +30,6 @@ class ConfigError(ValueError):
 
 
 def validate_config(cfg: DictConfig) -> None:
-    register_components()
     problems: list[str] = []
     for key, registry in [
         ("advantage.name", ADVANTAGES),
