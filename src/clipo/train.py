@@ -5,37 +5,29 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import warnings
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
-import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from clipo.builders import build_datamodule, build_module, build_trainer, build_verifiers, run_config
+from clipo.builders import run_config
 from clipo.config import validate_config, validate_model_source
-from clipo.data.checks import check_data, drop_overlong_prompts, prompt_token_limit
-from clipo.models import is_adapter, save_merged
+from clipo.evaluation.validation import final_validation, validation_pass
 from clipo.multirun.jobs import end_job
 from clipo.multirun.objective import objective_name, objective_value
-from clipo.run.callbacks import RunSummary, format_summary
-from clipo.run.console import quiet_third_party_output
-from clipo.run.crash import CrashCheckpoint, crash_report, has_last_checkpoint, write_traceback
-from clipo.run.facts import RunFacts, detect_facts
-from clipo.run.integrity import write_checksums
-from clipo.run.loggers import log_run_config
+from clipo.run.assembly import Run, build_run
+from clipo.run.callbacks import format_summary
+from clipo.run.export import export_policy
+from clipo.run.facts import RunFacts, apply_facts, detect_facts
+from clipo.run.outcome import record_crash, record_forced_stop, write_summary
 from clipo.run.resume import Resume, prepare_resume
 from clipo.run.run_lock import hold_run_folder
-from clipo.run.run_logs import continue_logs
-from clipo.run.signals import StopOnSignal, StopSignals, interrupted_line, kill_launched_processes
+from clipo.run.signals import StopSignals, interrupted_line, kill_launched_processes
 
 log = logging.getLogger(__name__)
 # clipo checkpoints after the policy update on purpose (the state a resumed run continues from)
@@ -66,172 +58,61 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             raise
 
 
-def apply_facts(cfg: DictConfig, facts: RunFacts) -> RunFacts:
-    """Act on the run's facts before the Trainer is built (the precision into the trainer's config, torch's
-    threads, the tokenizers' pool off: it would compete with torch for the same cores) and say them."""
-    quiet_third_party_output()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    torch.set_num_threads(facts.threads.value)
-    with open_dict(cfg):
-        cfg.trainer.precision = facts.precision.value
-    log.info("precision %s: %s", facts.precision.value, facts.precision.reason)
-    log.info("torch threads %d (%s); tokenizers parallelism off", facts.threads.value, facts.threads.reason)
-    return facts
-
-
-def check_training_data(cfg: DictConfig, datamodule: Any, verifiers: tuple[Any, dict[str, Any]]) -> None:
-    """Load the train and validation sets and check their ground truths with the verifiers that will score
-    them (`clipo.data.checks`), before the model loads; a bad set closes the verifiers' worker pools."""
-    train_verifier, val_verifiers = verifiers
-    try:
-        check_data(datamodule, train_verifier, val_verifiers, bool(cfg.data.get("skip_bad_rows", False)))
-    except BaseException:
-        for verifier in {id(v): v for v in [train_verifier, *val_verifiers.values()]}.values():
-            verifier.close()
-        raise
-
-
-def _build_run(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
-               resume: Resume | None) -> tuple[Any, Any, L.Trainer, CrashCheckpoint]:
-    """The checked data, the module, the trainer with clipo's callbacks, and the logs continued from a
-    resumed checkpoint's step."""
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
-    verifiers = build_verifiers(cfg)  # once: the data check and the run share them (and the math worker pool)
-    check_training_data(cfg, datamodule, verifiers)
-    module = build_module(cfg, facts, verifiers)
-    context = getattr(module.policy.config, "max_position_embeddings", None)
-    if limit := prompt_token_limit(cfg.data.get("max_prompt_tokens", "auto"), context, cfg.rollout.max_new_tokens):
-        drop_overlong_prompts(datamodule, module.tokenizer, limit)
-    trainer = build_trainer(cfg, facts)
-    crash = CrashCheckpoint()
-    trainer.callbacks.insert(0, crash)  # first: a step counts as done before any other end-of-step hook
-    trainer.callbacks.append(StopOnSignal(stop))  # last: after the summary has recorded the step
-    if resume is not None and resume.step >= 0 and trainer.is_global_zero:  # logs continue from the checkpoint
-        rollouts = module.rollout_log.path if module.rollout_log else None
-        continue_logs(trainer.loggers, rollouts, resume.step, resume.wandb_id)
-    log_run_config(trainer.loggers, run_config(cfg))  # after the logs were continued: writing starts a log
-    return datamodule, module, trainer, crash
-
-
 def _train(cfg: DictConfig, facts: RunFacts, stop: StopSignals,
            resume: Resume | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    datamodule, module, trainer, crash = _build_run(cfg, facts, stop, resume)
-    runtime = module.facts.runtime()  # with the engine that rollout.engine=auto picked
-    output_dir = Path(cfg.paths.output_dir)
-    summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)
+    run = build_run(cfg, facts, stop, resume)
+    if run.trainer.is_global_zero:
+        stop.on_force = partial(record_forced_stop, run.trainer, run.summary, run.runtime, run.output_dir)
+    try:
+        metrics, val_before, val_after = _fit(cfg, run, stop, resume)
+    except Exception as error:
+        run.module.close_verifiers()
+        record_crash(error, run.trainer, run.crash, run.summary, run.runtime, run.output_dir)
+        kill_launched_processes(run.trainer, wait_s=10)  # ranks this one started would wait on it
+        raise
+    run.module.close_verifiers()
+    trainer = run.trainer
+    checkpoint = (trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None) or None
+    if stop.signum is not None:
+        if trainer.is_global_zero:
+            log.warning(interrupted_line(stop.name, trainer.global_step, checkpoint, resume, str(run.output_dir)))
+            write_summary(run.output_dir, metrics, run.summary, run.runtime, interrupted=True, signal=stop.name,
+                          checkpoint=checkpoint)
+        raise SystemExit(stop.exit_code)
+    _finish(cfg, run, val_before, val_after, checkpoint)
+    metrics |= val_after | {k.replace("val/", "val_before/", 1): v for k, v in val_before.items()}
     if trainer.is_global_zero:
-        stop.on_force = partial(record_forced_stop, trainer, summary, runtime, output_dir)
-    validate = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
+        write_summary(run.output_dir, metrics, run.summary, run.runtime, interrupted=False)
+    return metrics, {"trainer": trainer, "module": run.module, "datamodule": run.datamodule, "summary": run.summary}
+
+
+def _fit(cfg: DictConfig, run: Run, stop: StopSignals, resume: Resume | None) -> tuple[dict, dict, dict]:
+    """(the training's last metrics, held-out metrics before and after): validation before training when asked,
+    the fit, and the final weights' validation unless a stop signal ended it."""
+    trainer, module, datamodule = run.trainer, run.module, run.datamodule
+    validating = cfg.data.get("val") and not cfg.trainer.get("fast_dev_run")
     val_before, val_after, metrics = {}, {}, {}
     try:
-        if validate and cfg.validation.before_training:
-            val_before = _validate(trainer, module, datamodule)
+        if validating and cfg.validation.before_training:
+            val_before = validation_pass(trainer, module, datamodule)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume.path if resume is not None else None)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # before validation replaces them
-        if validate and stop.signum is None:
-            val_after = _validate_after_fit(trainer, module, datamodule)
+        if validating and stop.signum is None:
+            val_after = final_validation(trainer, module, datamodule)
     except SIGTERMException:  # Lightning's exit after a stop signal (StopOnSignal has saved the step)
         stop.signum = stop.signum or signal.SIGTERM
         metrics = metrics or {k: float(v) for k, v in trainer.callback_metrics.items()}
-    except Exception as error:
-        module.close_verifiers()
-        record_crash(error, trainer, crash, summary, runtime, output_dir)
-        kill_launched_processes(trainer, wait_s=10)  # ranks this one started would wait on it
-        raise
-    checkpoint = (trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None) or None
-    if stop.signum is not None:
-        module.close_verifiers()
-        if trainer.is_global_zero:
-            log.warning(interrupted_line(stop.name, trainer.global_step, checkpoint, resume, str(output_dir)))
-            write_summary(output_dir, metrics, summary, runtime, interrupted=True, signal=stop.name,
-                          checkpoint=checkpoint)
-        raise SystemExit(stop.exit_code)
+    return metrics, val_before, val_after
 
+
+def _finish(cfg: DictConfig, run: Run, val_before: dict, val_after: dict, checkpoint: str | None) -> None:
+    """The export (every rank gathers sharded weights; rank zero writes) and the summary on the console."""
     merge = bool(cfg.get("export", {}).get("merge", False))
-    policy_state = module.full_policy_state()  # ZeRO-3 / FSDP: gathered by every rank, else None
-    export_dir = export_policy(module, output_dir / "policy", merge, policy_state) if trainer.is_global_zero else None
-    if summary is not None and trainer.is_global_zero:
-        print(format_summary(summary, val_before, val_after, str(output_dir), checkpoint, str(export_dir)))
-    module.close_verifiers()
-    metrics |= val_after
-    metrics |= {k.replace("val/", "val_before/", 1): v for k, v in val_before.items()}
-    if trainer.is_global_zero:
-        write_summary(output_dir, metrics, summary, runtime, interrupted=False)
-    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "summary": summary}
-
-
-def record_crash(error: Exception, trainer: L.Trainer, crash: CrashCheckpoint, summary: RunSummary | None,
-                 runtime: dict[str, Any], output_dir: Path) -> None:
-    """On every rank, the console's last line as a note on the exception (`main` prints it); on rank zero also
-    summary.json with `crashed: true` and the error (another rank's, when it failed first), the full traceback
-    in train.log."""
-    report = crash_report(error, trainer.global_step, crash, str(output_dir), trainer.global_rank, trainer.world_size,
-                          resumable=has_last_checkpoint(trainer))
-    line = report.line
-    write_traceback(error, output_dir, trainer.global_rank if trainer.world_size > 1 else None)
-    if trainer.is_global_zero:
-        try:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-            write_summary(output_dir, metrics, summary, runtime, interrupted=False, crashed=True, error=report.error,
-                          failed_rank=report.failed_rank, step=trainer.global_step, checkpoint=crash.checkpoint,
-                          what_to_do=report.what_to_do)
-        except OSError as write_error:  # a full or read-only disk: the console line still says what happened
-            line += f" (summary.json not written: {write_error})"
-    error.add_note(line)
-
-
-def record_forced_stop(trainer: L.Trainer, summary: RunSummary | None, runtime: dict[str, Any], output_dir: Path,
-                       exit_code: int) -> None:
-    """Before a forced exit (`clipo.run.stop_signals`): an interrupted summary.json with the steps completed, and the
-    processes Lightning launched ended with this one."""
-    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
-    write_summary(output_dir, {}, summary, runtime, interrupted=True, forced=True, exit_code=exit_code,
-                  signal=signal.Signals(exit_code - 128).name, checkpoint=checkpoint or None)
-    kill_launched_processes(trainer)
-
-
-def _validate_after_fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
-    """The final weights' validation: the one fit ran at its last step (val_check_interval dividing
-    max_steps), or a new pass."""
-    if module.last_validation is not None and module.rl_step > 0 and module.last_validation[0] == module.rl_step:
-        return dict(module.last_validation[1])
-    return _validate(trainer, module, datamodule)
-
-
-def _validate(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
-    results = trainer.validate(module, datamodule=datamodule, verbose=False)
-    return {k: float(v) for result in results for k, v in result.items()}
-
-
-def write_summary(output_dir: Path, metrics: dict, summary: RunSummary | None, runtime: dict, **outcome: Any) -> None:
-    """`<run>/summary.json`: the metrics, the step history, the runtime decisions and how the run ended."""
-    history = summary.history if summary is not None else []
-    write_json_atomic(output_dir / "summary.json", {"metrics": metrics, "history": history, "runtime": runtime,
-                                                    **outcome})
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=float))
-    os.replace(tmp, path)
-
-
-def export_policy(module: L.LightningModule, target: Path, merge: bool = False, state_dict: dict | None = None) -> Path:
-    """The final policy as a `save_pretrained` folder (a LoRA adapter in PEFT's format, plus a merged
-    model in `policy_merged/` when `merge`), the contrastive head beside it; `state_dict`: the policy's
-    full weights when they are sharded (ZeRO-3, FSDP)."""
-    target.mkdir(parents=True, exist_ok=True)
-    module.policy.save_pretrained(target, state_dict=state_dict)
-    module.tokenizer.save_pretrained(target)
-    write_checksums(target)  # evaluate.py policy_path=... verifies the weights against it
-    if merge and is_adapter(module.policy):
-        save_merged(module.policy, module.tokenizer, target.parent / f"{target.name}_merged")
-    if module.contrastive is not None:
-        torch.save(module.contrastive.state_dict(), target.parent / "contrastive_head.pt")
-    return target
+    policy_state = run.module.full_policy_state()  # ZeRO-3 / FSDP: gathered by every rank, else None
+    if run.trainer.is_global_zero:
+        export_dir = export_policy(run.module, run.output_dir / "policy", merge, policy_state)
+        if run.summary is not None:
+            print(format_summary(run.summary, val_before, val_after, str(run.output_dir), checkpoint, str(export_dir)))
 
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="train")

@@ -115,14 +115,15 @@ def test_a_second_run_into_a_live_runs_folder_exits_2_before_writing_there(holde
 
 def test_train_refuses_a_locked_folder_before_the_model_loads_and_releases_its_own(holder, parity_verifier, tmp_path,
                                                                                    monkeypatch):
+    import clipo.run.assembly
     import clipo.train
 
-    build_module = clipo.train.build_module
-    monkeypatch.setattr(clipo.train, "build_module", lambda cfg: pytest.fail("the model must not load"))
+    build_module = clipo.run.assembly.build_module
+    monkeypatch.setattr(clipo.run.assembly, "build_module", lambda *args: pytest.fail("the model must not load"))
     cfg = _config(tmp_path / "run", "data.val=null", "trainer.max_steps=1")
     with pytest.raises(RunFolderInUse, match="in use by a live run"):
         clipo.train.train(cfg)
-    monkeypatch.setattr(clipo.train, "build_module", build_module)
+    monkeypatch.setattr(clipo.run.assembly, "build_module", build_module)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     clipo.train.train(_config(tmp_path / "run", "data.val=null", "trainer.max_steps=1"))  # the stale lock is taken over

@@ -134,7 +134,7 @@ def test_detected_threads_use_affinity_and_cgroup(monkeypatch):
 def test_train_turns_the_tokenizers_pool_off_and_resolves_auto_first(monkeypatch, tmp_path):
     import os
 
-    from clipo.train import apply_facts
+    from clipo.run.facts import apply_facts
 
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # train() called from Python, not __main__
     cfg = compose_config(["model=tiny"], output_dir=tmp_path)

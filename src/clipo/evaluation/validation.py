@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import torch
 
 from clipo.evaluation.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
@@ -51,3 +52,16 @@ class Validation(torch.nn.Module):
         """Close each verifier's worker pool (a verifier shared with training too: closing is idempotent)."""
         for verifier in {id(v): v for v in self.verifiers.values()}.values():
             verifier.close()
+
+
+def final_validation(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """The final weights' validation: the one fit ran at its last step (val_check_interval dividing
+    max_steps), or a new pass."""
+    if module.last_validation is not None and module.rl_step > 0 and module.last_validation[0] == module.rl_step:
+        return dict(module.last_validation[1])
+    return validation_pass(trainer, module, datamodule)
+
+
+def validation_pass(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    return {k: float(v) for result in results for k, v in result.items()}

@@ -6,15 +6,20 @@ each with the reason it was chosen. The run's first lines and summary.json's `ru
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
 import torch
+from omegaconf import open_dict
 
 from clipo.contrastive.modes import ContrastiveMode
+from clipo.run.console import quiet_third_party_output
 from clipo.run.runtime import Choice, detect_threads, resolve_precision
+
+log = logging.getLogger(__name__)
 
 
 class StrategyKind(str, Enum):
@@ -79,7 +84,7 @@ class RunFacts:
 
 
 def detect_facts(cfg: Any) -> RunFacts:
-    """The facts of the run `cfg` describes on this machine (nothing is set: see `clipo.train.apply_facts`)."""
+    """The facts of the run `cfg` describes on this machine (nothing is set: see `apply_facts`)."""
     trainer = cfg.get("trainer") or {}
     processes = training_processes(trainer)
     device = training_device(trainer)
@@ -114,3 +119,16 @@ def training_device(trainer_cfg: Any) -> str:
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     cuda = accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available()
     return "cuda" if cuda else "cpu"
+
+
+def apply_facts(cfg: Any, facts: RunFacts) -> RunFacts:
+    """Act on the run's facts before the Trainer is built (the precision into the trainer's config, torch's
+    threads, the tokenizers' pool off: it would compete with torch for the same cores) and say them."""
+    quiet_third_party_output()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    torch.set_num_threads(facts.threads.value)
+    with open_dict(cfg):
+        cfg.trainer.precision = facts.precision.value
+    log.info("precision %s: %s", facts.precision.value, facts.precision.reason)
+    log.info("torch threads %d (%s); tokenizers parallelism off", facts.threads.value, facts.threads.reason)
+    return facts
