@@ -54,7 +54,7 @@ class PolicyLossBase:
             raise ValueError(f"{name}: unknown aggregation {aggregation!r}; choose one of: {', '.join(AGGREGATIONS)}")
         if kl_estimator not in KL_ESTIMATORS:
             choices = ", ".join(KL_ESTIMATORS)
-            raise ValueError(f"{name}: unknown kl_estimator {kl_estimator!r}; choose one of: {choices}")
+            raise ValueError(f"algorithm.kl_estimator={kl_estimator!r} is unknown; choose one of: {choices}")
         if kl_coef < 0:
             raise ValueError(f"{name}: kl_coef must be >= 0, got {kl_coef}")
         if not 0.0 <= top_entropy_quantile <= 1.0:

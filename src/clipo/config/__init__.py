@@ -12,13 +12,12 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from clipo.algorithms.kl import KL_ESTIMATORS
 from clipo.config.batches import batch_problems
 from clipo.config.keys import unknown_key_problems
 from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping
 from clipo.evaluation.scoring import eval_sampling
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
-from clipo.rl.dynamic_sampling import DynamicSampling
+from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.old_policy import ImportanceCorrection
 from clipo.rl.rewards import reward_config_problems
 from clipo.rollout.sampling import Sampling
@@ -45,9 +44,7 @@ def validate_config(cfg: DictConfig) -> None:
         if name not in choices:
             problems.append(f"{key}={name!r} is not a registered {registry.kind}; choose one of: {', '.join(choices)}")
 
-    estimator = cfg.algorithm.get("kl_estimator", "k3")
-    if estimator not in KL_ESTIMATORS:
-        problems.append(f"algorithm.kl_estimator={estimator!r} is unknown; choose one of: {', '.join(KL_ESTIMATORS)}")
+    problems += _part_problems(cfg)  # the parts that need no model check their own settings
     mode = _rule(problems, lambda: ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode))
     problems += _contrastive_problems(cfg, mode)
     problems += _rollout_problems(cfg)
@@ -74,15 +71,27 @@ def _rule(problems: list[str], build: Callable[[], Any]) -> Any:
         return None
 
 
+def _part_problems(cfg: DictConfig) -> list[str]:
+    """The policy loss, the advantage estimator and the contrastive loss built from their settings: each
+    constructor's own checks (e.g. an algorithm's clip_c and KL estimator). Unknown keys are reported by
+    `unknown_key_problems` and skip the build."""
+    if unknown_key_problems(cfg):
+        return []
+    problems: list[str] = []
+    for registry, group in ((ALGORITHMS, "algorithm"), (ADVANTAGES, "advantage"), (LOSSES, "loss")):
+        if cfg[group].name in registry:  # an unknown name is reported above, with the choices
+            _rule(problems, lambda: registry.build(OmegaConf.to_container(cfg[group], resolve=True)))
+    return problems
+
+
 def _contrastive_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
     """The mode's adapter accepts its settings (the adapters' own checks, before any model loads)."""
-    problems: list[str] = []
     c = cfg.contrastive
     if mode is ContrastiveMode.REWARD:
-        _rule(problems, lambda: ContrastiveRewardShaping(None, None, c.lam, c.c, c.floor, c.head_warmup_steps))
-    elif mode is ContrastiveMode.LOSS:
-        _rule(problems, lambda: ContrastiveLossTerm(None, None, c.coef, cfg.rollout.hidden_layer))
-    return problems
+        return ContrastiveRewardShaping.problems(c.lam, c.c, c.floor, c.head_warmup_steps)
+    if mode is ContrastiveMode.LOSS:
+        return ContrastiveLossTerm.problems(c.coef)
+    return []
 
 
 def _rollout_problems(cfg: DictConfig) -> list[str]:
@@ -130,12 +139,8 @@ def _sampling_problems(cfg: DictConfig) -> list[str]:
     s, budget = cfg.sampling, cfg.rollout.max_new_tokens
     problems: list[str] = []
     _rule(problems, lambda: DynamicSampling(0, s.max_refill_batches, s.filter_on))
-    if not 0 <= s.overlong_buffer <= budget:
-        problems.append(
-            f"sampling.overlong_buffer={s.overlong_buffer} must lie in 0..rollout.max_new_tokens={budget} (0 disables it)"
-        )
-    if s.overlong_penalty < 0:
-        problems.append(f"sampling.overlong_penalty={s.overlong_penalty} must be >= 0")
+    if s.overlong_buffer:  # 0 turns the penalty off
+        _rule(problems, lambda: OverlongShaping(budget, s.overlong_buffer, s.overlong_penalty))
     return problems
 
 
