@@ -15,6 +15,7 @@ collective that breaks ("Connection reset by peer") or times out; their own erro
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -57,8 +58,12 @@ def timed_strategy(spec: dict, name: str, cfg: Any) -> Any:
 
     on_cpu = training_device(cfg.trainer) == "cpu"
     timeout = timedelta(seconds=timeout_seconds((cfg.get("distributed") or {}).get("timeout_s", "auto"), on_cpu))
-    if "_target_" in spec:
-        return instantiate(spec, timeout=timeout)
+    if "_target_" in spec:  # a strategy of the user's own may take no timeout: it keeps its own
+        from hydra.utils import get_class
+
+        params = inspect.signature(get_class(spec["_target_"])).parameters
+        takes_timeout = "timeout" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        return instantiate(spec, **({"timeout": timeout} if takes_timeout else {}))
     if name == "auto" and training_processes(cfg.trainer) > 1:
         return DDPStrategy(timeout=timeout, start_method="fork" if _IS_INTERACTIVE else "popen")
     return name
