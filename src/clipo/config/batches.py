@@ -62,28 +62,31 @@ def batch_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
     mini_per_process, micro = (max(size, 1) for size in sizes)  # a world larger than the batch is reported above
     # a part that compares a group's rollouts within one forward pass needs whole groups in each
     why = "contrastive.mode=loss" if mode is ContrastiveMode.LOSS else _group_algorithm(cfg)
-    loss_mode = why is not None
     budget = cfg.ppo.max_tokens_per_micro_batch
-    if budget == "auto":  # replaces micro_batch_size; raised to the largest unit at run time, so it always fits
-        pass
-    elif isinstance(budget, str) or isinstance(budget, bool):
+    if budget is None:  # micro_batch_size rollouts a pass
+        problems += _micro_batch_problems(micro, mini, mini_per_process, world, group_size, why)
+    elif isinstance(budget, (str, bool)) and budget != "auto":
         problems.append(f"ppo.max_tokens_per_micro_batch={budget!r}: use a number of tokens, auto or null")
-    elif budget is not None:  # replaces micro_batch_size: micro-batches are packed by tokens
+    elif budget != "auto":  # auto is raised to the largest unit at run time, so it always fits
         problems += _token_budget_problems(budget, cfg.rollout.max_new_tokens, group_size, why)
-    elif mini_per_process % micro:
-        per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
-        problems.append(f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}")
-    elif loss_mode and micro % group_size:
-        # in loss mode the contrastive loss is taken per forward pass: a split group loses its pairs
-        problems.append(
-            f"ppo.micro_batch_size={micro} splits groups of rollout.group_size={group_size}, and {why} "
-            f"compares rollouts within one forward pass; use a multiple of {group_size}"
-        )
     if cfg.ppo.epochs < 1:
         problems.append(f"ppo.epochs={cfg.ppo.epochs} must be at least 1")
     if cfg.ppo.forward_layout not in LAYOUT_SETTINGS:
         problems.append(f"ppo.forward_layout={cfg.ppo.forward_layout!r}: use one of {', '.join(LAYOUT_SETTINGS)}")
     return problems
+
+
+def _micro_batch_problems(micro: int, mini: int, mini_per_process: int, world: int, group_size: int,
+                          why: str | None) -> list[str]:
+    """`ppo.micro_batch_size` divides each process's share of a mini-batch, and keeps whole groups where `why`."""
+    if mini_per_process % micro:
+        per = "" if world == 1 else f" (its {mini_per_process} rollouts per process)"
+        return [f"ppo.micro_batch_size={micro} does not divide ppo.mini_batch_size={mini}{per}"]
+    if why is not None and micro % group_size:
+        # the loss is taken per forward pass: a split group loses its pairs
+        return [f"ppo.micro_batch_size={micro} splits groups of rollout.group_size={group_size}, and {why} "
+                f"compares rollouts within one forward pass; use a multiple of {group_size}"]
+    return []
 
 
 def _group_algorithm(cfg: DictConfig) -> str | None:
