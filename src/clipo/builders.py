@@ -25,6 +25,7 @@ from clipo.evaluation.scoring import eval_sampling, split_set_spec
 from clipo.evaluation.validation import Validation
 from clipo.models import is_adapter, load_model
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
+from clipo.rl.async_rollouts import async_collector, async_engine
 from clipo.rl.batching import UpdateBatching
 from clipo.rl.collector import RolloutCollector
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
@@ -138,7 +139,7 @@ def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
     choice = choose_engine(cfg.rollout.engine, policy, training_processes(cfg.get("trainer") or {}))
     log.info("rollout engine %s: %s", choice.value, choice.reason)
     settings = plain(cfg.rollout.get(choice.value)) or {}
-    if choice.value == "vllm":
+    if choice.value in ("vllm", "vllm_server"):
         settings["dtype"] = engine_dtype(settings.get("dtype"), (cfg.get("trainer") or {}).get("precision"))
     return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer)
 
@@ -234,7 +235,7 @@ def build_module(cfg: DictConfig) -> ClipoModule:
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = build_verifiers(cfg)
-    engine = build_engine(cfg, policy, tokenizer)
+    engine = async_engine(cfg.rollout.max_staleness, build_engine(cfg, policy, tokenizer))
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
     batching = build_batching(cfg, policy)
     logprobs = build_rollout_logprobs(cfg, policy, reference, algorithm, sampling, batching, mode)
@@ -242,8 +243,8 @@ def build_module(cfg: DictConfig) -> ClipoModule:
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
-        collector=build_collector(cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping,
-                                  tokenizer.pad_token_id),
+        collector=async_collector(cfg.rollout.max_staleness, build_collector(
+            cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping, tokenizer.pad_token_id)),
         updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term),
         contrastive=contrastive.objective,
         head_step=contrastive.head_step,

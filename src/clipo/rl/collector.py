@@ -97,6 +97,7 @@ class RolloutCollector:
         timer: PhaseTimer,
         generation_context: Callable[[], AbstractContextManager] = nullcontext,
         trainer_state: Any = None,
+        sampled: RolloutBatch | None = None,
     ) -> Trajectory:
         """One step's trajectory from the prompt `records`.
 
@@ -107,9 +108,11 @@ class RolloutCollector:
             timer: phase timings and generated tokens are added to it.
             generation_context: entered around each generation (e.g. ZeRO-3's weight gathering).
             trainer_state: handed to the reward functions (TRL's `trainer_state`), e.g. the Lightning trainer.
+            sampled: `records`' rollouts sampled already (the asynchronous pipeline's), or None: sample now.
         """
         sample = lambda prompts: self._generate_and_score(prompts, timer, generation_context, trainer_state)  # noqa: E731
-        rollouts, scores = sample(records)
+        rollouts, scores = sample(records) if sampled is None else self._generate_and_score(
+            records, timer, generation_context, trainer_state, sampled)
         metrics = self._rollout_metrics(rollouts, scores)
         if self.dynamic_sampling is not None:
             rollouts, scores, dapo_metrics = self.dynamic_sampling.fill(rollouts, scores, len(records),
@@ -135,10 +138,11 @@ class RolloutCollector:
 
     def _generate_and_score(
         self, records: list[dict], timer: PhaseTimer, generation_context: Callable[[], AbstractContextManager],
-        trainer_state: Any,
+        trainer_state: Any, rollouts: RolloutBatch | None = None,
     ) -> tuple[RolloutBatch, RewardScores]:
-        with timer("generate"), generation_context():
-            rollouts = self.engine.generate(records, self.group_size, self.sampling, self.hidden_layer)
+        if rollouts is None:
+            with timer("generate"), generation_context():
+                rollouts = self.engine.generate(records, self.group_size, self.sampling, self.hidden_layer)
         scores = self.rewards(records, rollouts, self.group_size, trainer_state)
         for name, seconds in scores.seconds.items():  # each function is a phase of its own
             timer.seconds["verify" if name == "verifier" else f"reward/{name}"] += seconds

@@ -1,0 +1,80 @@
+"""Helper script of tests/rollout/test_vllm_ranks.py: trainings whose rollouts each rank samples with its own
+vLLM engine (`rollout.engine=vllm`, model=tiny with vLLM's head size, the parity verifier), one after another
+in the same processes, each rank writing what it sampled and logged.
+
+    python tests/vllm_ranks.py OUT_DIR DEVICES PLAN [PLAN ...]      (PLANS below)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import open_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from clipo.compose import compose  # noqa: E402
+from clipo.distributed import world  # noqa: E402
+from clipo.registry import VERIFIERS  # noqa: E402
+from clipo.train import train  # noqa: E402
+from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
+
+VLLM = ["rollout.engine=vllm", "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1"]
+# name: (strategy, extra overrides)
+PLANS = {
+    "ddp": ("ddp", []),
+    "zero2": ("deepspeed_zero2", []),
+    "zero3": ("deepspeed_zero3", ["+strategy.param_persistence_threshold=0"]),  # every parameter partitioned
+    "fsdp": ("fsdp", []),
+    "ddp-async": ("ddp", ["rollout.max_staleness=1", "trainer.max_steps=3"]),
+}
+
+
+class RecordRollouts(L.Callback):
+    """What this rank sampled each step (its prompts' ground truths and the versions that sampled them)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.steps.append({"ground_truths": [r["ground_truth"] for r in batch]})
+
+
+def run_plan(out_dir: Path, devices: int, name: str) -> None:
+    strategy, extra = PLANS[name]
+    backend = ["strategy.process_group_backend=gloo"] if devices > 1 else []
+    cfg = compose([*TINY_OVERRIDES, *VLLM, "trainer.accelerator=cpu", f"trainer.devices={devices}",
+                   f"strategy={strategy}", *backend, "data.prompts_per_step=4", "data.val=null", "logger=none",
+                   "optimizer.lr=1e-2", *extra], out_dir / name)  # fmt: skip
+    with open_dict(cfg):
+        cfg.verifier = {"name": "parity"}
+    recorder = RecordRollouts()
+    L.Trainer.__init__ = _with_callback(L.Trainer.__init__, recorder)
+    metrics, objects = train(cfg)
+    engine = getattr(objects["module"].collector.engine, "engine", objects["module"].collector.engine)
+    rank = world()[0]
+    torch.save({"history": objects["summary"].history if objects["summary"] else [], "steps": recorder.steps,
+                "pushes": engine.pushes, "version": engine.version}, out_dir / f"{name}.rank{rank}.pt")  # fmt: skip
+
+
+def main() -> None:
+    out_dir, devices, *names = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.")]
+    VERIFIERS._entries["parity"] = ParityVerifier
+    init = L.Trainer.__init__
+    for name in names:
+        L.Trainer.__init__ = init
+        run_plan(Path(out_dir), int(devices), name)
+
+
+def _with_callback(init, callback):  # noqa: ANN001, ANN202
+    def patched(self, *args, callbacks=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        init(self, *args, callbacks=[*(callbacks or []), callback], **kwargs)
+
+    return patched
+
+
+if __name__ == "__main__":
+    main()
