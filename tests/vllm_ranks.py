@@ -2,7 +2,7 @@
 vLLM engine (`rollout.engine=vllm`, model=tiny with vLLM's head size, the parity verifier), one after another
 in the same processes, each rank writing what it sampled and logged.
 
-    python tests/vllm_ranks.py OUT_DIR DEVICES PLAN [PLAN ...]      (PLANS below)
+    python tests/vllm_ranks.py OUT_DIR DEVICES PLAN [PLAN ...] [-- OVERRIDE ...]      (PLANS below)
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clipo.compose import compose  # noqa: E402
 from clipo.distributed import world  # noqa: E402
 from clipo.registry import VERIFIERS  # noqa: E402
+from clipo.rollout.vllm_weights import named_weights  # noqa: E402
 from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 
+EMBEDDING = "model.embed_tokens.weight"
 VLLM = ["rollout.engine=vllm", "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1"]
 # name: (strategy, extra overrides)
 PLANS = {
@@ -30,28 +32,32 @@ PLANS = {
     "zero3": ("deepspeed_zero3", ["+strategy.param_persistence_threshold=0"]),  # every parameter partitioned
     "fsdp": ("fsdp", []),
     "ddp-async": ("ddp", ["rollout.max_staleness=1", "trainer.max_steps=3"]),
+    # on a vLLM server given by `-- rollout.vllm_server.url=...` (both ranks send to it; rank 0 pushes)
+    "server-async": ("ddp", ["rollout.engine=vllm_server", "rollout.max_staleness=1", "trainer.max_steps=3"]),
 }
 
 
-class RecordRollouts(L.Callback):
-    """What this rank sampled each step (its prompts' ground truths and the versions that sampled them)."""
+class RecordSteps(L.Callback):
+    """After each step: this rank's prompts, and the embedding as the push yields it (whole, from any shards)."""
 
     def __init__(self) -> None:
         self.steps: list[dict] = []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        self.steps.append({"ground_truths": [r["ground_truth"] for r in batch]})
+        weights = {name: tensor.clone() for name, tensor in named_weights(module.policy) if name == EMBEDDING}
+        self.steps.append({"prompts": [r["messages"][-1]["content"] for r in batch], "embedding": weights[EMBEDDING]})
 
 
-def run_plan(out_dir: Path, devices: int, name: str) -> None:
+def run_plan(out_dir: Path, devices: int, name: str, overrides: list[str]) -> None:
     strategy, extra = PLANS[name]
+    extra = [*extra, *overrides]
     backend = ["strategy.process_group_backend=gloo"] if devices > 1 else []
     cfg = compose([*TINY_OVERRIDES, *VLLM, "trainer.accelerator=cpu", f"trainer.devices={devices}",
                    f"strategy={strategy}", *backend, "data.prompts_per_step=4", "data.val=null", "logger=none",
                    "optimizer.lr=1e-2", *extra], out_dir / name)  # fmt: skip
     with open_dict(cfg):
         cfg.verifier = {"name": "parity"}
-    recorder = RecordRollouts()
+    recorder = RecordSteps()
     L.Trainer.__init__ = _with_callback(L.Trainer.__init__, recorder)
     metrics, objects = train(cfg)
     engine = getattr(objects["module"].collector.engine, "engine", objects["module"].collector.engine)
@@ -61,12 +67,14 @@ def run_plan(out_dir: Path, devices: int, name: str) -> None:
 
 
 def main() -> None:
-    out_dir, devices, *names = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.")]
+    args = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.")]  # Lightning adds Hydra's for rank 1
+    (out_dir, devices, *names), overrides = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args \
+        else (args, [])  # fmt: skip
     VERIFIERS._entries["parity"] = ParityVerifier
     init = L.Trainer.__init__
     for name in names:
         L.Trainer.__init__ = init
-        run_plan(Path(out_dir), int(devices), name)
+        run_plan(Path(out_dir), int(devices), name, overrides)
 
 
 def _with_callback(init, callback):  # noqa: ANN001, ANN202
