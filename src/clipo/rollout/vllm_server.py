@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -55,6 +56,7 @@ class ServerLaunch:
     cpus: list[int] | None
     cuda_devices: str | None
     log_file: Path
+    extra_args: list[str] = dataclasses.field(default_factory=list)
 
     def command(self, port: int) -> list[str]:
         args = [
@@ -72,7 +74,7 @@ class ServerLaunch:
             args += ["--max-model-len", str(self.max_model_len)]
         if self.kv_cache_bytes:
             args += ["--kv-cache-memory-bytes", str(self.kv_cache_bytes)]
-        return args
+        return args + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:
         """The server sees the same clipo as this process (its worker imports the gloo backend from it)."""

@@ -53,13 +53,14 @@ class VLLMServerEngine:
         transfer_address: where the server's workers reach rank 0 for the weight transfer.
         log_file: the started server's log.
         dtype, enforce_eager, max_model_len, kv_cache_gib, gpu_memory_utilization, seed: as `rollout.vllm`'s.
+        args: more `vllm serve` arguments for a started server (e.g. ["--data-parallel-size", "2"]).
     """
 
     def __init__(self, policy: torch.nn.Module, tokenizer: Any, url: str | None = None, cpus: Any = "auto",
                  cuda_devices: str | None = None, startup_timeout_s: float = 300, weight_transfer: str = "auto",
                  transfer_address: str = "127.0.0.1", log_file: str = "vllm_server.log", dtype: str | None = None,
                  enforce_eager: bool = True, max_model_len: int | None = None, kv_cache_gib: float | str = "auto",
-                 gpu_memory_utilization: float = 0.3, seed: int = 0) -> None:  # fmt: skip
+                 gpu_memory_utilization: float = 0.3, seed: int = 0, args: list[str] | None = None) -> None:  # fmt: skip
         if not vllm_available():
             raise ImportError("rollout.engine=vllm_server needs vLLM (./scripts/setup.sh --vllm on a CPU machine)")
         if problem := kv_cache_problem(kv_cache_gib):
@@ -69,6 +70,7 @@ class VLLMServerEngine:
         self.cuda_devices, self.startup_timeout_s, self.transfer_address = cuda_devices, startup_timeout_s, transfer_address
         self.log_file, self.dtype, self.enforce_eager, self.max_model_len = Path(log_file), dtype, enforce_eager, max_model_len
         self.kv_cache_gib, self.gpu_memory_utilization, self.seed = kv_cache_gib, gpu_memory_utilization, seed
+        self.args = list(args or [])
         self.on_cuda = next(policy.parameters()).device.type == "cuda"
         self.weight_transfer = weight_transfer if weight_transfer != "auto" else self._transfer_backend()
         self.server: VLLMServer | None = None
@@ -153,7 +155,7 @@ class VLLMServerEngine:
                   else kv_cache_bytes(config, getattr(torch, dtype), rows * size, tokens_per_row, limit))  # fmt: skip
         return ServerLaunch(model, load_format, dtype, self.max_model_len, kv, self.gpu_memory_utilization,
                             self.enforce_eager, self.seed, self.weight_transfer, cpus, self.cuda_devices,
-                            self.log_file)  # fmt: skip
+                            self.log_file, self.args)  # fmt: skip
 
     @property
     def launch_dtype(self) -> str:
