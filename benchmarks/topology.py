@@ -3,13 +3,15 @@
 (`rollout.engine=vllm_server`: the server on the upper half of the cores, the trainer on the rest) and the
 asynchronous pipeline on that server (`rollout.max_staleness=1`: the next batch sampled while the update runs).
 
-One server is started for the whole run (its start-up is not a step); each round runs a short training of
-each topology in turn, in a fresh process (its order rotated each round), and takes the median step time
-of the steps after the first (which holds the engines' start) and the response tokens per second of step
-time. Ratios against the colocated step are taken within each round (pairing keeps them meaningful while
-the machine's speed drifts), then their median over rounds.
+Each round runs a short training of each topology, each in a fresh process: the colocated one, then a
+server is started (its start-up is not a step) for the two server runs (their order alternating between
+rounds) and stopped (it holds ~3 GB, idle or not). From each run: the median step time of the steps after
+the first (which holds the engines' start) and the response tokens per second of step time. Ratios against
+the colocated step are taken within each round (pairing keeps them meaningful while the machine's speed
+drifts), then their median over rounds.
 
     python benchmarks/topology.py                          # SmolLM2-135M, 4 x 8 rollouts of <= 64 tokens, 2 rounds
+    python benchmarks/topology.py --prompts 2 --group 4 --tokens 48 --steps 3 --rounds 1 --append   # a busy machine
     python benchmarks/topology.py --rounds 1 --append      # one more round, added to benchmarks/results/topology.json
     python benchmarks/topology.py --model tiny model.tiny.num_attention_heads=2 model.tiny.num_key_value_heads=1
 """
@@ -35,7 +37,7 @@ TOPOLOGIES = {
 
 
 def start_server(model_overrides: list[str], log: Path) -> tuple[object, list[int], list[int]]:
-    """One server for the whole run on the upper half of the cores: (server, its cores, the trainer's)."""
+    """A server on the upper half of the cores: (server, its cores, the trainer's)."""
     from clipo.builders import plain, rollout_sampling
     from clipo.compose import compose
     from clipo.models import load_model
@@ -54,6 +56,7 @@ def start_server(model_overrides: list[str], log: Path) -> tuple[object, list[in
     sampling, _ = rollout_sampling(cfg)
     rows, tokens = cfg.data.prompts_per_step * cfg.rollout.group_size, 128 + sampling.max_new_tokens  # arith: < 128
     server = VLLMServer.start(engine.launch(rows, tokens, server_cpus), timeout_s=900)
+    del engine, policy
     return server, server_cpus, trainer_cpus
 
 
@@ -84,41 +87,42 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2_135m")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=4, help="data.prompts_per_step")
+    parser.add_argument("--group", type=int, default=8, help="rollout.group_size")
+    parser.add_argument("--tokens", type=int, default=64, help="rollout.max_new_tokens")
     parser.add_argument("--append", action="store_true", help="add these rounds to benchmarks/results/topology.json")
     parser.add_argument("overrides", nargs="*", help="more train.py overrides")
     args = parser.parse_args()
-    common = [f"model={args.model}", f"trainer.max_steps={args.steps}", "data.prompts_per_step=4", "rollout.group_size=8",
-              "rollout.max_new_tokens=64", "data.val=null", "logger=none", "rollout.vllm.max_model_len=512",
+    common = [f"model={args.model}", f"trainer.max_steps={args.steps}", f"data.prompts_per_step={args.prompts}",
+              f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.tokens}", "data.val=null", "logger=none", "rollout.vllm.max_model_len=512",
               "rollout.vllm_server.max_model_len=512", *args.overrides]  # fmt: skip
-    with tempfile.TemporaryDirectory() as scratch:
-        server, server_cpus, trainer_cpus = start_server(common, Path(scratch) / "server.log")
-        try:
-            rounds = [run_round(r, common, server.url, trainer_cpus) for r in range(args.rounds)]
-        finally:
-            server.stop()
+    rounds = [run_round(r, common, args.prompts * args.group) for r in range(args.rounds)]
     path = RESULTS / "topology.json"
     if args.append and path.exists():
         rounds = json.loads(path.read_text())["rounds"] + rounds
     ratios = {f"{name}_over_colocated_{k}": median([r[name][k] / r["colocated"][k] for r in rounds])
               for name in ("server", "server_async") for k in ("step_s", "tokens_per_s")}  # fmt: skip
-    saved = save("topology", {"overrides": common, "server_cores": server_cpus, "trainer_cores": trainer_cpus,
-                              "rounds": rounds, "median_ratios": ratios})  # fmt: skip
+    saved = save("topology", {"overrides": common, "rounds": rounds, "median_ratios": ratios})
     for name in TOPOLOGIES:
         print(f"{name:13} step {median([r[name]['step_s'] for r in rounds]):6.1f} s   "
               f"{median([r[name]['tokens_per_s'] for r in rounds]):7.1f} tokens/s")
     print(json.dumps(ratios), f"\n{len(rounds)} rounds -> {saved}")
 
 
-def run_round(index: int, common: list[str], url: str, trainer_cpus: list[int]) -> dict:
-    """Each topology once, in an order rotated by `index`."""
-    names = list(TOPOLOGIES)[index % 3 :] + list(TOPOLOGIES)[: index % 3]
-    result = {}
-    for name in names:
-        on_server = name != "colocated"
-        overrides = [*common, *TOPOLOGIES[name], *([f"rollout.vllm_server.url={url}"] if on_server else [])]
-        summary = run_training(overrides, trainer_cpus if on_server else None)
-        result[name] = figures(summary, 4 * 8)
-        print(f"round {index + 1} {name}: {result[name]}", flush=True)
+def run_round(index: int, common: list[str], rollouts: int) -> dict:
+    """Each topology once: colocated, then the two on one server, in an order alternating with `index`."""
+    result = {"colocated": figures(run_training([*common, *TOPOLOGIES["colocated"]], None), rollouts)}
+    print(f"round {index + 1} colocated: {result['colocated']}", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        server, server_cpus, trainer_cpus = start_server(common, Path(scratch) / "server.log")
+        try:
+            for name in ("server", "server_async")[:: 1 if index % 2 == 0 else -1]:
+                overrides = [*common, *TOPOLOGIES[name], f"rollout.vllm_server.url={server.url}"]
+                result[name] = figures(run_training(overrides, trainer_cpus), rollouts)
+                print(f"round {index + 1} {name}: {result[name]}", flush=True)
+        finally:
+            server.stop()
+    result["cores"] = {"server": server_cpus, "trainer": trainer_cpus, "colocated": "all"}
     return result
 
 

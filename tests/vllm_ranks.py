@@ -22,6 +22,7 @@ from clipo.registry import VERIFIERS  # noqa: E402
 from clipo.rollout.vllm_weights import named_weights  # noqa: E402
 from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
+from tests.sharded_replay import _with_callback  # noqa: E402
 
 EMBEDDING = "model.embed_tokens.weight"
 VLLM = ["rollout.engine=vllm", "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1"]
@@ -75,13 +76,6 @@ def main() -> None:
     for name in names:
         L.Trainer.__init__ = init
         run_plan(Path(out_dir), int(devices), name, overrides)
-
-
-def _with_callback(init, callback):  # noqa: ANN001, ANN202
-    def patched(self, *args, callbacks=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        init(self, *args, callbacks=[*(callbacks or []), callback], **kwargs)
-
-    return patched
 
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ def test_one_training_process_synchronous_and_one_step_ahead(vllm_server, parity
     assert [row["async/staleness_max"] for row in ahead_rows] == [0, 1, 1]
     for row in ahead_rows[1:]:  # sampled one update earlier: the correction against the sampler's log-probs acts
         assert row["rollout_corr/kl"] > 100 * KL_TOL and row["async/wait_s"] < row["async/sample_s"] + 1
+    # a checkpoint keeps no rollouts in flight: the resumed run samples its first step now, then runs ahead
+    checkpoint = tmp_path / "ahead" / "checkpoints" / "last.ckpt"
+    _, resumed = train(_config(tmp_path / "resumed", *url, "trainer.max_steps=5", "rollout.max_staleness=1",
+                               f"ckpt_path={checkpoint}"))  # fmt: skip
+    assert [row["async/staleness_max"] for row in resumed["summary"].history][-2:] == [0, 1]
 
 
 def test_two_training_processes_share_one_server(vllm_ranks):

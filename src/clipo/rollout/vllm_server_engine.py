@@ -11,7 +11,6 @@ done. Like the colocated engine it returns no hidden states: the training forwar
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from clipo.rollout.prompts import prompt_texts
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_batch import rollout_batch
 from clipo.rollout.vllm_server import ServerLaunch, VLLMServer, free_port
+from clipo.rollout.vllm_server_launch import connect
 from clipo.rollout.vllm_support import (
     GiB,
     check_head_size,
@@ -50,7 +50,8 @@ class VLLMServerEngine:
         startup_timeout_s: how long a started server may take to answer.
         weight_transfer: vLLM weight-transfer backend: "auto" (gloo on CPU; on CUDA ipc when the server shares
             the trainer's GPU, nccl when it has its own), or a name.
-        transfer_address: where the server's workers reach rank 0 for the weight transfer.
+        transfer_address, transfer_port: where the server's workers reach rank 0 for the weight transfer (port
+            None: a free one).
         log_file: the started server's log.
         dtype, enforce_eager, max_model_len, kv_cache_gib, gpu_memory_utilization, seed: as `rollout.vllm`'s.
         args: more `vllm serve` arguments for a started server (e.g. ["--data-parallel-size", "2"]).
@@ -58,7 +59,8 @@ class VLLMServerEngine:
 
     def __init__(self, policy: torch.nn.Module, tokenizer: Any, url: str | None = None, cpus: Any = "auto",
                  cuda_devices: str | None = None, startup_timeout_s: float = 300, weight_transfer: str = "auto",
-                 transfer_address: str = "127.0.0.1", log_file: str = "vllm_server.log", dtype: str | None = None,
+                 transfer_address: str = "127.0.0.1", transfer_port: int | None = None,
+                 log_file: str = "vllm_server.log", dtype: str | None = None,
                  enforce_eager: bool = True, max_model_len: int | None = None, kv_cache_gib: float | str = "auto",
                  gpu_memory_utilization: float = 0.3, seed: int = 0, args: list[str] | None = None) -> None:  # fmt: skip
         if not vllm_available():
@@ -67,7 +69,8 @@ class VLLMServerEngine:
             raise ValueError(problem.replace("rollout.vllm.", "rollout.vllm_server."))
         check_head_size(policy)
         self.policy, self.tokenizer, self.url, self.cpus = policy, tokenizer, url, cpus
-        self.cuda_devices, self.startup_timeout_s, self.transfer_address = cuda_devices, startup_timeout_s, transfer_address
+        self.cuda_devices, self.startup_timeout_s = cuda_devices, startup_timeout_s
+        self.transfer_address, self.transfer_port = transfer_address, transfer_port
         self.log_file, self.dtype, self.enforce_eager, self.max_model_len = Path(log_file), dtype, enforce_eager, max_model_len
         self.kv_cache_gib, self.gpu_memory_utilization, self.seed = kv_cache_gib, gpu_memory_utilization, seed
         self.args = list(args or [])
@@ -139,8 +142,6 @@ class VLLMServerEngine:
 
     def _connect(self, rows: int, tokens_per_row: int) -> None:
         """Rank 0 starts (or attaches to) the server and tells the others its URL; then the weight transfer."""
-        from clipo.rollout.vllm_server_launch import connect
-
         self.server, self.transfer = connect(self, rows, tokens_per_row)
 
     def launch(self, rows: int, tokens_per_row: int, cpus: list[int] | None) -> ServerLaunch:
@@ -162,6 +163,6 @@ class VLLMServerEngine:
         """The server's weight dtype (the pushed tensors are cast to it)."""
         return policy_dtype(self.policy, self.dtype)
 
-    @staticmethod
-    def transfer_port() -> int:
-        return int(os.environ.get("CLIPO_WEIGHT_TRANSFER_PORT", 0)) or free_port()
+    def port(self) -> int:
+        """The port rank 0 opens for the weight transfer."""
+        return self.transfer_port or free_port()

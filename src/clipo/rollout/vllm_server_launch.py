@@ -81,7 +81,7 @@ def weight_transfer(engine: Any, server: VLLMServer, rank: int) -> Any:
     from clipo.rollout.vllm_weight_sync import PolicyWeights, ServerClient, trainer_init_info
 
     workers = server.get("get_world_size")["world_size"] if rank == 0 else 0
-    info = trainer_init_info(engine.weight_transfer, rank, engine.transfer_address, engine.transfer_port(), 1 + workers)
+    info = trainer_init_info(engine.weight_transfer, rank, engine.transfer_address, engine.port(), 1 + workers)
     dtype = getattr(torch, engine.launch_dtype)
     return WeightTransferTrainerFactory.trainer_init(info, client=ServerClient(server),
                                                      source=PolicyWeights(engine.policy, dtype))  # fmt: skip
