@@ -1,5 +1,6 @@
 """Generation topologies on one CPU machine, in one alternated run: the synchronous colocated step
-(`rollout.engine=vllm`, engine and trainer taking turns on every core), the synchronous step on vLLM's server
+(`rollout.engine=vllm`, engine and trainer taking turns on every core; and, as a control, on the trainer's
+core alone with one thread), the synchronous step on vLLM's server
 (`rollout.engine=vllm_server`: the server on the upper half of the cores, the trainer on the rest) and the
 asynchronous pipeline on that server (`rollout.max_staleness=1`: the next batch sampled while the update runs).
 
@@ -31,6 +32,8 @@ from common import REPO, RESULTS, median, save
 
 TOPOLOGIES = {
     "colocated": ["rollout.engine=vllm"],
+    # a control: the colocated step on the trainer's core alone, one thread (what the server runs leave it)
+    "colocated_one_core": ["rollout.engine=vllm"],
     "server": ["rollout.engine=vllm_server"],
     "server_async": ["rollout.engine=vllm_server", "rollout.max_staleness=1"],
 }
@@ -76,7 +79,9 @@ def figures(summary: dict, rollouts: int) -> dict:
     rows = summary["history"][1:]
     steps = [row["time/step"] for row in rows]
     tokens = [row["train/response_len"] * rollouts for row in rows]
-    out = {"step_s": median(steps), "tokens_per_s": sum(tokens) / sum(steps), "steps": steps}
+    phases = {key.removeprefix("time/"): median([r.get(key, 0.0) for r in rows])
+              for key in rows[0] if key.startswith("time/") and key != "time/step"}  # fmt: skip
+    out = {"step_s": median(steps), "tokens_per_s": sum(tokens) / sum(steps), "steps": steps, "phases_s": phases}
     if "async/staleness_max" in rows[0]:
         out |= {"staleness_max": max(r["async/staleness_max"] for r in rows), "wait_s": median([r["async/wait_s"] for r in rows])}
     return out
@@ -96,23 +101,30 @@ def main() -> None:
     common = [f"model={args.model}", f"trainer.max_steps={args.steps}", f"data.prompts_per_step={args.prompts}",
               f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.tokens}", "data.val=null", "logger=none", "rollout.vllm.max_model_len=512",
               "rollout.vllm_server.max_model_len=512", *args.overrides]  # fmt: skip
-    rounds = [run_round(r, common, args.prompts * args.group) for r in range(args.rounds)]
     path = RESULTS / "topology.json"
-    if args.append and path.exists():
-        rounds = json.loads(path.read_text())["rounds"] + rounds
-    ratios = {f"{name}_over_colocated_{k}": median([r[name][k] / r["colocated"][k] for r in rounds])
-              for name in ("server", "server_async") for k in ("step_s", "tokens_per_s")}  # fmt: skip
+    earlier = json.loads(path.read_text())["rounds"] if args.append and path.exists() else []
+    rounds = earlier + [run_round(len(earlier) + r, common, args.prompts * args.group) for r in range(args.rounds)]
+    ratios = {f"{name}_over_colocated_{k}": median([r[name][k] / r["colocated"][k] for r in rounds if name in r])
+              for name in TOPOLOGIES if name != "colocated" for k in ("step_s", "tokens_per_s")}  # fmt: skip
+    ratios["server_async_over_server_step_s"] = median([r["server_async"]["step_s"] / r["server"]["step_s"]
+                                                        for r in rounds])  # fmt: skip
     saved = save("topology", {"overrides": common, "rounds": rounds, "median_ratios": ratios})
     for name in TOPOLOGIES:
-        print(f"{name:13} step {median([r[name]['step_s'] for r in rounds]):6.1f} s   "
-              f"{median([r[name]['tokens_per_s'] for r in rounds]):7.1f} tokens/s")
+        done = [r[name] for r in rounds if name in r]
+        print(f"{name:18} step {median([f['step_s'] for f in done]):6.1f} s   "
+              f"{median([f['tokens_per_s'] for f in done]):7.1f} tokens/s   ({len(done)} rounds)")
     print(json.dumps(ratios), f"\n{len(rounds)} rounds -> {saved}")
 
 
 def run_round(index: int, common: list[str], rollouts: int) -> dict:
     """Each topology once: colocated, then the two on one server, in an order alternating with `index`."""
-    result = {"colocated": figures(run_training([*common, *TOPOLOGIES["colocated"]], None), rollouts)}
-    print(f"round {index + 1} colocated: {result['colocated']}", flush=True)
+    from clipo.rollout.vllm_server_launch import split_cores
+
+    trainer_cpus = split_cores("auto", on_cuda=False)[1]
+    result = {}
+    for name, cpus in (("colocated", None), ("colocated_one_core", trainer_cpus))[:: 1 if index % 2 == 0 else -1]:
+        result[name] = figures(run_training([*common, *TOPOLOGIES[name]], cpus), rollouts)
+        print(f"round {index + 1} {name}: {result[name]}", flush=True)
     with tempfile.TemporaryDirectory() as scratch:
         server, server_cpus, trainer_cpus = start_server(common, Path(scratch) / "server.log")
         try:

@@ -33,8 +33,10 @@ PLANS = {
     "zero3": ("deepspeed_zero3", ["+strategy.param_persistence_threshold=0"]),  # every parameter partitioned
     "fsdp": ("fsdp", []),
     "ddp-async": ("ddp", ["rollout.max_staleness=1", "trainer.max_steps=3"]),
-    # on a vLLM server given by `-- rollout.vllm_server.url=...` (both ranks send to it; rank 0 pushes)
-    "server-async": ("ddp", ["rollout.engine=vllm_server", "rollout.max_staleness=1", "trainer.max_steps=3"]),
+    # on a vLLM server given by `-- rollout.vllm_server.url=...` (both ranks send to it; both gather the shards,
+    # rank 0 pushes)
+    "server-async": ("deepspeed_zero3", ["+strategy.param_persistence_threshold=0", "rollout.engine=vllm_server",
+                                         "rollout.max_staleness=1", "trainer.max_steps=3"]),
 }
 
 

@@ -81,7 +81,8 @@ def test_one_training_process_synchronous_and_one_step_ahead(vllm_server, parity
 
 
 def test_two_training_processes_share_one_server(vllm_ranks):
-    """Both ranks of a DDP run sample from the server (rank 0 pushes), one step ahead."""
+    """Both ranks of a ZeRO-3 run (every parameter partitioned) sample from the server one step ahead; both
+    gather the shards for each push, rank 0 sends."""
     ranks = vllm_ranks["server-async"]
     rows = ranks[0]["history"]
     assert [row["async/staleness_max"] for row in rows] == [0, 1, 1]

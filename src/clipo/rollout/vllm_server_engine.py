@@ -114,6 +114,8 @@ class VLLMServerEngine:
         if self.server is None or self.pushed == self.version:
             return
         rank, size = world()
+        if size > 1:  # every rank is done sampling (the pipeline's batch ahead too) before rank 0 pauses the
+            torch.distributed.barrier()  # server: a rank whose requests waited on the pause could not join the gathers
         if rank == 0:
             self.server.post("pause", params={"mode": "wait"})  # requests in flight finish on the old weights
         self.transfer.send_weights()
