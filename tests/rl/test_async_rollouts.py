@@ -97,9 +97,10 @@ def test_max_staleness_one_samples_the_next_batch_ahead_with_the_version_before_
     for step, trajectory in enumerate(trajectories):
         assert trajectory.rollouts.ground_truths == [r["ground_truth"] for r in BATCHES[step] for _ in range(4)]  # group_size 4
         assert set(trajectory.rollouts.versions.tolist()) == {max(step - 1, 0)}
-    # the first batch in this thread, the next ones (and the one handed out after the last step) in the pipeline's
+    # the first batch in this thread, the next ones in the pipeline's (the one handed out after the last step
+    # too, unless `close` cancelled it before it started)
     assert engine.threads[0] == threading.current_thread().name
-    assert all(name.startswith("clipo-rollouts") for name in engine.threads[1:]) and len(engine.threads) == 4
+    assert all(name.startswith("clipo-rollouts") for name in engine.threads[1:]) and len(engine.threads) in (3, 4)
     assert engine.pushes == 3  # every version pushed from this thread right after its update
     again, _ = _run_async(tmp_path / "b")  # the seeds of batches sampled ahead come from this thread's RNG, in order
     for a, b in zip(trajectories, again):

@@ -42,6 +42,8 @@ def test_the_server_samples_like_the_trainer_and_follows_each_push(vllm_server):
     assert batch.versions.tolist() == [version] * 12
     diff = (_trainer_logprobs(vllm_server, batch, 0.7) - batch.sampling_logprobs)[batch.response_mask].abs()
     assert diff.max() < LOGPROB_TOL
+    again = engine.generate(RECORDS, 4, Sampling(max_new_tokens=16, temperature=0.7, seed=1))
+    assert torch.equal(again.sequences, batch.sequences)  # the same seed draws the same responses
     optimizer = torch.optim.Adam(engine.policy.parameters(), lr=3e-2)
     for _ in range(3):  # push the greedy tokens down: the next greedy responses must change
         target = HFEngine(engine.policy, engine.tokenizer).generate(RECORDS, 1, Sampling(max_new_tokens=8, temperature=0))
