@@ -25,6 +25,7 @@ from clipo.evaluation.scoring import eval_sampling, split_set_spec
 from clipo.evaluation.validation import Validation
 from clipo.models import is_adapter, load_model
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.rl.async_rollouts import async_collector, async_engine
 from clipo.rl.batching import AUTO_TOKENS, UpdateBatching
 from clipo.rl.collector import RolloutCollector
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
@@ -142,7 +143,7 @@ def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, processes: int = 
     choice = choose_engine(cfg.rollout.engine, policy, processes)
     log.info("rollout engine %s: %s", choice.value, choice.reason)
     settings = plain(cfg.rollout.get(choice.value)) or {}
-    if choice.value == "vllm":
+    if choice.value in ("vllm", "vllm_server"):
         settings["dtype"] = engine_dtype(settings.get("dtype"), precision)
     return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer), choice
 
@@ -255,6 +256,7 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = verifiers or build_verifiers(cfg)
     engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, facts.precision.value)
+    engine = async_engine(cfg.rollout.max_staleness, engine)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
     # CLIPO's loss mode and a loss over a group's rollouts (`needs_whole_groups`) are taken per forward pass
     whole_groups = mode is ContrastiveMode.LOSS or algorithm.needs_whole_groups
@@ -268,8 +270,9 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
-        collector=build_collector(cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping,
-                                  tokenizer.pad_token_id, shaping_layer if captured else None),
+        collector=async_collector(cfg.rollout.max_staleness, build_collector(
+            cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping, tokenizer.pad_token_id,
+            shaping_layer if captured else None)),
         updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term,
                               engine.gives_sampling_logprobs, facts),
         contrastive=contrastive.objective,

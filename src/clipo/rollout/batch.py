@@ -25,6 +25,9 @@ class RolloutBatch:
     # token t; only rows t <= L-2 of a length-L rollout exist in generation (see `hidden_mask`)
     hidden: torch.Tensor | None = None
     sampling_logprobs: torch.Tensor | None = None  # [N, T] the engine's log-probs of the sampled tokens (vllm)
+    # [N] long: the policy version (weight pushes into the engine) that sampled each rollout, for engines with
+    # their own copy of the weights (vllm, vllm_server); the asynchronous pipeline's staleness is measured on it
+    versions: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:  # [N, T]
@@ -53,6 +56,7 @@ class RolloutBatch:
             truncated=self.truncated[index],
             hidden=None if self.hidden is None else self.hidden[index],
             sampling_logprobs=None if self.sampling_logprobs is None else self.sampling_logprobs[index],
+            versions=None if self.versions is None else self.versions[index],
         )
 
 
@@ -112,4 +116,5 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         sampling_logprobs=torch.cat([pad_time(b.sampling_logprobs, 0, T - b.sampling_logprobs.shape[1], 0.0) for b in batches])
         if with_logprobs
         else None,
+        versions=torch.cat([b.versions for b in batches]) if all(b.versions is not None for b in batches) else None,
     )
