@@ -31,7 +31,7 @@ from clipo.rl.collector import RolloutCollector
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.module import ClipoModule
 from clipo.rl.old_policy import ImportanceCorrection, LogprobPasses
-from clipo.rl.rewards import RewardScorer, build_reward_functions, chat_prompt
+from clipo.rl.rewards import RewardScorer, build_reward_functions
 from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
 from clipo.rollout.engine_choice import choose_engine, engine_dtype
@@ -148,11 +148,11 @@ def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, processes: int = 
     return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer), choice
 
 
-def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
+def build_rewards(cfg: DictConfig, verifier: Any) -> RewardScorer:
     """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`, `reward_timeout_s`)."""
     functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier,
                                        cfg.get("reward_timeout_s"))
-    return RewardScorer(functions, chat_prompt(tokenizer))
+    return RewardScorer(functions)
 
 
 def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
@@ -266,7 +266,7 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     captured = engine.gives_hidden_states
     logprobs = build_logprob_passes(cfg, policy, reference, algorithm, sampling, batching,
                                     None if captured else shaping_layer)
-    rewards = build_rewards(cfg, verifier, tokenizer)
+    rewards = build_rewards(cfg, verifier)
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,

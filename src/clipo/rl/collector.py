@@ -154,7 +154,7 @@ class RolloutCollector:
         if rollouts is None:
             with timer("generate"):
                 rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
-        scores = self.rewards(records, rollouts, self.group_size, trainer_state)
+        scores = self.rewards(records, rollouts, trainer_state)
         for name, seconds in scores.seconds.items():  # each function is a phase of its own
             timer.seconds["verify" if name == "verifier" else f"reward/{name}"] += seconds
         timer.generated_tokens += int(rollouts.response_lengths.sum())

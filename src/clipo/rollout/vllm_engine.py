@@ -25,7 +25,7 @@ import torch
 
 from clipo.distributed import world
 from clipo.registry import ENGINES
-from clipo.rollout.batch import RolloutBatch
+from clipo.rollout.batch import RolloutBatch, per_rollout
 from clipo.rollout.prompts import prompt_texts
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_batch import rollout_batch_from_outputs
@@ -122,13 +122,13 @@ class VLLMEngine:
             )
             for seed in seeds
         ]  # fmt: skip
-        requests = [{"prompt_token_ids": ids} for ids in prompt_ids for _ in range(copies)]
+        requests = [{"prompt_token_ids": ids} for ids in per_rollout(prompt_ids, copies)]
         outputs = llm.generate(requests, params, use_tqdm=False)
         if self.sleep:
             llm.sleep(level=1)  # weights to host memory, KV cache freed: the update gets the GPU
         device = next(self.policy.parameters()).device
-        return rollout_batch_from_outputs(outputs, prompt_ids, records, group_size, self.tokenizer, self.eos_ids,
-                                          device, self.version)
+        return rollout_batch_from_outputs(outputs, prompt_ids, prompts, records, group_size, self.tokenizer,
+                                          self.eos_ids, device, self.version)
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """After an optimizer update: the next `generate` pushes `policy`'s weights first (once, however many

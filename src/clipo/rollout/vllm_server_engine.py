@@ -19,7 +19,7 @@ import torch
 
 from clipo.distributed import world
 from clipo.registry import ENGINES
-from clipo.rollout.batch import RolloutBatch
+from clipo.rollout.batch import RolloutBatch, per_rollout
 from clipo.rollout.prompts import prompt_texts
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_batch import rollout_batch
@@ -89,14 +89,15 @@ class VLLMServerEngine:
     def generate(self, records: list[dict], group_size: int, sampling: Sampling,
                  hidden_layer: int | None = None) -> RolloutBatch:
         """`group_size` responses per record, each request of a prompt sent to the server at once."""
-        prompt_ids = self.tokenizer(prompt_texts(self.tokenizer, records), add_special_tokens=False).input_ids
+        prompts = prompt_texts(self.tokenizer, records)
+        prompt_ids = self.tokenizer(prompts, add_special_tokens=False).input_ids
         if self.server is None:
             self._connect(len(records) * group_size, max(map(len, prompt_ids)) + sampling.max_new_tokens)
         self.push_weights()
         copies, n = (group_size, 1) if sampling.greedy else (1, group_size)  # vLLM samples greedily with n=1 only
         seeds = request_seeds(len(records) * copies, sampling.seed)
         bodies = [{"token_ids": ids, "sampling_params": self._params(sampling, n, seed)}
-                  for ids, seed in zip((ids for ids in prompt_ids for _ in range(copies)), seeds)]  # fmt: skip
+                  for ids, seed in zip(per_rollout(prompt_ids, copies), seeds)]  # fmt: skip
         with ThreadPoolExecutor(max_workers=min(len(bodies), 64)) as pool:
             answers = list(pool.map(lambda body: self.server.post("inference/v1/generate", body), bodies))
         choices = [c for answer in answers for c in sorted(answer["choices"], key=lambda c: c["index"])]
@@ -104,8 +105,8 @@ class VLLMServerEngine:
         logprobs = [[t["logprob"] for t in c["logprobs"]["content"]] for c in choices]
         versions = [min(int(span["version"]) for span in c["weight_versions"] or [{"version": -1}]) for c in choices]
         device = next(self.policy.parameters()).device
-        return rollout_batch(responses, logprobs, prompt_ids, records, group_size, self.tokenizer, self.eos_ids,
-                             device, versions)  # fmt: skip
+        return rollout_batch(responses, logprobs, prompt_ids, prompts, records, group_size, self.tokenizer,
+                             self.eos_ids, device, versions)  # fmt: skip
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """After an optimizer update: push `policy` now (every rank calls this: ZeRO-3 / FSDP gather)."""
