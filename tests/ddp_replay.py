@@ -32,8 +32,10 @@ GLOBAL_PROMPTS = 4
 TRAIN_SET = None  # the run's train set, built in main()
 
 
-def replay_share(self: RolloutCollector, batch: list[dict], timer, trainer_state):  # noqa: ANN001
-    """Stands in for `RolloutCollector._generate_and_score`: this rank's share of one fixed global batch."""
+def replay_share(self: RolloutCollector, batch: list[dict], timer, trainer_state, sampled=None):  # noqa: ANN001
+    """Stands in for `RolloutCollector._generate_and_score`: this rank's share of one fixed global batch (the
+    synchronous runs here never hand it `sampled` rollouts)."""
+    assert sampled is None
     records = [TRAIN_SET[i] for i in range(GLOBAL_PROMPTS)]
     with torch.random.fork_rng():
         torch.manual_seed(1234)

@@ -28,17 +28,17 @@ from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 
 
-def replay_gathered(self: RolloutCollector, batch, timer, trainer_state):  # noqa: ANN001
+def replay_gathered(self: RolloutCollector, batch, timer, trainer_state, sampled=None):  # noqa: ANN001
     """`ddp_replay.replay_share`, recording that it runs inside the strategy's generation context (weights
     gathered for the whole sampling phase)."""
     RECORDER.whole_in_generation.append(not is_sharded_now(trainer_state.lightning_module.policy))
-    return replay.replay_share(self, batch, timer, trainer_state)
+    return replay.replay_share(self, batch, timer, trainer_state, sampled)
 
 
 def record_sharded_after_generation(collect):  # noqa: ANN001, ANN201
     """`RolloutCollector.collect`, recording whether the policy is sharded again once it returns."""
-    def recorded(self, records, step, refill, timer, generation_context, trainer_state):  # noqa: ANN001
-        result = collect(self, records, step, refill, timer, generation_context, trainer_state)
+    def recorded(self, records, step, refill, timer, generation_context, trainer_state, sampled=None):  # noqa: ANN001
+        result = collect(self, records, step, refill, timer, generation_context, trainer_state, sampled)
         RECORDER.sharded_after_generation.append(is_sharded_now(trainer_state.lightning_module.policy))
         return result
 

@@ -80,9 +80,9 @@ def recorded_micro_batches(micro_batches):  # noqa: ANN001, ANN201
 
 
 def counted_generation(generate_and_score):  # noqa: ANN001, ANN201
-    def wrapped(self, records, timer, trainer_state):  # noqa: ANN001
-        RECORD.generations[RECORD.steps + 1] += 1
-        return generate_and_score(self, records, timer, trainer_state)
+    def wrapped(self, records, timer, trainer_state, sampled=None):  # noqa: ANN001
+        RECORD.generations[RECORD.steps + 1] += sampled is None
+        return generate_and_score(self, records, timer, trainer_state, sampled)
 
     return wrapped
 
