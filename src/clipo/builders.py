@@ -37,6 +37,8 @@ from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_pr
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.varlen import resolve_padding_free, uses_varlen_attention
 from clipo.run.checkpointing import AtomicCheckpointIO
+from clipo.run.precision import PrecisionPlan
+from clipo.run.working_copy import WorkingCopy
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +134,30 @@ def build_verifier(cfg: DictConfig, kind: str) -> Any:
     return VERIFIERS.build(plain((cfg.get("verifiers") or {}).get(kind)) or {"name": kind})
 
 
-def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any) -> Any:
-    """`rollout.engine` (`auto` decided here, once, and said), with its own settings block when it has one
-    (`rollout.vllm`); the vllm engine samples in bf16 when the trainer computes in bf16."""
+def engine_choice(cfg: DictConfig, policy: Any) -> Any:
+    """`rollout.engine`, with `auto` decided here, once, and said."""
     choice = choose_engine(cfg.rollout.engine, policy, training_processes(cfg.get("trainer") or {}))
     log.info("rollout engine %s: %s", choice.value, choice.reason)
+    return choice
+
+
+def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, plan: PrecisionPlan | None = None,
+                 copy: WorkingCopy | None = None, choice: Any = None) -> Any:
+    """The chosen engine with its own settings block when it has one (`rollout.vllm`), sampling as the
+    precision `plan` says: vllm holds its weights in the plan's sampling dtype, hf samples from the bf16
+    `copy` when the plan samples from one (no plan: the policy's dtype)."""
+    choice = choice or engine_choice(cfg, policy)
     settings = plain(cfg.rollout.get(choice.value)) or {}
     if choice.value == "vllm":
-        settings["dtype"] = engine_dtype(settings.get("dtype"), (cfg.get("trainer") or {}).get("precision"))
+        settings["dtype"] = engine_dtype(settings.get("dtype"), plan.sampling if plan else None)
+    elif plan is not None and plan.sampler_copy:
+        settings["sampler"] = copy.module
     return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer)
+
+
+def policy_copy(plan: PrecisionPlan, policy: Any, engine: str) -> WorkingCopy | None:
+    """The policy's bf16 copy, when the plan computes on one or the hf engine samples from one."""
+    return WorkingCopy(policy) if plan.working_copy or (plan.sampler_copy and engine == "hf") else None
 
 
 def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
@@ -208,10 +225,11 @@ def build_collector(
 
 def build_updater(
     cfg: DictConfig, policy: Any, algorithm: Any, batching: UpdateBatching, sampling: Sampling,
-    loss_term: ContrastiveLossTerm | None,
+    loss_term: ContrastiveLossTerm | None, forward_model: Any = None,
 ) -> PolicyUpdater:
     return PolicyUpdater(
         policy=policy,
+        forward_model=forward_model,
         algorithm=algorithm,
         batching=batching,
         temperature=sampling.logprob_temperature,
@@ -227,27 +245,39 @@ def build_validation(cfg: DictConfig, engine: Any, verifiers: dict[str, Any], sa
     return Validation(engine, sampling, verifiers, twins, cfg.validation.n, list(cfg.validation.ks))
 
 
-def build_module(cfg: DictConfig) -> ClipoModule:
+def build_module(cfg: DictConfig, plan: PrecisionPlan | None = None) -> ClipoModule:
+    """The LightningModule with every part; `plan`: the run's precision (None: resolved from the config)."""
     register_components()
+    if plan is None:
+        from clipo.run.runtime import resolve_precision
+
+        plan = resolve_precision(cfg)
     mode = ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = build_verifiers(cfg)
-    engine = build_engine(cfg, policy, tokenizer)
+    choice = engine_choice(cfg, policy)
+    copy = policy_copy(plan, policy, choice.value)
+    engine = build_engine(cfg, policy, tokenizer, plan, copy, choice)
+    # the model the update and the collector's passes compute on: the bf16 working copy, or the policy
+    compute = copy.module if plan.working_copy else policy
+    optimizer = instantiate(cfg.optimizer)
+    if copy is not None:  # the copy is cast again after each optimizer step
+        optimizer = copy.optimizer_factory(optimizer)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
     batching = build_batching(cfg, policy)
-    logprobs = build_rollout_logprobs(cfg, policy, reference, algorithm, sampling, batching, mode)
+    logprobs = build_rollout_logprobs(cfg, compute, reference, algorithm, sampling, batching, mode)
     rewards = build_rewards(cfg, verifier, tokenizer)
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
         collector=build_collector(cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping,
                                   tokenizer.pad_token_id),
-        updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term),
+        updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term, compute),
         contrastive=contrastive.objective,
         head_step=contrastive.head_step,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer,
         validation=build_validation(cfg, engine, val_verifiers, val_sampling),
         reference=reference,
         rollout_log=build_rollout_log(cfg),

@@ -28,6 +28,7 @@ from clipo.run.callbacks import RunSummary, format_summary
 from clipo.run.console import quiet_third_party_output
 from clipo.run.crash import CrashCheckpoint, crash_line, error_text, what_to_do, write_traceback
 from clipo.run.loggers import log_run_config
+from clipo.run.precision import PrecisionPlan
 from clipo.run.resume import Resume, prepare_resume
 from clipo.run.run_logs import continue_logs
 from clipo.run.runtime import configure_threads, cpu_processes, resolve_precision
@@ -50,10 +51,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     validate_config(cfg)  # before any model or data is loaded
     validate_model_source(cfg)
     resume = prepare_resume(cfg, run_config(cfg))  # the same run, or an error before any weight loads
-    runtime = resolve_runtime(cfg)
+    runtime, plan = resolve_runtime(cfg)
     with StopSignals() as stop:
         try:
-            return _train(cfg, runtime, stop, resume)
+            return _train(cfg, runtime, stop, resume, plan)
         except (KeyboardInterrupt, SystemExit):
             if stop.forced:
                 log.warning("second Ctrl-C: stopped at once (the last complete checkpoint stays)")
@@ -61,17 +62,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             raise
 
 
-def resolve_runtime(cfg: DictConfig) -> dict[str, Any]:
-    """Decide precision and threads from the hardware (before the Trainer is built) and say so."""
+def resolve_runtime(cfg: DictConfig) -> tuple[dict[str, Any], PrecisionPlan]:
+    """Decide threads and the precision plan from the hardware (before the Trainer is built) and say so."""
     quiet_third_party_output()
     threads = configure_threads(cpu_processes(cfg.trainer))
-    precision = resolve_precision(cfg.trainer)
+    plan = resolve_precision(cfg)
     with open_dict(cfg):
-        cfg.trainer.precision = precision.value
-    log.info("precision %s: %s", precision.value, precision.reason)
+        cfg.trainer.precision = plan.lightning
+    for line in plan.lines():
+        log.info(line)
     log.info("torch threads %d (%s); tokenizers parallelism off", threads.value, threads.reason)
-    return {"precision": str(precision.value), "precision_reason": precision.reason,
-            "threads": threads.value, "threads_reason": threads.reason}
+    return {**plan.as_dict(), "threads": threads.value, "threads_reason": threads.reason}, plan
 
 
 def check_training_data(cfg: DictConfig, datamodule: Any) -> None:
@@ -85,13 +86,14 @@ def check_training_data(cfg: DictConfig, datamodule: Any) -> None:
             verifier.close()
 
 
-def _build_run(cfg: DictConfig, stop: StopSignals, resume: Resume | None) -> tuple[Any, Any, L.Trainer, CrashCheckpoint]:
+def _build_run(cfg: DictConfig, stop: StopSignals, resume: Resume | None,
+               plan: PrecisionPlan | None = None) -> tuple[Any, Any, L.Trainer, CrashCheckpoint]:
     """The checked data, the module, the trainer with clipo's callbacks, and the logs continued from a
     resumed checkpoint's step."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     check_training_data(cfg, datamodule)
-    module = build_module(cfg)
+    module = build_module(cfg, plan)
     context = getattr(module.policy.config, "max_position_embeddings", None)
     if limit := prompt_token_limit(cfg.data.get("max_prompt_tokens", "auto"), context, cfg.rollout.max_new_tokens):
         drop_overlong_prompts(datamodule, module.tokenizer, limit)
@@ -106,9 +108,9 @@ def _build_run(cfg: DictConfig, stop: StopSignals, resume: Resume | None) -> tup
     return datamodule, module, trainer, crash
 
 
-def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals,
-           resume: Resume | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    datamodule, module, trainer, crash = _build_run(cfg, stop, resume)
+def _train(cfg: DictConfig, runtime: dict[str, Any], stop: StopSignals, resume: Resume | None = None,
+           plan: PrecisionPlan | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    datamodule, module, trainer, crash = _build_run(cfg, stop, resume, plan)
     runtime["engine"] = ENGINES.name_of(module.collector.engine)  # what rollout.engine=auto picked
     output_dir = Path(cfg.paths.output_dir)
     summary = next((c for c in trainer.callbacks if isinstance(c, RunSummary)), None)

@@ -38,6 +38,8 @@ class PolicyUpdater:
         max_grad_norm: clipping bound (None or 0: no clipping).
         max_nonfinite_updates: skipped updates in a row that stop the run.
         contrastive: CLIPO's loss-mode term, or None.
+        forward_model: what the forward/backward runs on (None: `policy`): the policy's bf16 working copy,
+            whose gradients reach the policy's float32 `.grad` (`clipo.run.working_copy`).
     """
 
     def __init__(
@@ -50,7 +52,9 @@ class PolicyUpdater:
         max_grad_norm: float | None = 1.0,
         max_nonfinite_updates: int = 3,
         contrastive: ContrastiveLossTerm | None = None,
+        forward_model: torch.nn.Module | None = None,
     ) -> None:
+        self.forward_model = policy if forward_model is None else forward_model
         self.policy, self.algorithm, self.batching, self.contrastive = policy, algorithm, batching, contrastive
         self.temperature, self.max_len = temperature, max_len
         self.max_grad_norm, self.max_nonfinite_updates = max_grad_norm, max_nonfinite_updates
@@ -112,7 +116,7 @@ class PolicyUpdater:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of the rollouts `index` (its share of the update's) and its metrics."""
         part = batch.rollouts.select(index)
-        out = forward_responses(self.policy, part, self.temperature, self.hidden_layer, with_entropy=True,
+        out = forward_responses(self.forward_model, part, self.temperature, self.hidden_layer, with_entropy=True,
                                 packed=self.batching.padding_free, varlen=self.batching.varlen)
         old, weights = batch.old.for_micro_batch(index, part, out.logprobs)
         ref = None if batch.ref_logprobs is None else batch.ref_logprobs[index]

@@ -17,7 +17,6 @@ from clipo.rollout.vllm_engine import head_size_problem, vllm_available
 from clipo.run.runtime import Choice
 
 ENGINE_NAMES = ("auto", "hf", "vllm")
-BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
 
 
 def choose_engine(requested: str, policy: torch.nn.Module, processes: int) -> Choice:
@@ -64,9 +63,9 @@ def training_processes(trainer_cfg: Any) -> int:
     return (devices if isinstance(devices, int) else 1) * int(trainer_cfg.get("num_nodes", 1) or 1)
 
 
-def engine_dtype(configured: str | None, precision: Any) -> str | None:
-    """The vllm engine's weight dtype: `rollout.vllm.dtype` when set, bfloat16 when the trainer computes
-    in bf16 (the engine then samples in the policy's precision), else None (the policy's weights' dtype)."""
+def engine_dtype(configured: str | None, sampling: str | None) -> str | None:
+    """The vllm engine's weight dtype: `rollout.vllm.dtype` when set, bfloat16 when the precision plan samples
+    in bf16 (`clipo.run.precision`), else None (the policy's weights' dtype)."""
     if configured:
         return configured
-    return "bfloat16" if str(precision) in BF16_PRECISIONS else None
+    return "bfloat16" if sampling == "bfloat16" else None
