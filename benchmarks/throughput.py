@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 

@@ -113,7 +113,8 @@ def explicit_plan(requested: Any, processes: int = 1, sharded: bool = False) -> 
                              said, said)
     if value in ("32", "32-true"):
         return PrecisionPlan(value, value, FP32, FP32, FP32, False, False, said, said)
-    return PrecisionPlan(value, value, "policy", value, f"as Lightning's {value} holds it", False, False, said, said)
+    training = {"16": "float16", "64": "float64"}.get(value.split("-")[0], value)  # 16-mixed, 64-true, ...
+    return PrecisionPlan(value, value, "policy", training, f"as Lightning's {value} holds it", False, False, said, said)
 
 
 def choose_plan(requested: Any, accelerator: str, cuda_bf16: bool | None, cpu_flags: frozenset[str],

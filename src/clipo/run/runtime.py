@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipo.run.precision import PrecisionPlan, choose_plan
-from clipo.run.precision import PRECISIONS as PRECISIONS  # re-exported: the config check reads it here
 from clipo.run.precision_probe import Probe, ProbeShapes, measure
 
 

@@ -71,8 +71,10 @@ def cast_parameters(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Mod
 
 def _into_master(main: torch.nn.Parameter) -> Callable[[torch.Tensor], None]:
     def hook(work: torch.Tensor) -> None:
-        grad = work.grad.to(main.dtype)
-        main.grad = grad if main.grad is None else main.grad.add_(grad)
+        if main.grad is None:
+            main.grad = work.grad.to(main.dtype)
+        else:  # later micro-batches: added in float32 as read (no float32 temporary)
+            main.grad.add_(work.grad)
         work.grad = None
 
     return hook
