@@ -18,7 +18,9 @@ Variants, alternated round by round in one process (the order reversed every oth
 `bf16-true` (bf16 weights stepped by the optimizer) computes exactly as `copy` does, without the
 float32 master: it rounds lr-1e-5 updates away, so it is not a candidate (src/clipo/run/precision.py).
 
-Each phase's first call (kernel set-up, allocator) is reported apart from the timed rounds; figures are
+Each phase's first call (kernel set-up, allocator) is reported apart from the timed rounds, and a child
+process counts the oneDNN kernels each bf16 call creates (ONEDNN_VERBOSE=profile_create) and their set-up
+milliseconds: the first call's one-time cost, which the issue saw as a 40 s first update; figures are
 medians over rounds, with the paired ratio to fp32 (round by round), wall seconds and process CPU seconds
 (user + system: on a shared machine the wall time also measures the other processes). The JSON
 (benchmarks/results/precision_<model>.json) names the CPU kind, the threads and the plan `auto` makes here.
@@ -145,6 +147,42 @@ def local_phases(args: argparse.Namespace) -> dict:
     return runs
 
 
+def kernel_worker(args: argparse.Namespace) -> None:
+    """Each bf16 variant's first and second call of each phase, marked on stdout, where oneDNN reports every
+    kernel it creates (ONEDNN_VERBOSE=profile_create, set by `kernel_setup`)."""
+    torch.set_num_threads(args.threads)
+    phases = Phases(args)
+    for phase in [p for p in args.phases if p in LOCAL_PHASES]:
+        for variant in ("copy", "autocast"):
+            for call in (1, 2):
+                print(f"MARK,{phase},{variant},{call}", flush=True)
+                phases.run(phase, variant)
+    print("MARK,end", flush=True)
+
+
+def kernel_setup(args: argparse.Namespace) -> dict:
+    """oneDNN kernels created (count, milliseconds) in each bf16 call: the first call's set-up, which later
+    calls of the same shapes find in oneDNN's cache."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "ONEDNN_VERBOSE": "profile_create"}
+    command = [sys.executable, __file__, *child_args(args), "--phases", *args.phases, "--kernel-worker"]
+    lines = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    created: dict[str, dict[str, float]] = {}
+    key = None
+    for line in lines:
+        fields = line.split(",")
+        if fields[0] == "MARK":
+            key = None if fields[1] == "end" else f"{fields[1]}/{fields[2]}/call {fields[3]}"
+            if key:
+                created[key] = {"kernels": 0, "ms": 0.0}
+        elif key and "create:cache_miss" in line:
+            created[key]["kernels"] += 1
+            created[key]["ms"] += float(fields[-1])
+    return created
+
+
 def vllm_worker(args: argparse.Namespace) -> dict:
     """One vllm engine at `--dtype`: a warm-up generation, then `--rounds` timed ones."""
     from clipo.builders import plain, rollout_sampling
@@ -244,11 +282,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds after each variant's first call")
     parser.add_argument("--processes", type=int, default=2, help="vllm: fresh processes per dtype")
     parser.add_argument("--phases", nargs="+", default=[*LOCAL_PHASES, "vllm"])
+    parser.add_argument("--no-kernel-count", action="store_true", help="skip counting oneDNN's kernel set-up")
     parser.add_argument("--vllm-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kernel-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.vllm_worker:
         print(json.dumps(vllm_worker(args)))
+        return
+    if args.kernel_worker:
+        kernel_worker(args)
         return
     if "vllm" in args.phases and importlib.util.find_spec("vllm") is None:
         print("vLLM is not installed: the vllm phase is left out", file=sys.stderr)
@@ -257,15 +300,19 @@ def main() -> None:
     if "vllm" in args.phases:
         runs["vllm"] = vllm_phase(args)
     table = summary(runs)
+    kernels = {} if args.no_kernel_count else kernel_setup(args)
     plan = auto_plan(args)
     from common import cpu_precision
 
     cpu = cpu_precision()[0]
     print_table(table, args, cpu)
+    for key, made in kernels.items():
+        print(f"oneDNN kernels created in {key}: {made['kernels']} in {made['ms']:.0f} ms")
     print("\n".join(["", "trainer.precision=auto here:", *plan["lines"]]))
     partial = "" if set(args.phases) >= {*LOCAL_PHASES, "vllm"} else "_" + "_".join(args.phases)
     name = f"precision_{args.model}{partial}" + ("" if args.threads == 2 else f"_{args.threads}threads")
     path = save(name, {"args": vars(args), "threads": args.threads, "table": table, "runs": runs, "auto": plan,
+                       "onednn_kernels_created": kernels,
                        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                        "note": "ratios are paired round by round; wall / fp32 on a shared machine mixes in the "
                                "other processes' load, CPU / fp32 less so"})

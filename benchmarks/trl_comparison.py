@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="training steps per trainer (the first is warm-up)")
     parser.add_argument("--precision", default="auto", choices=["auto", "32"], help="for every trainer")
     parser.add_argument("--suffix", default="", help="appended to the JSON's name, e.g. _xeon_amx for the CPU kind")
+    parser.add_argument("--trainers", nargs="+", default=["trl", *CLIPO_RUNS], help="a subset (TRL peaks at 12-14 GB)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -121,17 +122,17 @@ def main() -> None:
         return
 
     has_vllm = importlib.util.find_spec("vllm") is not None
-    names = ["trl"] + [name for name, (engine, _) in CLIPO_RUNS.items() if engine == "hf" or has_vllm]
+    names = [name for name in args.trainers if name == "trl" or CLIPO_RUNS[name][0] == "hf" or has_vllm]
     runs = {}
     for name in names:
         print(f"{name}: {args.steps} steps ...", flush=True)
         runs[name] = run_in_subprocess(Path(__file__), ["--steps", str(args.steps), "--precision", args.precision,
                                                         "--worker", name])
         runs[name]["median_step_s"] = median(runs[name]["step_s"][1:])
-    trl_run = runs["trl"]
+    trl_run = runs.get("trl")
     ratios = {name: {"step_time": run["median_step_s"] / trl_run["median_step_s"],
                      "peak_memory": run["peak_rss_mb"] / trl_run["peak_rss_mb"]}
-              for name, run in runs.items() if name != "trl"}
+              for name, run in runs.items() if name != "trl" and trl_run is not None}
     import trl
 
     cpu, kind = cpu_precision()
@@ -139,7 +140,9 @@ def main() -> None:
     precision = f"{args.precision} (TRL bf16={kind == 'bf16' and args.precision == 'auto'}, clipo {plans})"
     payload = {"trl_version": trl.__version__, "precision": precision, "runs": runs, "ratios_over_trl": ratios,
                "targets": {"step_time": "<= 0.35", "memory": "<= 0.45"}}
-    path = save("trl_comparison_smollm2_135m" + ("_fp32" if args.precision == "32" else "") + args.suffix, payload)
+    subset = "" if set(names) >= {"trl", "clipo-hf"} else "_" + "_".join(names)
+    path = save("trl_comparison_smollm2_135m" + ("_fp32" if args.precision == "32" else "") + subset + args.suffix,
+                payload)
     print(f"\n{cpu}; precision {precision}")
     print(f"{'trainer':<16}{'median step s':>15}{'generate s':>12}{'logprobs s':>12}{'update s':>10}{'peak RSS MB':>13}")
     for name, run in runs.items():
