@@ -71,17 +71,24 @@ def test_each_phase_is_decided_on_its_own():
 
 def test_several_processes_train_under_autocast_and_a_sharded_policy_samples_itself():
     """The copy's gradients would bypass DDP's reduction and ZeRO/FSDP's shards: autocast there; a sharded
-    policy has no copy to sample from."""
+    policy has no copy to sample from (hf samples its own gathered weights, without autocast)."""
     ddp = plan(processes=2)
     assert (ddp.lightning, ddp.training, ddp.working_copy, ddp.sampler_copy) == ("bf16-mixed", "bfloat16", False, True)
     sharded = plan(processes=2, sharded=True)
-    assert (sharded.lightning, sharded.sampling, sharded.sampler_copy) == ("bf16-mixed", "policy", False)
+    assert (sharded.lightning, sharded.sampling, sharded.sampler_copy) == ("bf16-mixed", "bfloat16", False)
+    assert "hf from the policy's own weights" in sharded.lines()[1]
 
 
-def test_a_cuda_device_with_bf16_trains_under_autocast_and_samples_from_weights_cast_once():
+def test_a_cuda_device_with_bf16_trains_under_autocast_without_copies():
+    """Lightning moves the policy to the GPU after the builders made it: copies stay a CPU matter (vllm still
+    samples in bf16), and bf16-copy is refused there."""
     chosen = plan(cuda_bf16=True, flags=ICE_LAKE, measured=None)
     assert (chosen.lightning, chosen.sampling, chosen.sampler_copy, chosen.working_copy) == (
-        "bf16-mixed", "bfloat16", True, False)
+        "bf16-mixed", "bfloat16", False, False)
+    assert not plan("bf16-mixed", cuda_bf16=True, measured=None).sampler_copy
+    with pytest.raises(ValueError, match="one process on the CPU"):
+        plan("bf16-copy", cuda_bf16=True, measured=None)
+    assert plan("bf16-copy", accelerator="cpu", cuda_bf16=True, measured=None).working_copy
 
 
 @pytest.mark.parametrize(("requested", "lightning", "sampling", "copy"), [
@@ -90,7 +97,7 @@ def test_a_cuda_device_with_bf16_trains_under_autocast_and_samples_from_weights_
     ("16-mixed", "16-mixed", "policy", False),
 ])  # fmt: skip
 def test_explicit_precision_wins(requested, lightning, sampling, copy):
-    for machine in ({"flags": ICE_LAKE}, {"flags": SAPPHIRE_RAPIDS}, {"cuda_bf16": True}):
+    for machine in ({"flags": ICE_LAKE}, {"flags": SAPPHIRE_RAPIDS}, {"cuda_bf16": True, "accelerator": "cpu"}):
         chosen = plan(requested, measured=None, **machine)
         assert (chosen.lightning, chosen.sampling, chosen.working_copy) == (lightning, sampling, copy)
         assert "explicitly" in chosen.reason
@@ -100,7 +107,7 @@ def test_explicit_precision_wins(requested, lightning, sampling, copy):
 
 
 def test_the_working_copy_runs_in_one_process(tmp_path):
-    with pytest.raises(ValueError, match="trains in one process"):
+    with pytest.raises(ValueError, match="trains in one process on the CPU"):
         explicit_plan("bf16-copy", processes=2)
     cfg = compose_config(["model=tiny", "trainer.precision=bf16-copy", "trainer.accelerator=cpu", "trainer.devices=2",
                           "strategy=ddp"], output_dir=tmp_path)

@@ -222,6 +222,12 @@ def _precision_problems(cfg: DictConfig) -> list[str]:
     if str(precision) == WORKING_COPY and (processes := training_processes(cfg.trainer)) > 1:
         return [f"trainer.precision={WORKING_COPY} trains in one process, this run has {processes}; use bf16-mixed "
                 "or auto"]
+    if str(precision) == WORKING_COPY and cfg.trainer.get("accelerator", "auto") != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return [f"trainer.precision={WORKING_COPY} trains on the CPU (its copy stays there); on the GPU use "
+                    "bf16-mixed, or set trainer.accelerator=cpu"]
     return []
 
 

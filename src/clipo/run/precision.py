@@ -2,9 +2,9 @@
 
 Three decisions, made at the start of the run and never re-derived:
 - sampling: the dtype the engine samples in. hf samples from weights cast once (a bf16 copy of the
-  policy refreshed after each optimizer step, or the policy itself when it is held in bf16), never
-  through per-op autocast, which re-casts every weight at every decoding step; vllm holds its own
-  weights in that dtype.
+  policy refreshed after each optimizer step), or from the policy's own weights as they are held,
+  never through per-op autocast, which re-casts every weight at every decoding step; vllm holds its
+  own weights in that dtype.
 - training: the dtype of the training forward/backward (the update, and the collector's no-grad
   passes, which must match it for the ratio of an on-policy update to be exactly 1).
 - holding: how the policy's weights are kept. `bf16-copy` keeps float32 master weights (what the
@@ -18,8 +18,9 @@ slower); on a CPU with them, each phase in bf16 when the start-up measurement of
 shapes (`clipo.run.precision_probe`) finds bf16 at most `BF16_WINS` of float32's time; the update
 on a working copy in one process, under Lightning's bf16-mixed autocast in several (the copy's
 gradients would bypass DDP's reduction and ZeRO/FSDP's shards); on a CUDA device with bf16,
-Lightning's bf16-mixed for training and bf16 sampling. An explicit `trainer.precision` wins. The
-choice functions are pure: tests hand them any machine and any measurement.
+Lightning's bf16-mixed for training, vllm in bf16, hf from the policy's own weights (copies stay on
+CPUs: not run on a GPU here). An explicit `trainer.precision` wins. The choice functions are pure:
+tests hand them any machine and any measurement.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class PrecisionPlan:
     """What each phase computes in, how the policy is held, and why (the run's first lines, summary.json).
 
     lightning: the Trainer's `precision` (bf16-copy runs Lightning at 32-true: clipo casts, not autocast).
-    sampling: the engine's sampling dtype (`float32`, `bfloat16`), or `policy`: the policy's own weights
-        in whatever dtype they are held (a sharded policy, 16-bit precisions).
+    sampling: the engine's sampling dtype (`float32`, `bfloat16`; `policy`: the policy's own, 16-bit
+        precisions): vllm's weights; hf's where `sampler_copy`, else hf samples the policy's own weights.
     training: the training forward/backward's dtype (`bfloat16` also under autocast).
     working_copy: the update and the collector's passes run on a bf16 copy of float32 master weights.
     sampler_copy: the hf engine samples from a bf16 copy of the float32 policy (the working copy when
@@ -81,7 +82,7 @@ class PrecisionPlan:
 
     def lines(self) -> list[str]:
         """The run's first lines about precision."""
-        source = "a bf16 copy cast once per update" if self.sampler_copy else "the policy's weights"
+        source = "a bf16 copy cast once per update" if self.sampler_copy else "the policy's own weights"
         lines = [f"precision {self.value}: {self.reason}",
                  f"precision per phase: sampling {self.sampling} (hf from {source}), training {self.training}, "
                  f"policy held as {self.holding}, Lightning precision {self.lightning}"]
@@ -98,16 +99,16 @@ class PrecisionPlan:
                 "precision_sampler_copy": self.sampler_copy, **(self.probe.as_dict() if self.probe else {})}
 
 
-def explicit_plan(requested: Any, processes: int = 1, sharded: bool = False) -> PrecisionPlan:
-    """The plan of a `trainer.precision` the user set."""
+def explicit_plan(requested: Any, processes: int = 1, copies: bool = True) -> PrecisionPlan:
+    """The plan of a `trainer.precision` the user set (`copies`: see `choose_plan`)."""
     value, said = str(requested), f"trainer.precision={requested} was set explicitly"
     if value == WORKING_COPY:
-        if processes > 1:
-            raise ValueError(f"trainer.precision={WORKING_COPY} trains in one process (the copy's gradients would "
-                             f"bypass the reduction of {processes} processes); use bf16-mixed or auto")
+        if processes > 1 or not copies:
+            raise ValueError(f"trainer.precision={WORKING_COPY} trains in one process on the CPU (the copy's "
+                             "gradients would bypass a strategy's reduction, and it stays on the CPU); use bf16-mixed")
         return _working_copy(value, BF16, said, said)
     if value in ("bf16-mixed", "bf16"):
-        return _autocast(value, BF16, said, said, sharded)
+        return _autocast(value, BF16, said, said, copies)
     if value == "bf16-true":
         return PrecisionPlan(value, value, BF16, BF16, "bfloat16 (the optimizer steps bf16 weights)", False, False,
                              said, said)
@@ -123,24 +124,28 @@ def choose_plan(requested: Any, accelerator: str, cuda_bf16: bool | None, cpu_fl
 
     accelerator: trainer.accelerator; cuda_bf16: None when no CUDA device is visible, else whether it has
     bf16; cpu_flags: the `flags` of /proc/cpuinfo; processes: training processes of the run; sharded:
-    the strategy shards the policy (ZeRO-3, FSDP: no copy of it can be made).
+    the strategy holds the policy's weights (DeepSpeed, FSDP). A bf16 copy of the policy is made only where
+    it can follow the policy: one unsharded policy on the CPU (Lightning moves the policy to a GPU after the
+    copy is made, and the copy's move is not written yet).
     """
+    on_cuda = cuda_bf16 is not None and accelerator in ("auto", "gpu", "cuda")
+    copies = not sharded and not on_cuda
     if str(requested) != "auto":
-        return explicit_plan(requested, processes, sharded)
-    if cuda_bf16 is not None and accelerator in ("auto", "gpu", "cuda"):
+        return explicit_plan(requested, processes, copies)
+    if on_cuda:
         if cuda_bf16:
             why = "auto: the CUDA device has bf16"
-            return _autocast("auto", BF16, why, f"{why}, Lightning's bf16-mixed", sharded)
+            return _autocast("auto", BF16, why, f"{why}, Lightning's bf16-mixed", copies)
         return _fp32("auto: the CUDA device has no bf16 (16-mixed is never chosen automatically)")
     if accelerator not in ("auto", "cpu"):
         return _fp32(f"auto: trainer.accelerator={accelerator} is neither CPU nor CUDA")
     native = [flag for flag in CPU_BF16_FLAGS if flag in cpu_flags]
     if not native:
         return _fp32("auto: the CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated and slower")
-    return plan_from_probe(measure(), ", ".join(native), processes, sharded)
+    return plan_from_probe(measure(), ", ".join(native), processes, copies)
 
 
-def plan_from_probe(probe: Probe, native: str, processes: int, sharded: bool) -> PrecisionPlan:
+def plan_from_probe(probe: Probe, native: str, processes: int, copies: bool) -> PrecisionPlan:
     """`auto` on a CPU with bf16 units (`native`): each phase in bf16 where the probe finds it fast enough."""
     def verdict(ratio: float) -> tuple[str, str]:
         faster = ratio <= BF16_WINS
@@ -149,15 +154,13 @@ def plan_from_probe(probe: Probe, native: str, processes: int, sharded: bool) ->
 
     sampling, sampling_reason = verdict(probe.sampling)
     training, training_reason = verdict(probe.training)
-    if sharded and sampling == BF16:
-        sampling, sampling_reason = _sharded(sampling_reason)
-    if training == BF16 and processes == 1:
+    if training == BF16 and processes == 1 and copies:
         return _working_copy("auto", sampling, sampling_reason, training_reason, probe)
     if training == BF16:
         return _autocast("auto", sampling, sampling_reason, f"{training_reason}; autocast in {processes} processes",
-                         sharded, probe)
-    return PrecisionPlan("auto", "32-true", sampling, FP32, FP32, False, sampling == BF16, sampling_reason,
-                         training_reason, probe)
+                         copies, probe)
+    return PrecisionPlan("auto", "32-true", sampling, FP32, FP32, False, sampling == BF16 and copies,
+                         sampling_reason, training_reason, probe)
 
 
 def _working_copy(requested: str, sampling: str, sampling_reason: str, training_reason: str,
@@ -166,17 +169,12 @@ def _working_copy(requested: str, sampling: str, sampling_reason: str, training_
                          "update", True, sampling == BF16, sampling_reason, training_reason, probe)
 
 
-def _autocast(requested: str, sampling: str, sampling_reason: str, training_reason: str, sharded: bool,
+def _autocast(requested: str, sampling: str, sampling_reason: str, training_reason: str, copies: bool,
               probe: Probe | None = None) -> PrecisionPlan:
-    """Lightning's bf16-mixed for training; hf samples from a bf16 copy, or a sharded policy's own weights."""
-    if sharded and sampling == BF16:
-        sampling, sampling_reason = _sharded(sampling_reason)
+    """Lightning's bf16-mixed for training; hf samples from a bf16 copy where one can be made, else from the
+    policy's own weights (without autocast either way)."""
     return PrecisionPlan(requested, "bf16-mixed", sampling, BF16, "float32 (autocast casts per op)", False,
-                         sampling == BF16, sampling_reason, training_reason, probe)
-
-
-def _sharded(reason: str) -> tuple[str, str]:
-    return "policy", f"{reason}; sharded: from the gathered policy's own weights (no copy of a sharded policy)"
+                         sampling == BF16 and copies, sampling_reason, training_reason, probe)
 
 
 def _fp32(reason: str) -> PrecisionPlan:
