@@ -38,7 +38,7 @@ from clipo.rollout.sampling import Sampling
 from clipo.rollout.varlen import resolve_padding_free, uses_varlen_attention
 from clipo.run.checkpointing import AtomicCheckpointIO
 from clipo.run.precision import PrecisionPlan
-from clipo.run.working_copy import WorkingCopy
+from clipo.run.working_copy import WorkingCopy, cast_parameters
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +262,8 @@ def build_module(cfg: DictConfig, plan: PrecisionPlan | None = None) -> ClipoMod
     engine = build_engine(cfg, policy, tokenizer, plan, copy, choice)
     # the model the update and the collector's passes compute on: the bf16 working copy, or the policy
     compute = copy.module if plan.working_copy else policy
+    if plan.working_copy and reference is not None:  # frozen: cast once, computes as the copy does
+        cast_parameters(reference, torch.bfloat16)
     optimizer = instantiate(cfg.optimizer)
     if copy is not None:  # the copy is cast again after each optimizer step
         optimizer = copy.optimizer_factory(optimizer)
