@@ -72,9 +72,11 @@ def test_each_phase_is_decided_on_its_own():
 def test_several_processes_train_under_autocast_and_a_sharded_policy_samples_itself():
     """The copy's gradients would bypass DDP's reduction and ZeRO/FSDP's shards: autocast there; a sharded
     policy has no copy to sample from (hf samples its own gathered weights, without autocast)."""
-    ddp = plan(processes=2)
+    ddp = plan(processes=2, measured=None)  # each rank would measure its own ratios: the CPU kind decides
     assert (ddp.lightning, ddp.training, ddp.working_copy, ddp.sampler_copy) == ("bf16-mixed", "bfloat16", False, True)
-    sharded = plan(processes=2, sharded=True)
+    assert "2 processes decide from the CPU kind" in ddp.reason
+    assert plan(processes=2, flags=ICE_LAKE, measured=None).value == "32-true"
+    sharded = plan(processes=2, sharded=True, measured=None)
     assert (sharded.lightning, sharded.sampling, sharded.sampler_copy) == ("bf16-mixed", "bfloat16", False)
     assert "hf from the policy's own weights" in sharded.lines()[1]
 

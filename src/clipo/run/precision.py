@@ -14,10 +14,11 @@ Three decisions, made at the start of the run and never re-derived:
   is 100x below bf16's spacing there, so a bf16 optimizer step leaves them unchanged).
 
 `auto`: float32 on a CPU without bf16 units (AVX-512 BF16 or AMX; emulated bf16 is several times
-slower); on a CPU with them, each phase in bf16 when the start-up measurement of the run's own
-shapes (`clipo.run.precision_probe`) finds bf16 at most `BF16_WINS` of float32's time; the update
-on a working copy in one process, under Lightning's bf16-mixed autocast in several (the copy's
-gradients would bypass DDP's reduction and ZeRO/FSDP's shards); on a CUDA device with bf16,
+slower); on a CPU with them, in one process, each phase in bf16 when the start-up measurement of
+the run's own shapes (`clipo.run.precision_probe`) finds bf16 at most `BF16_WINS` of float32's time,
+the update on the working copy; in several processes bf16 from the CPU kind alone (each rank would
+measure its own ratios, and all must choose alike), the update under Lightning's bf16-mixed (the
+copy's gradients would bypass DDP's reduction and ZeRO/FSDP's shards); on a CUDA device with bf16,
 Lightning's bf16-mixed for training, vllm in bf16, hf from the policy's own weights (copies stay on
 CPUs: not run on a GPU here). An explicit `trainer.precision` wins. The choice functions are pure:
 tests hand them any machine and any measurement.
@@ -142,6 +143,9 @@ def choose_plan(requested: Any, accelerator: str, cuda_bf16: bool | None, cpu_fl
     native = [flag for flag in CPU_BF16_FLAGS if flag in cpu_flags]
     if not native:
         return _fp32("auto: the CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated and slower")
+    if processes > 1:  # every rank must choose alike: the CPU kind decides, not each rank's own measurement
+        why = f"auto: the CPU has {', '.join(native)} ({processes} processes decide from the CPU kind)"
+        return _autocast("auto", BF16, why, f"{why}; autocast in {processes} processes", copies)
     return plan_from_probe(measure(), ", ".join(native), processes, copies)
 
 
