@@ -160,3 +160,19 @@ def test_train_reports_the_plan_in_its_first_lines_and_summary(parity_verifier, 
     assert runtime["precision"] == "bf16-copy" and runtime["precision_sampling"] == "bfloat16"
     assert runtime["precision_training"] == "bfloat16" and runtime["sampling_bf16_over_fp32"] == 0.4
     assert "avx512_bf16" in runtime["precision_reason"]
+
+
+def test_resolve_measures_the_configured_model_at_the_configured_shapes(tmp_path, monkeypatch):
+    """On a (mocked) CPU with bf16 units the probe runs the config's own model at its rollouts per step; an
+    explicit precision measures nothing."""
+    from clipo.run.runtime import resolve_precision
+
+    monkeypatch.setattr("clipo.run.runtime.detect_cuda_bf16", lambda: None)
+    monkeypatch.setattr("clipo.run.runtime.detect_cpu_flags", lambda: SAPPHIRE_RAPIDS)
+    cfg = compose_config(["model=tiny", "trainer.precision=auto", "data.prompts_per_step=3", "rollout.group_size=4"],
+                         output_dir=tmp_path)
+    chosen = resolve_precision(cfg)
+    assert chosen.probe is not None and "Qwen2ForCausalLM" in chosen.probe.detail
+    assert "decoding 12 x (16 + 4) tokens" in chosen.probe.detail
+    cfg.trainer.precision = "32"
+    assert resolve_precision(cfg).probe is None
