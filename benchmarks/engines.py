@@ -32,7 +32,7 @@ def time_rollouts(cfg, repeats: int) -> dict[str, dict[str, float]]:
     from clipo.builders import build_batching, plain, rollout_sampling
     from clipo.data import build_dataset
     from clipo.models import load_model
-    from clipo.rl.old_policy import RolloutLogprobs
+    from clipo.rl.old_policy import LogprobPasses
     from clipo.rollout import HFEngine, VLLMEngine
 
     policy, tokenizer = load_model(**plain(cfg.model), seed=cfg.seed)
@@ -56,7 +56,8 @@ def time_rollouts(cfg, repeats: int) -> dict[str, dict[str, float]]:
                 tokens[name].append(int(batch.response_lengths.sum()))
             if name == "vllm" and repeat:
                 start = time.perf_counter()
-                RolloutLogprobs(policy, sampling.logprob_temperature, build_batching(cfg, policy), False, hidden_layer=-1)(batch)
+                batching = build_batching(cfg, policy, whole_groups=False)
+                LogprobPasses(policy, sampling.logprob_temperature, batching, False, hidden_layer=-1)(batch)
                 seconds["vllm_training_forward"].append(time.perf_counter() - start)
     out = {name: {"median_s": median(seconds[name]), "median_tokens_per_s": median([t / s for t, s in zip(tokens[name], seconds[name])]),
                   "seconds": seconds[name], "tokens": tokens[name]} for name in ("hf", "vllm")}  # fmt: skip

@@ -98,21 +98,20 @@ class Phases:
         generate_rollouts(model, self.tokenizer, self.records, self.cfg.rollout.group_size, self.generation, -1)
 
     def collector(self, model: torch.nn.Module, variant: str) -> None:
-        self.rollouts.hidden = None  # the vllm engine gives none: the pass takes them
-        logprobs = self.module.collector.logprobs
-        logprobs.policy = model
-        logprobs(self.rollouts)
+        from clipo.rl.old_policy import LogprobPasses
+
+        # the vllm engine gives no hidden states: the collector's pass takes them (one update a step: no pi_old)
+        batching = self.module.updater.batching
+        LogprobPasses(model, 1.0, batching, old_before_update=False, hidden_layer=-1)(self.rollouts)
 
     def update(self, model: torch.nn.Module, variant: str) -> None:
         from clipo.rl.collector import Trajectory
-        from clipo.rl.old_policy import OnPolicy
         from clipo.run.timing import PhaseTimer
 
         n = len(self.rollouts.responses)
         correct = torch.arange(n) % 3 == 0
         advantages = torch.randn(n, generator=torch.Generator().manual_seed(0))
-        batch = Trajectory(self.rollouts, correct.float(), correct, correct.float(), advantages,
-                           OnPolicy(self.rollouts, None), None)
+        batch = Trajectory(self.rollouts, correct.float(), correct, correct.float(), advantages)  # on-policy
         self.module.updater.forward_model = model
         self.module.updater.update(batch, self.optimizer, lambda loss: loss.backward(), PhaseTimer())
         if variant == "copy":

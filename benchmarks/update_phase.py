@@ -192,7 +192,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--micro-batch-size", type=int, default=16)
     parser.add_argument("--budgets", type=int, nargs="*", default=[], help="after-variants with this token budget")
-    parser.add_argument("--packing", action="store_true", help="also the packed forward (ppo.padding_free=true)")
+    parser.add_argument("--layouts", nargs="*", default=[], help="also these ppo.forward_layout values (varlen, padded)")
     parser.add_argument("--precision", default="bf16-mixed", help="trainer.precision (32 or bf16-mixed)")
     parser.add_argument("--memory", action="store_true", help="1 prompt x 2 rollouts of 1024 tokens, fp32, 1 pass")
     parser.add_argument("--head", type=int, default=0, help="time the LM head alone on this many positions")
@@ -226,8 +226,8 @@ def main() -> None:
         variants = {"before": (args.before_src, base), **variants}
     for budget in args.budgets:
         variants[f"after, budget {budget}"] = (str(REPO / "src"), base + [f"ppo.max_tokens_per_micro_batch={budget}"])
-    if args.packing:
-        variants["after, packed"] = (str(REPO / "src"), base + per_rollouts + ["ppo.padding_free=true"])
+    for layout in args.layouts:
+        variants[f"after, {layout}"] = (str(REPO / "src"), base + per_rollouts + [f"ppo.forward_layout={layout}"])
     results = {}
     for name, (src, overrides) in variants.items():
         results[name] = run_variant(src, overrides, args.repeats, args.threads)

@@ -23,6 +23,7 @@ from clipo.builders import plain
 from clipo.compose import compose
 from clipo.models import load_model
 from clipo.rollout import RolloutBatch, forward_responses
+from clipo.rollout.forward import ForwardLayout, TrainingForward
 
 
 def uneven_batch(vocab: int, device: str, dry_run: bool) -> RolloutBatch:
@@ -65,15 +66,15 @@ def run_varlen(dry_run: bool) -> dict[str, Any]:
     with torch.no_grad():
         truth = forward_responses(model, batch).logprobs[mask]  # fp32, SDPA, padded
     model = model.to(torch.bfloat16)
-    paths = {"padded": {"packed": False}, "varlen": {"packed": True, "varlen": True}}
+    paths = {name: TrainingForward(ForwardLayout(name)) for name in ("padded", "varlen")}
     errors, seconds = {}, {}
-    for name, kwargs in paths.items():
+    for name, forward in paths.items():
         model.set_attn_implementation("sdpa" if name == "padded" else kernel)
         with torch.no_grad():
-            errors[name] = float((forward_responses(model, batch, **kwargs).logprobs[mask].float() - truth).abs().max())
+            errors[name] = float((forward(model, batch).logprobs[mask].float() - truth).abs().max())
 
-        def step(kwargs=kwargs):
-            forward_responses(model, batch, **kwargs).logprobs[mask].float().sum().backward()
+        def step(forward=forward):
+            forward(model, batch).logprobs[mask].float().sum().backward()
             model.zero_grad(set_to_none=True)
 
         seconds[name] = median_seconds(step)

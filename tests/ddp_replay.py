@@ -25,7 +25,6 @@ from clipo.data import build_dataset  # noqa: E402
 from clipo.distributed import world  # noqa: E402
 from clipo.registry import VERIFIERS  # noqa: E402
 from clipo.rl.collector import RolloutCollector  # noqa: E402
-from clipo.run.strategies import sharded_state_dict  # noqa: E402
 from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 
@@ -33,12 +32,12 @@ GLOBAL_PROMPTS = 4
 TRAIN_SET = None  # the run's train set, built in main()
 
 
-def replay_share(self: RolloutCollector, batch: list[dict], timer, generation_context, trainer_state):  # noqa: ANN001
+def replay_share(self: RolloutCollector, batch: list[dict], timer, trainer_state):  # noqa: ANN001
     """Stands in for `RolloutCollector._generate_and_score`: this rank's share of one fixed global batch."""
     records = [TRAIN_SET[i] for i in range(GLOBAL_PROMPTS)]
     with torch.random.fork_rng():
         torch.manual_seed(1234)
-        rollouts = self.engine.generate(records, self.group_size, self.sampling, self.hidden_layer)
+        rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
     scores = self.rewards(records, rollouts, self.group_size, trainer_state)
     rank, world_size = world()
     share = len(rollouts.responses) // world_size
@@ -66,7 +65,7 @@ def main() -> None:
     RolloutCollector._generate_and_score = replay_share
     metrics, objects = train(cfg)
     policy = objects["module"].policy
-    weights = sharded_state_dict(policy) or policy.state_dict()  # ZeRO-3 / FSDP: gathered by every rank
+    weights = objects["module"].full_policy_state() or policy.state_dict()  # ZeRO-3 / FSDP: gathered by every rank
     if objects["trainer"].is_global_zero:
         torch.save({"metrics": metrics, "weights": weights}, out)
 

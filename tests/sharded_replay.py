@@ -24,19 +24,25 @@ from clipo.data import build_dataset  # noqa: E402
 from clipo.registry import VERIFIERS  # noqa: E402
 from clipo.rl.collector import RolloutCollector  # noqa: E402
 from clipo.rollout.vllm_engine import named_weights  # noqa: E402
-from clipo.run.strategies import sharded_state_dict  # noqa: E402
 from clipo.train import train  # noqa: E402
 from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
 
 
-def replay_gathered(self: RolloutCollector, batch, timer, generation_context, trainer_state):  # noqa: ANN001
-    """`ddp_replay.replay_share` inside the strategy's generation context (weights gathered for the phase)."""
-    policy = trainer_state.lightning_module.policy
-    with generation_context():
-        RECORDER.whole_in_generation.append(not is_sharded_now(policy))
-        result = replay.replay_share(self, batch, timer, generation_context, trainer_state)
-    RECORDER.sharded_after_generation.append(is_sharded_now(policy))
-    return result
+def replay_gathered(self: RolloutCollector, batch, timer, trainer_state):  # noqa: ANN001
+    """`ddp_replay.replay_share`, recording that it runs inside the strategy's generation context (weights
+    gathered for the whole sampling phase)."""
+    RECORDER.whole_in_generation.append(not is_sharded_now(trainer_state.lightning_module.policy))
+    return replay.replay_share(self, batch, timer, trainer_state)
+
+
+def record_sharded_after_generation(collect):  # noqa: ANN001, ANN201
+    """`RolloutCollector.collect`, recording whether the policy is sharded again once it returns."""
+    def recorded(self, records, step, refill, timer, generation_context, trainer_state):  # noqa: ANN001
+        result = collect(self, records, step, refill, timer, generation_context, trainer_state)
+        RECORDER.sharded_after_generation.append(is_sharded_now(trainer_state.lightning_module.policy))
+        return result
+
+    return recorded
 
 
 def is_sharded_now(policy: torch.nn.Module) -> bool:
@@ -53,6 +59,21 @@ class RecordSteps(L.Callback):
         self.whole_in_generation: list[bool] = []
         self.sharded_after_generation: list[bool] = []
         self.vllm_push: dict = {}
+        self.head_grads: list[dict[str, torch.Tensor]] = []
+
+    def on_train_start(self, trainer, module) -> None:  # noqa: ANN001
+        """The head's gradient at each of its optimizer steps, averaged over the ranks (`HeadStep.step`):
+        what the ranks must agree on with one process, before AdamW amplifies rounding in tiny gradients."""
+        optimizer = module.head_step.optimizer
+        if optimizer is None:
+            return
+        names = {id(p): name for name, p in module.contrastive.named_parameters()}
+
+        def record(opt, args, kwargs) -> None:  # noqa: ANN001
+            self.head_grads.append({names[id(p)]: p.grad.detach().float().clone() for group in opt.param_groups
+                                    for p in group["params"] if p.grad is not None})
+
+        optimizer.register_step_pre_hook(record)
 
     def on_train_end(self, trainer, module) -> None:  # noqa: ANN001
         """What the vllm engine's weight push (`named_weights`) yields: every tensor whole, and the policy
@@ -63,7 +84,7 @@ class RecordSteps(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         policy = module.policy
-        self.weights.append(sharded_state_dict(policy) or {k: v.clone() for k, v in policy.state_dict().items()})
+        self.weights.append(module.full_policy_state() or {k: v.clone() for k, v in policy.state_dict().items()})
         contrastive = module.contrastive or torch.nn.Module()  # loss=none builds no objective
         params = list(contrastive.parameters())
         optimizer = module.head_step.optimizer
@@ -121,6 +142,7 @@ def run_plan(out_dir: Path, devices: int, name: str) -> None:
     metrics, objects = train(cfg)
     if objects["trainer"].is_global_zero:
         torch.save({"metrics": metrics, "steps": RECORDER.weights, "heads": RECORDER.heads,
+                    "head_grads": RECORDER.head_grads,
                     "whole_in_generation": RECORDER.whole_in_generation, "vllm_push": RECORDER.vllm_push,
                     "sharded_after_generation": RECORDER.sharded_after_generation,
                     "run_dir": cfg.paths.output_dir}, out_dir / f"{name}.pt")
@@ -130,6 +152,7 @@ def main() -> None:
     out_dir, devices, *names = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.")]
     VERIFIERS._entries["parity"] = ParityVerifier
     RolloutCollector._generate_and_score = replay_gathered
+    RolloutCollector.collect = record_sharded_after_generation(RolloutCollector.collect)
     L.Trainer.__init__ = _with_callback(L.Trainer.__init__, RECORDER)
     for name in names:
         run_plan(Path(out_dir), int(devices), name)

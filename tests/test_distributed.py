@@ -18,6 +18,7 @@ from clipo.advantages import reinforce_pp_advantages
 from clipo.contrastive.sets import build_sets
 from clipo.distributed import all_gather_rows, gathered_for_generation, globally_unique_groups, sum_over_ranks, world
 from clipo.registry import LOSSES, register_components
+from clipo.run.facts import StrategyKind
 from tests.conftest import fresh_shell_env
 
 REPLAY = Path(__file__).with_name("ddp_replay.py")
@@ -118,15 +119,18 @@ def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
     [
         ["loss=none"],
         ["advantage=reinforce_pp", "algorithm.aggregation=seq-mean-token-mean", "loss=infonce", "loss.level=batch"],
-        # packed micro-batches: ranks whose rollouts pack into fewer passes are split to the same count
+        # micro-batches by tokens: a rank whose rollouts pack into fewer passes runs stand-ins to the same count
         ["loss=none", "ppo.max_tokens_per_micro_batch=320"],
+        # ConSPO averages over the mixed groups of all ranks; its full margin from the first step
+        ["loss=none", "algorithm=conspo", "algorithm.alpha=0", "ppo.micro_batch_size=4"],
     ],
-    ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level", "grpo-token-budget"],
+    ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level", "grpo-token-budget", "conspo"],
 )
 def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, overrides):
-    # the token-budget case's single process runs the padded forward: DDP over packed rows equals it too
-    packed = ["ppo.padding_free=true"] if "ppo.max_tokens_per_micro_batch=320" in overrides else []
-    one, two = _replay(tmp_path, 1, overrides), _replay(tmp_path, 2, overrides + packed)
+    # the token-budget case's single process runs the padded forward: DDP over varlen rows equals it too
+    varlen = ["ppo.forward_layout=varlen"] if "ppo.max_tokens_per_micro_batch=320" in overrides else []
+    one, two = _replay(tmp_path, 1, overrides + ["ppo.forward_layout=padded"] * bool(varlen)), _replay(
+        tmp_path, 2, overrides + varlen)
     for key in ("train/reward", "train/shaped_reward", "actor/loss", "actor/pg_loss", "actor/grad_norm", "actor/entropy"):
         torch.testing.assert_close(two["metrics"][key], one["metrics"][key], rtol=1e-4, atol=1e-7, msg=key)
     assert one["metrics"]["actor/grad_norm"] > 0 and one["metrics"]["actor/loss"] != 0
@@ -159,7 +163,7 @@ def _zero3_worker(rank: int, rendezvous: str) -> None:
     torch.manual_seed(0)
     expected = generate_rollouts(reference, tokenizer, records, 3, generation, hidden_layer=-1)
     torch.manual_seed(0)
-    with gathered_for_generation(SimpleNamespace(zero_stage_3=True, model=engine)):
+    with gathered_for_generation(StrategyKind.ZERO3, SimpleNamespace(model=engine), engine.module):
         assert sum(p.numel() for p in engine.module.parameters()) == sum(p.numel() for p in reference.parameters())
         got = generate_rollouts(engine.module, tokenizer, records, 3, generation, hidden_layer=-1)
     assert got.responses == expected.responses
@@ -187,10 +191,10 @@ def test_generation_gathers_zero3_weights_once_per_rollout_phase(monkeypatch):
 
     monkeypatch.setattr("deepspeed.runtime.zero.unwrap_model_for_generation", fake_unwrap)
     engine = object()
-    with gathered_for_generation(SimpleNamespace(zero_stage_3=True, model=engine)):
+    with gathered_for_generation(StrategyKind.ZERO3, SimpleNamespace(model=engine), None):
         pass
     assert entered == [engine]
-    for strategy in (SimpleNamespace(zero_stage_3=False, model=engine), SimpleNamespace()):  # ZeRO-2, DDP, single
-        with gathered_for_generation(strategy):
+    for kind in (StrategyKind.ZERO2, StrategyKind.DDP, StrategyKind.SINGLE):
+        with gathered_for_generation(kind, SimpleNamespace(model=engine), None):
             pass
     assert entered == [engine]

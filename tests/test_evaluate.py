@@ -104,6 +104,7 @@ def test_a_training_checkpoint_is_scored_without_repeating_model(parity_verifier
     _, objects = train(tiny_parity_config(tmp_path / "train", "data.val=null", "trainer.max_steps=1"))
     checkpoint = tmp_path / "train" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["clipo"]["config"]["model"]["name"] == "tiny"
+    assert (tmp_path / "train" / "policy" / "checksums.json").is_file()  # the export is verified when scored
     cfg = compose_eval(["suite=arith", "max_rows=2", "max_new_tokens=4", f"ckpt_path={checkpoint}"], tmp_path / "run")
     assert cfg.model.name == "smollm2_135m"
     model, _ = load_policy(cfg)
@@ -200,3 +201,28 @@ def test_vllm_engine_the_model_cannot_run_fails_before_it_loads(tmp_path, monkey
     problem = "head size >= 32" if importlib.util.find_spec("vllm") else "needs vLLM"
     with pytest.raises(ValueError, match=problem):
         evaluate(compose_eval(["suite=arith", *FAST, "rollout.engine=vllm"], tmp_path))
+
+
+def test_a_damaged_checkpoint_or_policy_is_named_before_it_is_scored(parity_verifier, tmp_path):
+    """Before: a checkpoint cut short ended in PytorchStreamReader's message, a truncated model.safetensors in a
+    SafetensorError, and a bit-flipped checkpoint was scored as if whole. evaluate.py's main exits 2 on these."""
+    from clipo.run.integrity import write_checksums
+    from tests.run.test_resume import flip_bytes
+
+    trained, tokenizer = build_tiny(seed=3)
+    torch.save({"state_dict": {f"policy.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "last.ckpt")
+    flip_bytes(tmp_path / "last.ckpt")
+    with pytest.raises(ValueError, match=r"last.ckpt is damaged: its entry .* does not match its CRC-32: .*; score "
+                                         r"another checkpoint of the run"):
+        load_policy(compose_eval(["model=tiny", f"ckpt_path={tmp_path / 'last.ckpt'}"], tmp_path / "run"))
+    (tmp_path / "cut.ckpt").write_bytes((tmp_path / "last.ckpt").read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"cut.ckpt is damaged: not a whole zip archive as torch.save writes"):
+        load_policy(compose_eval(["model=tiny", f"ckpt_path={tmp_path / 'cut.ckpt'}"], tmp_path / "run"))
+    trained.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    write_checksums(tmp_path / "policy")  # as train.py's export does
+    weights = tmp_path / "policy" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    with pytest.raises(ValueError, match=r"policy_path=.*policy is damaged: model.safetensors: its size or CRC-32 "
+                                         r"differs .*; export it again"):
+        load_policy(compose_eval(["model=tiny", f"policy_path={tmp_path / 'policy'}"], tmp_path / "run"))

@@ -74,3 +74,24 @@ def test_centered_is_exactly_zero_for_equal_fractional_groups():
     assert_close(stats.centered[16:], torch.tensor([-0.2, 0.2]))
     assert stats.mean[0] == torch.tensor(0.9) and stats.zero_variance.tolist() == [True, False]  # exactly its value
     assert_close(stats.mean, torch.tensor([0.9, 0.4]))
+
+
+def test_no_finite_float32_reward_overflows_the_statistics():
+    """Rewards 0 and 1e30 in one group: before, the squares overflowed float32, the std was inf and every GRPO
+    advantage 0. By hand: mean 5e29, centred -/+5e29, unbiased variance 2 * (5e29)^2 / 1 = 5e59 (beyond
+    float32: inf), std sqrt(5e59) = 7.0711e29, standardized -/+ 5e29 / 7.0711e29 = -/+ 1/sqrt(2)."""
+    from clipo.advantages.grpo import grpo_advantages
+
+    rewards, groups = torch.tensor([0.0, 1e30, 0.0, 1.0]), torch.tensor([0, 0, 1, 1])
+    stats = group_stats(rewards, groups)
+    assert_close(stats.mean, torch.tensor([5e29, 0.5]))
+    assert_close(stats.std, torch.tensor([7.0710678e29, 0.70710678]))
+    assert torch.isinf(stats.var[0]) and stats.var[1] == 0.5  # documented: divide by std, not var.sqrt()
+    half, small = 2**-0.5, 0.5 / (0.5**0.5 + 1e-6)  # group 1: centred 0.5 over std sqrt(0.5) + eps
+    expected = torch.tensor([-half, half, -small, small])
+    assert_close(stats.standardized(1e-6), expected, atol=1e-7, rtol=0)  # float32 rounding of values ~0.7: 6e-8
+    assert_close(grpo_advantages(rewards, groups), expected, atol=1e-7, rtol=0)
+    # the widest float32 spread: the std (4.2e38) itself is beyond float32, the standardized values are not
+    extreme = group_stats(torch.tensor([-3e38, 3e38, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]))
+    assert_close(extreme.standardized(1e-6), torch.tensor([-half, half, 0.0, 0.0]), atol=1e-7, rtol=0)
+    assert torch.equal(extreme.centered[2:], torch.zeros(2))  # a zero-variance group stays exactly 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clipo.algorithms import StepNormalizer
+from clipo.algorithms import LossInputs, StepNormalizer
 from clipo.compose import CONFIG_DIR
 from clipo.interfaces import AdvantageEstimator, ContrastiveLoss, Head, PolicyLoss, Pooler, RolloutEngine, Verifier
 from clipo.models import build_tiny
@@ -31,7 +31,8 @@ def config_of(group: str, name: str) -> dict:
 def test_advantage_estimators(name):
     estimator = ADVANTAGES.build(config_of("advantage", name))
     assert isinstance(estimator, AdvantageEstimator)
-    advantages = estimator(REWARDS, GROUPS)
+    lengths, components = torch.tensor([5, 1, 3, 4, 4, 2, 5, 1]), torch.stack([REWARDS, 0.5 * REWARDS], -1)
+    advantages = estimator(REWARDS, GROUPS, lengths, components, torch.tensor([1.0, 2.0]))
     assert advantages.shape == (N,) and advantages.dtype == torch.float32 and torch.isfinite(advantages).all()
 
 
@@ -41,7 +42,8 @@ def test_policy_losses(name):
     assert isinstance(loss_fn, PolicyLoss) and isinstance(loss_fn.uses_reference, bool)
     logprobs = torch.randn(N, T, requires_grad=True)
     mask = torch.rand(N, T) > 0.2
-    loss, metrics = loss_fn(logprobs, logprobs.detach() + 0.1, torch.randn(N), mask, StepNormalizer.from_mask(mask))
+    inputs = LossInputs(logprobs, logprobs.detach() + 0.1, torch.randn(N), mask, groups=GROUPS, correct=REWARDS > 0)
+    loss, metrics = loss_fn.loss(inputs, StepNormalizer.from_mask(mask, groups=GROUPS, correct=REWARDS > 0))
     loss.backward()
     assert loss.shape == () and torch.isfinite(loss) and logprobs.grad is not None
     assert all(not v.requires_grad and v.shape == () for v in metrics.values())

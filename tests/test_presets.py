@@ -37,6 +37,18 @@ PRESETS = {
 }
 
 
+@pytest.mark.parametrize("name,base", [("track1_conspo", "track1_grpo"), ("track1_conspo_clipo", "track1_clipo")])
+def test_conspo_presets_change_only_the_objective(name, base):
+    cfg, reference = compose([f"experiment={name}"]), compose([f"experiment={base}"])
+    # the ConSPO paper's tau 10, margin 0.01, alpha 0.3 over Track I's 84 RL steps (7473 // 512 = 14 x 6 epochs)
+    assert dict(cfg.algorithm) == {**dict(compose(["algorithm=conspo"]).algorithm), "total_steps": 84,
+                                   "kl_coef": 0.001, "kl_estimator": "k3"}
+    assert (cfg.algorithm.tau, cfg.algorithm.margin, cfg.algorithm.alpha) == (10.0, 0.01, 0.3)
+    for key in ("model", "data", "rollout", "ppo", "optimizer", "validation", "trainer", "loss", "head", "contrastive"):
+        assert cfg[key] == reference[key], key
+    assert cfg.ppo.micro_batch_size % cfg.rollout.group_size == 0  # whole groups a forward
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_composes_to_the_official_numbers(name):
     official, clipo = PRESETS[name]

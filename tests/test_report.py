@@ -1,10 +1,12 @@
-"""`clipo.report` on a real tiny multirun (subprocess, as users run it), a crashed run, and seed aggregation."""
+"""`clipo.report` on a real tiny multirun (subprocess, as users run it; its two jobs in parallel processes through
+`hydra/launcher=parallel`), a crashed run, and seed aggregation."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +24,7 @@ TINY = [
     "rollout.max_new_tokens=4", "data.train.size=8", "data.val.arith.size=2", "data.val.arith_p1.size=2",
     "validation.before_training=false", "verifier.num_workers=1",
 ]
-PLOTS = ["reward_accuracy.png", "contrastive.png", "robustness_gap.png"]
+PLOTS = ["heldout_accuracy.png", "reward_accuracy.png", "contrastive.png", "robustness_gap.png"]
 
 
 _SHARED: dict[str, Path] = {}  # one multirun per session, also for tests/test_notebooks.py (which imports it)
@@ -30,15 +32,16 @@ _SHARED: dict[str, Path] = {}  # one multirun per session, also for tests/test_n
 
 @pytest.fixture(scope="session")
 def tiny_multirun(tmp_path_factory) -> Path:
-    """Two runs of the loss ablation preset narrowed to infonce/none, two RL steps each (~10-40 s, once)."""
+    """Two runs of the loss ablation preset narrowed to infonce/none, two RL steps each, each job in its own
+    process, both at once (submitit's local executor, `hydra/launcher=parallel`; ~30-50 s, once)."""
     if "folder" not in _SHARED:
         _SHARED["folder"] = _run_tiny_multirun(tmp_path_factory.mktemp("multirun"))
     return _SHARED["folder"]
 
 
 def _run_tiny_multirun(root: Path) -> Path:
-    command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), "-m", "experiment=ablate_loss",
-               "loss=infonce,none", *TINY, f"paths.root_dir={root}"]
+    command = [sys.executable, str(REPO / "src" / "clipo" / "train.py"), "-m", "hydra/launcher=parallel",
+               "experiment=ablate_loss", "loss=infonce,none", *TINY, f"paths.root_dir={root}"]
     # One torch thread: the tiny model's ops are too small to share, and on a busy 2-core machine two
     # threads made each RL step ~10x slower (6.5 s vs 0.5 s measured) through synchronisation.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
@@ -46,6 +49,29 @@ def _run_tiny_multirun(root: Path) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = (root / "logs" / "ablate_loss" / "multiruns").iterdir()  # the preset's task_name
     return folder
+
+
+def _submitit_job_spans(folder: Path) -> dict[int, tuple[str, str]]:
+    """Process id -> (start, end) of each job, from submitit's own log of it."""
+    spans = {}
+    for log in folder.glob(".submitit/*/*_log.out"):
+        text = log.read_text()
+        start = re.search(r"\((.+?)\) - Starting with JobEnvironment\(job_id=(\d+)", text)
+        end = re.search(r"\((.+?)\) - Job completed successfully", text)
+        assert start and end, text[-2000:]
+        spans[int(start[2])] = (start[1], end[1])
+    return spans
+
+
+def test_the_launcher_ran_each_job_in_its_own_process_at_the_same_time(tiny_multirun):
+    spans = _submitit_job_spans(tiny_multirun)
+    assert len(spans) == 2 and os.getpid() not in spans  # two processes, neither this one
+    (start0, end0), (start1, end1) = spans.values()  # timestamps in one format: text order is time order
+    assert max(start0, start1) < min(end0, end1), f"the jobs did not overlap: {spans}"
+    assert sorted(p.name for p in tiny_multirun.iterdir() if not p.name.startswith(".")) == ["0", "1", "multirun.yaml"]
+    for job in ("0", "1"):  # the folders of a basic-launcher sweep, plus each job's outcome
+        assert json.loads((tiny_multirun / job / "job.json").read_text())["status"] == "completed"
+        assert not (tiny_multirun / job / ".clipo.lock").exists()  # released at the end
 
 
 def test_report_of_a_tiny_multirun_has_one_row_per_run_and_every_plot(tiny_multirun, tmp_path, capsys):

@@ -20,6 +20,7 @@ the numbers on purpose records new fingerprints here and says why in its commit.
 import pytest
 import torch
 
+import clipo.run.assembly
 import clipo.train
 from tests.conftest import tiny_parity_config
 
@@ -63,16 +64,16 @@ def update_fingerprint(start: dict[str, torch.Tensor], end: dict[str, torch.Tens
 def run_fingerprint(monkeypatch, tmp_path, case: str, *extra: str, start_perturbation=None) -> list[list[float]]:
     """Train the case; the fingerprint of each part's update from the weights the builders made."""
     starts = {}
-    build = clipo.train.build_module
+    build = clipo.run.assembly.build_module
 
-    def recording_build(cfg):
-        module = build(cfg)
+    def recording_build(*args):
+        module = build(*args)
         if start_perturbation is not None:
             start_perturbation(module.policy)
         starts.update(policy=_float_tensors(module.policy), contrastive=_float_tensors(module.contrastive))
         return module
 
-    monkeypatch.setattr(clipo.train, "build_module", recording_build)
+    monkeypatch.setattr(clipo.run.assembly, "build_module", recording_build)
     _, objects = clipo.train.train(tiny_parity_config(tmp_path, "data.val=null", *CASES[case], *extra))
     module = objects["module"]
     return [update_fingerprint(starts[name], _float_tensors(getattr(module, name))) for name in starts]

@@ -24,20 +24,23 @@ from clipo.data import PromptDataModule
 from clipo.evaluation.scoring import eval_sampling, split_set_spec
 from clipo.evaluation.validation import Validation
 from clipo.models import is_adapter, load_model
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
-from clipo.rl.batching import UpdateBatching
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.rl.batching import AUTO_TOKENS, UpdateBatching
 from clipo.rl.collector import RolloutCollector
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.module import ClipoModule
-from clipo.rl.old_policy import ImportanceCorrection, RolloutLogprobs
+from clipo.rl.old_policy import ImportanceCorrection, LogprobPasses
 from clipo.rl.rewards import RewardScorer, build_reward_functions, chat_prompt
 from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
-from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_processes
+from clipo.rollout.engine_choice import choose_engine, engine_dtype
+from clipo.rollout.forward import plan_training_forward
 from clipo.rollout.sampling import Sampling
-from clipo.rollout.varlen import resolve_padding_free, uses_varlen_attention
 from clipo.run.checkpointing import AtomicCheckpointIO
+from clipo.run.facts import RunFacts, StrategyKind, detect_facts
 from clipo.run.precision import PrecisionPlan
+from clipo.run.ranks import timed_strategy
+from clipo.run.runtime import Choice
 from clipo.run.working_copy import WorkingCopy, cast_parameters
 
 log = logging.getLogger(__name__)
@@ -134,25 +137,26 @@ def build_verifier(cfg: DictConfig, kind: str) -> Any:
     return VERIFIERS.build(plain((cfg.get("verifiers") or {}).get(kind)) or {"name": kind})
 
 
-def engine_choice(cfg: DictConfig, policy: Any) -> Any:
+def engine_choice(cfg: DictConfig, policy: Any, processes: int = 1) -> Choice:
     """`rollout.engine`, with `auto` decided here, once, and said."""
-    choice = choose_engine(cfg.rollout.engine, policy, training_processes(cfg.get("trainer") or {}))
+    choice = choose_engine(cfg.rollout.engine, policy, processes)
     log.info("rollout engine %s: %s", choice.value, choice.reason)
     return choice
 
 
-def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, plan: PrecisionPlan | None = None,
-                 copy: WorkingCopy | None = None, choice: Any = None) -> Any:
-    """The chosen engine with its own settings block when it has one (`rollout.vllm`), sampling as the
-    precision `plan` says: vllm holds its weights in the plan's sampling dtype, hf samples from the bf16
-    `copy` when the plan samples from one (no plan: the policy's dtype)."""
-    choice = choice or engine_choice(cfg, policy)
+def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, processes: int = 1, plan: PrecisionPlan | None = None,
+                 copy: WorkingCopy | None = None, choice: Choice | None = None) -> tuple[Any, Choice]:
+    """The engine `rollout.engine` names (`choice`: decided already), with its own settings block when it has one
+    (`rollout.vllm`), and the choice; it samples as the precision `plan` says: vllm holds its weights in the
+    plan's sampling dtype, hf samples from the bf16 `copy` when the plan samples from one (no plan: the
+    policy's own dtype, as evaluate.py scores)."""
+    choice = choice or engine_choice(cfg, policy, processes)
     settings = plain(cfg.rollout.get(choice.value)) or {}
     if choice.value == "vllm":
         settings["dtype"] = engine_dtype(settings.get("dtype"), plan.sampling if plan else None)
     elif plan is not None and plan.sampler_copy:
         settings["sampler"] = copy.module
-    return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer)
+    return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer), choice
 
 
 def policy_copy(plan: PrecisionPlan, policy: Any, engine: str) -> WorkingCopy | None:
@@ -176,37 +180,42 @@ def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
                       log.rollouts_max_rows_per_step)
 
 
-def build_batching(cfg: DictConfig, policy: Any) -> UpdateBatching:
+def build_batching(cfg: DictConfig, policy: Any, whole_groups: bool, device: str = "cpu") -> UpdateBatching:
+    """Micro-batching and the training forward's plan, decided once for the policy and said in the run's first
+    lines; `whole_groups`: a loss taken per forward pass over a group's rollouts (CLIPO's loss mode); `device`:
+    the kind the policy trains on ("cpu" or "cuda"), whose token budget `auto` takes."""
     p = cfg.ppo
-    padding_free = resolve_padding_free(p.get("padding_free", "auto"), policy)
-    return UpdateBatching(p.epochs, p.mini_batch_size, p.micro_batch_size, p.max_tokens_per_micro_batch,
-                          padding_free, varlen=padding_free and uses_varlen_attention(policy))
+    forward = plan_training_forward(policy, p.forward_layout)
+    log.info("training forward %s: %s", forward.layout.value, forward.reason)
+    budget = p.max_tokens_per_micro_batch
+    auto = budget == "auto"
+    return UpdateBatching(forward, p.epochs, p.mini_batch_size, p.micro_batch_size,
+                          AUTO_TOKENS[device] if auto else budget, grow_budget=auto, whole_groups=whole_groups)
 
 
-def build_rollout_logprobs(
+def build_logprob_passes(
     cfg: DictConfig, policy: Any, reference: Any, algorithm: Any, sampling: Sampling, batching: UpdateBatching,
-    mode: ContrastiveMode,
-) -> RolloutLogprobs:
-    """The log-prob plan, decided once: pi_old before the update only when the batch gets several updates;
-    the sampler correction when on; hidden states for reward shaping; the reference when the loss has KL."""
-    correction = cfg.rollout.importance_sampling
+    hidden_layer: int | None,
+) -> LogprobPasses:
+    """The collector's no-grad passes, decided once: pi_old before the update only when the batch gets several
+    updates; `hidden_layer` when reward shaping needs states the engine does not give; the reference when
+    the loss has a KL term."""
     # LoRA with a KL term: the reference is the policy with its adapter disabled (no second model)
     base_reference = reference is None and algorithm.uses_reference and is_adapter(policy)
-    return RolloutLogprobs(
+    return LogprobPasses(
         policy,
         sampling.logprob_temperature,
         batching,
         old_before_update=batching.reuses_batch(cfg.data.prompts_per_step * cfg.rollout.group_size),
-        correction=ImportanceCorrection(correction.cap, correction.level, correction.mode) if correction.enabled else None,
-        hidden_layer=cfg.rollout.hidden_layer if mode is ContrastiveMode.REWARD else None,
+        hidden_layer=hidden_layer,
         reference=policy if base_reference else reference,
         reference_context=policy.disable_adapter if base_reference else nullcontext,
     )
 
 
 def build_collector(
-    cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, logprobs: RolloutLogprobs,
-    reward_shaping: ContrastiveRewardShaping | None, pad_token_id: int,
+    cfg: DictConfig, engine: Any, verifier: Any, rewards: RewardScorer, sampling: Sampling, logprobs: LogprobPasses,
+    reward_shaping: ContrastiveRewardShaping | None, pad_token_id: int, capture_layer: int | None,
 ) -> RolloutCollector:
     s = cfg.sampling
     return RolloutCollector(
@@ -217,6 +226,7 @@ def build_collector(
         sampling=sampling,
         group_size=cfg.rollout.group_size,
         logprobs=logprobs,
+        capture_layer=capture_layer,
         dynamic_sampling=DynamicSampling(pad_token_id, s.max_refill_batches, s.filter_on) if s.dynamic else None,
         overlong=OverlongShaping(sampling.max_new_tokens, s.overlong_buffer, s.overlong_penalty) if s.overlong_buffer else None,
         reward_shaping=reward_shaping,
@@ -225,8 +235,12 @@ def build_collector(
 
 def build_updater(
     cfg: DictConfig, policy: Any, algorithm: Any, batching: UpdateBatching, sampling: Sampling,
-    loss_term: ContrastiveLossTerm | None, forward_model: Any = None,
+    loss_term: ContrastiveLossTerm | None, sampler_logprobs: bool, facts: RunFacts | None = None,
+    forward_model: Any = None,
 ) -> PolicyUpdater:
+    """The update; with an engine that reports its log-probs, the sampler correction (`rollout.importance_sampling`);
+    `forward_model`: what it computes on (the policy's bf16 working copy; None: the policy)."""
+    correction = cfg.rollout.importance_sampling
     return PolicyUpdater(
         policy=policy,
         forward_model=forward_model,
@@ -237,6 +251,10 @@ def build_updater(
         max_grad_norm=cfg.ppo.max_grad_norm,
         max_nonfinite_updates=cfg.ppo.max_nonfinite_updates,
         contrastive=loss_term,
+        sampler_logprobs=sampler_logprobs,
+        sharded_grad_norm=facts is not None and facts.strategy is StrategyKind.FSDP,
+        correction=ImportanceCorrection(correction.cap, correction.level, correction.mode,
+                                        correction.get("min_ratio")) if correction.enabled else None,
     )
 
 
@@ -245,22 +263,22 @@ def build_validation(cfg: DictConfig, engine: Any, verifiers: dict[str, Any], sa
     return Validation(engine, sampling, verifiers, twins, cfg.validation.n, list(cfg.validation.ks))
 
 
-def build_module(cfg: DictConfig, plan: PrecisionPlan | None = None) -> ClipoModule:
-    """The LightningModule with every part; `plan`: the run's precision (None: resolved from the config)."""
-    register_components()
-    if plan is None:
-        from clipo.run.runtime import resolve_precision
-
-        plan = resolve_precision(cfg)
-    mode = ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode)
+def build_module(cfg: DictConfig, facts: RunFacts | None = None,
+                 verifiers: tuple[Any, dict[str, Any]] | None = None) -> ClipoModule:
+    """Every part of the run, from the config and the run's facts (None: detected here, for tests and notebooks);
+    the module keeps the facts, with the engine chosen once the policy has loaded. `verifiers`: the training
+    verifier and the validation sets' (`build_verifiers`), when the data check built them already."""
+    facts = facts or detect_facts(cfg)
+    mode = facts.contrastive
     algorithm = ALGORITHMS.build(plain(cfg.algorithm))
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
-    verifier, val_verifiers = build_verifiers(cfg)
-    choice = engine_choice(cfg, policy)
+    verifier, val_verifiers = verifiers or build_verifiers(cfg)
+    plan = facts.precision
+    choice = engine_choice(cfg, policy, facts.processes)
     copy = policy_copy(plan, policy, choice.value)
-    engine = build_engine(cfg, policy, tokenizer, plan, copy, choice)
-    # the model the update and the collector's passes compute on: the bf16 working copy, or the policy
+    engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, plan, copy, choice)
+    # what the update and the collector's passes compute on: the bf16 working copy, or the policy itself
     compute = copy.module if plan.working_copy else policy
     if plan.working_copy and reference is not None:  # frozen: cast once, computes as the copy does
         cast_parameters(reference, torch.bfloat16)
@@ -268,19 +286,27 @@ def build_module(cfg: DictConfig, plan: PrecisionPlan | None = None) -> ClipoMod
     if copy is not None:  # the copy is cast again after each optimizer step
         optimizer = copy.optimizer_factory(optimizer)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
-    batching = build_batching(cfg, policy)
-    logprobs = build_rollout_logprobs(cfg, compute, reference, algorithm, sampling, batching, mode)
+    # CLIPO's loss mode and a loss over a group's rollouts (`needs_whole_groups`) are taken per forward pass
+    whole_groups = mode is ContrastiveMode.LOSS or algorithm.needs_whole_groups
+    batching = build_batching(cfg, policy, whole_groups=whole_groups, device=facts.device)
+    # reward shaping pools hidden states: captured while sampling, or taken by the collector's pass
+    shaping_layer = cfg.rollout.hidden_layer if mode is ContrastiveMode.REWARD else None
+    captured = engine.gives_hidden_states
+    logprobs = build_logprob_passes(cfg, compute, reference, algorithm, sampling, batching,
+                                    None if captured else shaping_layer)
     rewards = build_rewards(cfg, verifier, tokenizer)
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
         collector=build_collector(cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping,
-                                  tokenizer.pad_token_id),
-        updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term, compute),
+                                  tokenizer.pad_token_id, shaping_layer if captured else None),
+        updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term,
+                              engine.gives_sampling_logprobs, facts, compute),
         contrastive=contrastive.objective,
         head_step=contrastive.head_step,
         optimizer=optimizer,
         validation=build_validation(cfg, engine, val_verifiers, val_sampling),
+        facts=facts.with_engine(choice),
         reference=reference,
         rollout_log=build_rollout_log(cfg),
         run_config=run_config(cfg),
@@ -290,16 +316,16 @@ def build_module(cfg: DictConfig, plan: PrecisionPlan | None = None) -> ClipoMod
 def build_strategy(cfg: DictConfig) -> Any:
     spec = plain(cfg.strategy)
     name = spec.pop("name")
-    return instantiate(spec) if "_target_" in spec else name
+    return timed_strategy(spec, name, cfg)  # collectives time out after distributed.timeout_s
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, facts: RunFacts) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     no_validation = {} if cfg.data.get("val") else {"limit_val_batches": 0}
     strategy = build_strategy(cfg)
     # DeepSpeed and FSDP write their own sharded checkpoint folders; every other strategy writes through this
-    plugins = [] if str(cfg.strategy.name).startswith(("deepspeed", "fsdp")) else [AtomicCheckpointIO()]
+    plugins = [] if facts.strategy.writes_folders else [AtomicCheckpointIO()]
     return instantiate(
         cfg.trainer, strategy=strategy, callbacks=callbacks, logger=loggers or False, plugins=plugins, **no_validation
     )

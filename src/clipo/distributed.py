@@ -77,21 +77,20 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return sum_over_ranks(values) / world()[1]
 
 
-def gathered_for_generation(strategy: Any) -> AbstractContextManager:
+def gathered_for_generation(kind: Any, strategy: Any, policy: torch.nn.Module) -> AbstractContextManager:
     """Gather the sharded weights once for a whole rollout phase instead of all-gathering every layer
     for every token (and, since ranks generate different numbers of tokens, instead of collectives
     that would not match across ranks).
 
     ZeRO-3: DeepSpeed's own `unwrap_model_for_generation` (it also lifts ZeRO's per-module fetch
     hooks meanwhile); FSDP2: the policy's FSDP modules unsharded (`clipo.run.strategies.full_parameters`);
-    other strategies need nothing.
+    other strategy kinds (`clipo.run.facts.StrategyKind`) need nothing.
     """
-    from clipo.run.strategies import full_parameters, is_fsdp2, zero3_generation
+    from clipo.run.facts import StrategyKind
+    from clipo.run.strategies import full_parameters, zero3_generation
 
-    if getattr(strategy, "zero_stage_3", False):
+    if kind is StrategyKind.ZERO3:
         return zero3_generation(strategy.model)
-
-    policy = getattr(getattr(strategy, "lightning_module", None), "policy", None)
-    if isinstance(policy, torch.nn.Module) and is_fsdp2(policy):
-        return full_parameters(policy)
+    if kind is StrategyKind.FSDP:
+        return full_parameters(policy, kind)
     return nullcontext()

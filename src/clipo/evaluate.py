@@ -39,6 +39,7 @@ from clipo.evaluation.scoring import (
 )
 from clipo.models import is_adapter, load_model
 from clipo.run.checkpointing import read_sharded_checkpoint
+from clipo.run.integrity import checkpoint_problem
 
 log = logging.getLogger(__name__)
 PERCENT_PREFIXES = ("acc", "pass@", "maj@", "truncated")
@@ -54,6 +55,9 @@ def load_policy(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
         if not Path(cfg.policy_path).is_dir():
             raise FileNotFoundError(f"policy_path={cfg.policy_path} is not a folder; pass the `policy` folder a "
                                     "training run exported (save_pretrained), or use ckpt_path for a .ckpt file")
+        if problem := checkpoint_problem(Path(cfg.policy_path)):
+            raise ValueError(f"policy_path={cfg.policy_path} is damaged: {problem}; export it again, or score a "
+                             "checkpoint of the run instead (ckpt_path=<run>/checkpoints/last.ckpt)")
         model_cfg |= {"name_or_path": str(cfg.policy_path), "gguf_package": None, "gguf_file": None, "tiny": None}
     checkpoint = read_checkpoint(Path(cfg.ckpt_path)) if cfg.ckpt_path else None
     trained_with = ((checkpoint.get("clipo") or {}).get("config") or {}).get("model") if checkpoint else None
@@ -68,11 +72,15 @@ def load_policy(cfg: DictConfig) -> tuple[torch.nn.Module, Any]:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """A clipo (Lightning) checkpoint file, or a DeepSpeed / FSDP checkpoint folder, on the CPU."""
+    """A clipo (Lightning) checkpoint file, or a DeepSpeed / FSDP checkpoint folder, on the CPU, verified first."""
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt_path={path} does not exist; pass a <run>/checkpoints/*.ckpt file or folder, "
+                                "or policy_path=<run>/policy")
+    if problem := checkpoint_problem(path):
+        raise ValueError(f"ckpt_path={path} is damaged: {problem}; score another checkpoint of the run "
+                         "(save_top_k=-1 keeps checkpoints/step_*.ckpt) or its exported policy (policy_path=<run>/policy)")
     if path.is_dir():  # written by strategy=deepspeed_* or fsdp: their sharded formats
         return read_sharded_checkpoint(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={path} does not exist")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return checkpoint if isinstance(checkpoint, dict) else {}
 
@@ -130,7 +138,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model, tokenizer = load_policy(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model.to(device)
-    engine = build_engine(cfg, model, tokenizer)
+    engine, _ = build_engine(cfg, model, tokenizer)
     sampling = eval_sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     verifiers = {kind: build_verifier(cfg, kind) for kind in sorted({v for _, v, _ in specs.values()})}
     output_dir = Path(cfg.paths.output_dir)

@@ -8,7 +8,12 @@ their sorted ids (`torch.unique`).
 A group whose values are all equal (max == min) has exactly its value as mean, and 0 as centred
 values and variance: in float32 the mean of 16 copies of 0.9 is one rounding step off 0.9, and
 GRPO's division by `std + 1e-6` turned that step into advantages up to 0.1 for a group that
-carries no signal. Other groups keep float32 arithmetic as before (same numbers bit for bit).
+carries no signal.
+
+Sums and squares are taken in float64 and the results rounded to float32 once, so no finite float32
+value overflows them: a group of rewards 0 and 1e30 has a float32 `std` (7.1e29) and standardized
+values of -/+0.71, where squares in float32 overflowed to an infinite std and advantages of 0. Its
+`var` (5e59) is beyond float32 and reads inf: divide by `std` (or use `standardized`), not `var.sqrt()`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ class GroupStats:
         index: [N] long, the group (0..K-1) of each rollout.
         counts: [K] float32, rollouts per group.
         mean: [K] float32, group mean (exactly the value of a zero-variance group).
-        var: [K] float32, unbiased group variance (divides by size - 1, like `torch.var`); 0 for size 1.
+        var: [K] float32, unbiased group variance (divides by size - 1, like `torch.var`); 0 for size 1;
+            inf where it exceeds float32 (a spread of values beyond about 1.8e19).
+        std: [K] float32, the square root of the variance, taken before rounding to float32 (finite for
+            any float32 values whose spread is below float32's largest number).
         zero_variance: [K] bool, all of the group's values are equal (exact: max == min), which
             includes groups of size 1.
         first: [K] long, position of each group's first rollout (for "in order of appearance").
@@ -38,6 +46,7 @@ class GroupStats:
     counts: torch.Tensor
     mean: torch.Tensor
     var: torch.Tensor
+    std: torch.Tensor
     zero_variance: torch.Tensor
     first: torch.Tensor
     centered: torch.Tensor
@@ -55,12 +64,20 @@ class GroupStats:
         """Broadcast a [K] per-group tensor back to its rollouts: [N]."""
         return per_group[self.index]
 
+    def standardized(self, eps: float) -> torch.Tensor:
+        """[N] float32 `centered / (group std + eps)`, computed in float64 (no overflow for any finite float32
+        values, even where `std` itself is beyond float32); exactly 0 in a zero-variance group."""
+        centered = self.centered.double()
+        var = torch.zeros_like(self.counts, dtype=torch.float64).index_add_(0, self.index, centered**2)
+        std = (var / (self.counts.double() - 1).clamp(min=1)).sqrt()  # [K]
+        return (centered / (std[self.index] + eps)).float()
+
 
 def group_stats(values: torch.Tensor, groups: torch.Tensor) -> GroupStats:
     """Count, mean, unbiased variance and zero-variance flag of `values` [N] within each group.
 
     Args:
-        values: [N] one number per rollout (any float or integer dtype; computed in float32).
+        values: [N] one number per rollout (any float or integer dtype; computed in float64, returned in float32).
         groups: [N] integer group id per rollout.
 
     Returns:
@@ -72,7 +89,7 @@ def group_stats(values: torch.Tensor, groups: torch.Tensor) -> GroupStats:
         )
     if groups.dtype.is_floating_point or groups.dtype == torch.bool:
         raise ValueError(f"groups must hold integer group ids, got dtype {groups.dtype}; pass e.g. groups.long()")
-    values = values.float()
+    values = values.double()  # float32 values: no sum or square overflows in float64
     _, index = torch.unique(groups, return_inverse=True)
     num_groups = int(index.max()) + 1 if index.numel() else 0
     counts = torch.bincount(index, minlength=num_groups).to(values.dtype)  # [K]
@@ -87,5 +104,5 @@ def group_stats(values: torch.Tensor, groups: torch.Tensor) -> GroupStats:
     positions = torch.arange(index.numel(), device=index.device)
     first = torch.full((num_groups,), index.numel(), dtype=torch.long, device=index.device)
     first = first.scatter_reduce(0, index, positions, "amin")
-    return GroupStats(index=index, counts=counts, mean=mean, var=var, zero_variance=zero_variance, first=first,
-                      centered=centered)
+    return GroupStats(index=index, counts=counts.float(), mean=mean.float(), var=var.float(), std=var.sqrt().float(),
+                      zero_variance=zero_variance, first=first, centered=centered.float())

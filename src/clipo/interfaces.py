@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from clipo.algorithms.aggregation import StepNormalizer
+from clipo.algorithms.inputs import LossInputs
 from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.sampling import Sampling
 
@@ -43,8 +44,11 @@ class RolloutEngine(Protocol):
     `records` are the datamodule's prompt dicts (`messages`, `ground_truth`, `data_source`, ...).
     An engine that can capture hidden states returns `hidden` [N, T, D] of `hidden_layer` (HF
     `hidden_states` index) at the positions predicting each response token; one that cannot
-    returns `hidden=None`.
+    returns `hidden=None`. The two flags say what it gives, so the builders plan the passes once.
     """
+
+    gives_hidden_states: bool  # `hidden` of `hidden_layer` when asked for
+    gives_sampling_logprobs: bool  # `sampling_logprobs`, its own log-probs of the sampled tokens
 
     def generate(
         self, records: list[dict], group_size: int, sampling: Sampling, hidden_layer: int | None = None
@@ -68,9 +72,13 @@ class Verifier(Protocol):
 
 @runtime_checkable
 class AdvantageEstimator(Protocol):
-    """rewards [N], integer group ids [N] -> advantages [N] float32 (groups may be unequal and unordered)."""
+    """rewards [N], integer group ids [N] -> advantages [N] float32 (groups may be unequal and unordered).
+    `lengths` [N] (response tokens) and `components` [N, F] with `component_weights` [F] (each reward
+    function's score and the shaping on top) are there for the estimators that use them."""
 
-    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor, lengths: torch.Tensor | None = None,
+                 components: torch.Tensor | None = None,
+                 component_weights: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -84,6 +92,10 @@ class PolicyLoss(Protocol):
     """
 
     uses_reference: bool
+    needs_whole_groups: bool  # each forward must hold whole groups (the loss compares a group's rollouts)
+
+    def loss(self, inputs: LossInputs, norm: StepNormalizer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one micro-batch's `LossInputs` (what the updater calls); `__call__` takes the common tensors."""
 
     def __call__(
         self,

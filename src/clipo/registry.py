@@ -3,7 +3,9 @@
 Each swappable part (advantage estimator, policy loss, verifier, pooler, head,
 contrastive loss, rollout engine) has one `Registry`; `clipo.interfaces` states what each
 part's options are called with. Options register themselves with a
-decorator; configs select them by `name`:
+decorator; configs select them by `name`. A registry asked for its names or an entry first
+imports every option module (`register_components`, the one place that does), so no caller
+can find it incomplete:
 
     @ADVANTAGES.register("grpo")
     class GRPOAdvantage: ...
@@ -34,16 +36,14 @@ class Registry:
         return add
 
     def names(self) -> list[str]:
+        register_components()
         return sorted(self._entries)
 
     def get(self, name: str) -> Any:
+        register_components()
         if name not in self._entries:
             raise KeyError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
         return self._entries[name]
-
-    def name_of(self, component: Any) -> str | None:
-        """The name `component` (a registered object, or an instance of a registered class) was registered under."""
-        return next((name for name, entry in self._entries.items() if entry is component or entry is type(component)), None)
 
     def build(self, cfg: Mapping[str, Any], **extra: Any) -> Any:
         """Instantiate `cfg["name"]` with the other keys (and `extra`) as keyword arguments."""
@@ -51,6 +51,7 @@ class Registry:
         return self.get(cfg["name"])(**kwargs, **extra)
 
     def __contains__(self, name: str) -> bool:
+        register_components()
         return name in self._entries
 
     def __repr__(self) -> str:
@@ -67,7 +68,7 @@ ENGINES = Registry("rollout engine")
 
 
 def register_components() -> None:
-    """Import every option module so that each registry is complete."""
+    """Import every option module so that each registry is complete (imports are cached: later calls are free)."""
     import clipo.advantages  # noqa: F401
     import clipo.algorithms  # noqa: F401
     import clipo.contrastive  # noqa: F401

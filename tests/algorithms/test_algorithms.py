@@ -14,6 +14,7 @@ from clipo.algorithms import (
     GMPOLoss,
     GRPOLoss,
     GSPOLoss,
+    LossInputs,
     StepNormalizer,
     aggregate,
     token_kl,
@@ -22,6 +23,11 @@ from clipo.registry import ALGORITHMS
 from clipo.rollout.packing import pack_by_tokens
 
 ALL = ["grpo", "dapo", "gspo", "gmpo"]
+# token losses that are sums of per-token terms (clip_cov and kl_cov pick tokens by micro-batch statistics,
+# as verl's; conspo contrasts whole groups: tests/algorithms/test_conspo.py)
+TOKEN_SUMS = ALL + ["luspo", "cispo", "sapo", "vespo", "gpg", "dro", "dppo_tv", "dppo_kl"]
+# at ratio 1 their loss value is -A per token too (the others put log pi, or a gate's value, in it)
+RATIO_VALUES = ALL + ["luspo", "kl_cov"]
 
 
 def full(n: int, t: int) -> torch.Tensor:
@@ -230,46 +236,11 @@ def test_gmpo_hand_example():
     assert_close(logp.grad, expected)
 
 
-# ---- against the published (verl) implementations -----------------------------------------
-def verl_vanilla(old, logp, adv, mask, cl, ch, c):
-    """verl core_algos.compute_policy_loss_vanilla with token-mean (masked_mean over the micro-batch)."""
-    adv = adv[:, None]
-    ratio = torch.exp(torch.clamp(logp - old, -20, 20))
-    l1, l2 = -adv * ratio, -adv * torch.clamp(ratio, 1 - cl, 1 + ch)
-    clip1 = torch.maximum(l1, l2)
-    l3 = -adv * c
-    losses = torch.where(adv < 0, torch.min(l3, clip1), clip1)
-    return (losses * mask).sum() / mask.sum()
-
-
-def verl_gmpo(old, logp, adv, mask, cl, ch):
-    """verl core_algos.compute_policy_loss_geo_mean (the GMPO authors' code)."""
-    adv = adv[:, None].expand_as(logp)
-    nkl = logp - old
-    sgn = torch.sign(adv)
-    nkl_min = sgn * torch.min(sgn * nkl, sgn * torch.clamp(nkl, -cl, ch))
-    n = mask.sum(-1)
-    ratio = torch.exp((nkl_min * mask).sum(-1) / (n + 1e-8))
-    advantage = (adv * mask).sum(-1) / (n + 1e-8)
-    return torch.mean(-advantage * ratio)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_verl(seed):
-    gen = torch.Generator().manual_seed(seed)
-    old = torch.randn(6, 7, generator=gen) - 2
-    logp = old + 0.5 * torch.randn(6, 7, generator=gen)
-    mask = (torch.arange(7) < torch.randint(1, 8, (6, 1), generator=gen)).float()
-    adv = torch.randn(6, generator=gen)
-    norm = StepNormalizer.from_mask(mask)
-    grpo, _ = GRPOLoss(clip_low=0.2, clip_high=0.28, clip_c=3.0)(logp, old, adv, mask.bool(), norm)
-    assert_close(grpo, verl_vanilla(old, logp, adv, mask, 0.2, 0.28, 3.0))
-    gmpo, _ = GMPOLoss()(logp, old, adv, mask.bool(), norm)
-    assert_close(gmpo, verl_gmpo(old, logp, adv, mask, 0.4, 0.4))
+# (against TRL's and verl's own code: test_trl_reference.py, test_verl_reference.py)
 
 
 # ---- ratio 1 is the plain policy gradient ------------------------------------------------
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", TOKEN_SUMS + ["kl_cov"])
 @pytest.mark.parametrize("mode", AGGREGATIONS)
 def test_ratio_one_is_plain_policy_gradient(name, mode):
     gen = torch.Generator().manual_seed(5)
@@ -280,10 +251,11 @@ def test_ratio_one_is_plain_policy_gradient(name, mode):
     loss, m = ALGORITHMS.build({"name": name, "aggregation": mode})(logp, logp.detach(), adv, mask, norm)
     (grad,) = torch.autograd.grad(loss, logp)
     plain = -adv[:, None] * logp  # REINFORCE surrogate: value -A * logp, gradient -A * grad logp
-    assert_close(loss, aggregate(-adv[:, None].expand_as(logp), mask, mode, norm))
+    if name in RATIO_VALUES:
+        assert_close(loss, aggregate(-adv[:, None].expand_as(logp), mask, mode, norm))
     (expected,) = torch.autograd.grad(aggregate(plain, mask, mode, norm), logp)
     assert_close(grad, expected)
-    assert m["actor/clip_frac_low"] == 0 and m["actor/clip_frac_high"] == 0
+    assert m["actor/clip_frac_low"] == 0 and (m["actor/clip_frac_high"] == 0 or name == "kl_cov")
     assert_close(m["actor/ratio_mean"], torch.tensor(1.0))
     assert_close(m["actor/approx_kl"], torch.tensor(0.0))
 
@@ -309,20 +281,21 @@ def accumulation_setup(seed: int):
     return weight, features, tokens, mask, old, ref, adv
 
 
-ACCUMULATION_KWARGS = {"grpo": {}, "dapo": {}, "gspo": {"clip_low": 0.05, "clip_high": 0.05}, "gmpo": {}}
+ACCUMULATION_KWARGS = {"gspo": {"clip_low": 0.05, "clip_high": 0.05}, "luspo": {"clip_low": 0.05, "clip_high": 0.05}}
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", TOKEN_SUMS)
 @pytest.mark.parametrize("mode", AGGREGATIONS)
 @pytest.mark.parametrize("split", ["2 chunks", "4 chunks", "token budget"])
 def test_gradient_accumulation_equals_full_batch(name, mode, split):
     weight, features, tokens, mask, old, ref, adv = accumulation_setup(seed=6)
     if split == "token budget":  # ppo.max_tokens_per_micro_batch: unequal micro-batches, out of order
-        micro_batches = pack_by_tokens(mask.sum(-1), budget=12)  # lengths 6,1,3,5,2,6,4,1
+        lengths = mask.sum(-1)  # 6,1,3,5,2,6,4,1; padded rows: rows x the longest
+        micro_batches = pack_by_tokens(lengths, 12, lambda rows: len(rows) * int(lengths[rows].max()))
         assert [len(b) for b in micro_batches] == [2, 2, 4]  # 6,6 | 5,4 | 3,2,1,1
     else:
         micro_batches = torch.arange(len(adv)).chunk(int(split[0]))
-    algo = ALGORITHMS.build({"name": name, "aggregation": mode, "kl_coef": 0.1, **ACCUMULATION_KWARGS[name]})
+    algo = ALGORITHMS.build({"name": name, "aggregation": mode, "kl_coef": 0.1, **ACCUMULATION_KWARGS.get(name, {})})
     norm = StepNormalizer.from_mask(mask)
     full_loss, _ = algo(linear_policy_logprobs(weight, features, tokens), old, adv, mask, norm, ref)
     (full_grad,) = torch.autograd.grad(full_loss, weight)
@@ -385,8 +358,10 @@ def test_registry_contract(name):
     logp = (torch.randn(4, 5, generator=gen) - 2).to(torch.bfloat16).requires_grad_()
     old = logp.detach().float() + 0.05 * torch.randn(4, 5, generator=gen)
     mask = torch.arange(5) < torch.tensor([[5], [1], [3], [0]])  # includes an empty response
-    norm = StepNormalizer.from_mask(mask)
-    loss, metrics = algo(logp, old, torch.randn(4, generator=gen), mask, norm, old - 0.1)
+    groups, correct = torch.tensor([0, 0, 1, 1]), torch.tensor([True, False, True, False])
+    norm = StepNormalizer.from_mask(mask, groups=groups, correct=correct)
+    inputs = LossInputs(logp, old, torch.randn(4, generator=gen), mask, old - 0.1, groups=groups, correct=correct)
+    loss, metrics = algo.loss(inputs, norm)
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert logp.grad is not None and torch.isfinite(logp.grad).all()

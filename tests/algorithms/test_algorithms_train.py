@@ -30,3 +30,27 @@ def test_reference_is_loaded_only_with_a_kl_term(parity_verifier, tmp_path):
     assert metrics["actor/kl"] >= 0
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert not any(k.startswith("reference.") for k in saved["state_dict"])  # frozen weights are not stored
+
+
+# each newer loss trains one step, paired with a newer advantage estimator (two parts for one run)
+PAIRS = [
+    ("cispo", "advantage.scale=batch"), ("sapo", "advantage=opo"),
+    ("vespo", "advantage=reinforce_pp advantage.whiten_over=tokens"), ("luspo", "advantage=grpo_passk"),
+    ("gpg", "advantage=gpg"), ("dro", "advantage=gdpo"), ("clip_cov", "advantage=reinforce_pp advantage.baseline=none"),
+    ("kl_cov", None), ("dppo_tv", None), ("dppo_kl", None),
+    ("conspo", None), ("conspo", "loss=infonce"), ("conspo", "loss=infonce contrastive.mode=loss"),
+]
+
+
+@pytest.mark.parametrize("algorithm,extra", PAIRS)
+def test_newer_parts_train_one_step(algorithm, extra, parity_verifier, tmp_path):
+    overrides = [f"algorithm={algorithm}", "trainer.max_steps=1", "data.val=null", *(extra or "loss=none").split()]
+    if "loss=" not in (extra or "loss=none"):
+        overrides.append("loss=none")
+    metrics, objects = train(_config(tmp_path, *overrides))
+    assert objects["trainer"].global_step == 1
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy"):
+        assert torch.isfinite(torch.tensor(metrics[key])), key
+    assert metrics["actor/grad_norm"] > 0  # the loss reached the policy
+    if algorithm == "conspo":
+        assert metrics["conspo/margin"] == 0.0  # step 0 of the curriculum (trainer.max_steps=1)

@@ -11,6 +11,8 @@ from torch.testing import assert_close
 
 from clipo.algorithms import DAPOLoss, GRPOLoss, GSPOLoss, StepNormalizer
 from clipo.algorithms.rollout_correction import importance_weights
+from tests.references.inputs import policy_batch
+from tests.references.trl import trl_sampler_ratio
 
 TRAIN = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.0, -7.0]])
 SAMPLING = torch.tensor([[-1.0, -2.5, -0.1], [-1.3, -1.0, 3.0]])  # last token is padding
@@ -109,3 +111,32 @@ def test_weights_scale_each_token_term_before_aggregation():
     assert_close(metrics["actor/pg_loss"], expected)
     with pytest.raises(ValueError, match="token_weights has shape"):
         GRPOLoss()(logprobs, TRAIN, advantages, MASK, norm, token_weights=weights[:, :2])
+
+
+# ---- against TRL 1.16's own code (the inline block of `_generate_and_score_completions`) ------------
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("bounds", [(None, 3.0), (0.5, 3.0), (0.9, 1.2)])
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+def test_weights_equal_trls(mode, bounds, seed):
+    """TRL's `vllm_importance_sampling_mode` with C_min / C_max is level, mode, min_ratio, cap here
+    (TRL's default: sequence_mask, C_min None, C_max 3 = level sequence, mode mask, min_ratio 0, cap 3)."""
+    b = policy_batch(seed)
+    low, high = bounds
+    level, kind = mode.split("_")
+    theirs = trl_sampler_ratio(b.old, b.sampling, b.mask.long(), mode, low, high)  # [N, T] or [N, 1]
+    ours, metrics = importance_weights(b.old, b.sampling, b.mask, high, level, kind, 0.0 if low is None else low)
+    theirs = theirs.expand_as(ours)
+    assert_close(torch.where(b.mask, ours, 0.0), torch.where(b.mask, theirs, 0.0), atol=1e-6, rtol=1e-5)
+    if bounds == (0.9, 1.2):
+        assert 0 < metrics["rollout_corr/masked_frac" if kind == "mask" else "rollout_corr/capped_frac"] < 1
+
+
+def test_min_ratio_by_hand():
+    # ratios [[1, 1.64872, 0.67032], [2.71828, 1]]; bounds [0.8, 2]
+    weights, metrics = importance_weights(TRAIN, SAMPLING, MASK, cap=2.0, min_ratio=0.8)
+    assert_close(weights, torch.tensor([[1.0, math.exp(0.5), 0.8], [2.0, 1.0, 1.0]]))  # truncate: raised to 0.8
+    assert_close(metrics["rollout_corr/capped_frac"], torch.tensor(2 / 5))
+    weights, metrics = importance_weights(TRAIN, SAMPLING, MASK, cap=2.0, mode="mask", min_ratio=0.8)
+    assert_close(weights, torch.tensor([[1.0, math.exp(0.5), 0.0], [0.0, 1.0, 1.0]]))  # mask: dropped
+    with pytest.raises(ValueError, match="min_ratio"):
+        importance_weights(TRAIN, SAMPLING, MASK, cap=2.0, min_ratio=1.5)

@@ -1,5 +1,6 @@
 """Every config composes, names match files and registries, and bad configs fail early and clearly."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -149,6 +150,15 @@ def test_loss_mode_needs_whole_groups_in_a_micro_batch(tmp_path):
     validate_config(compose_config(TINY_OVERRIDES + overrides[:1] + ["ppo.micro_batch_size=2"], output_dir=tmp_path))
 
 
+def test_conspo_needs_whole_groups_in_a_micro_batch(tmp_path):
+    # ConSPO contrasts a group's rollouts in each forward (its `needs_whole_groups`), as loss mode does
+    text = _errors(["algorithm=conspo", "loss=none", "ppo.micro_batch_size=2"], tmp_path)
+    assert "ppo.micro_batch_size=2 splits groups of rollout.group_size=4, and algorithm=conspo compares" in text
+    text = _errors(["algorithm=conspo", "loss=none", "ppo.max_tokens_per_micro_batch=20"], tmp_path)
+    assert "(algorithm=conspo packs whole groups)" in text
+    validate_config(compose_config(TINY_OVERRIDES + ["algorithm=conspo", "loss=none"], output_dir=tmp_path))
+
+
 def test_reward_funcs_that_do_not_import_fail_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text("def brevity(prompts, completions, **kw):\n    return [0.0] * len(completions)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -189,11 +199,11 @@ def test_token_budget_must_hold_the_longest_rollout(tmp_path):
                                    output_dir=tmp_path))
 
 
-def test_padding_free_takes_auto_or_a_bool(tmp_path):
-    message = _errors(["ppo.padding_free=yes"], tmp_path)
-    assert "ppo.padding_free='yes': use auto (packed on a flash-attention kernel, padded otherwise)" in message
-    for value in ("auto", "true", "false"):
-        validate_config(compose_config(TINY_OVERRIDES + [f"ppo.padding_free={value}"], output_dir=tmp_path))
+def test_forward_layout_takes_auto_or_a_layout(tmp_path):
+    message = _errors(["ppo.forward_layout=packed"], tmp_path)
+    assert "ppo.forward_layout='packed': use one of auto, varlen, shared_prompt, padded" in message
+    for value in ("auto", "varlen", "shared_prompt", "padded"):
+        validate_config(compose_config(TINY_OVERRIDES + [f"ppo.forward_layout={value}"], output_dir=tmp_path))
 
 
 def test_vllm_kv_cache_size_is_checked(tmp_path):
@@ -213,6 +223,11 @@ def test_learning_rate_must_be_positive(tmp_path, override):
     ("+loss.temprature=0.1", "loss.temperature"),  # not an argument of the loss class
     ("+trainer.max_step=3", "trainer.max_steps"),  # not an argument of lightning.Trainer
     ("+ppo.epoch=2", "ppo.epochs"),
+    # before: no suggestion; the optimizer's failed only after the model had loaded
+    ("+callbacks.model_checkpoint.every_n_train_step=1", "callbacks.model_checkpoint.every_n_train_steps"),
+    ("+optimizer.lrr=1e-5", "optimizer.lr"),
+    ("+data.train.sizee=8", "data.train.size"),  # the data source's arguments
+    ("+logger.csv.flush_logs_every_n_step=5", "logger.csv.flush_logs_every_n_steps"),
 ])
 def test_an_added_key_nothing_reads_names_the_closest_key(tmp_path, override, meant):
     with pytest.raises(ConfigError, match=rf"\{override}.* nothing reads .*did you mean {meant}\?"):
@@ -220,10 +235,51 @@ def test_an_added_key_nothing_reads_names_the_closest_key(tmp_path, override, me
 
 
 def test_added_keys_that_something_reads_are_accepted(tmp_path):
-    added = ["+trainer.limit_val_batches=1", "+data.train.levels_extra=1", "+optimizer.eps=1e-6",
+    added = ["+trainer.limit_val_batches=1", "+data.train.system_prompt=Be brief.", "+optimizer.eps=1e-6",
              "+benchmark@data.val.gsm8k=gsm8k", "++rollout.new_forced_key=1",
-             "+callbacks.extra={_target_:lightning.pytorch.callbacks.Timer}", "+model.tiny.rope_theta=10000.0"]
+             "+callbacks.extra={_target_:lightning.pytorch.callbacks.Timer}", "+model.tiny.rope_theta=10000.0",
+             "~data.train", "+data.train={source:arith,size:8}"]  # a whole set replaced, as the README does
     cfg = compose_config([*TINY_OVERRIDES, *added], output_dir=tmp_path)
     from clipo.config.keys import unknown_key_problems
 
     assert unknown_key_problems(cfg) == []
+
+
+def test_a_close_key_that_is_not_set_yet_is_offered_with_a_plus(tmp_path):
+    # optimizer.amsgrad is an AdamW argument the config does not set: overriding it without '+' would fail
+    with pytest.raises(ConfigError, match=r"did you mean optimizer.amsgrad\? \(add it with \+optimizer.amsgrad=...\)"):
+        validate_config(compose_config([*TINY_OVERRIDES, "+optimizer.amsgrd=true"], output_dir=tmp_path))
+
+
+@pytest.mark.parametrize("override, message", [
+    # before: ZeroDivisionError / ValueError after loading, or a raw traceback
+    ("rollout.group_size=0", "rollout.group_size=0: a group needs at least 2 rollouts to compare"),
+    ("data.prompts_per_step=0", "data.prompts_per_step=0 must be at least 1"),
+    ("rollout.max_new_tokens=0", "rollout.max_new_tokens=0 must be a token count >= 1"),
+    ("rollout.temperature=-1", r"rollout.temperature=-1 must be a number >= 0 \(0: greedy\)"),
+    ("rollout.top_p=0", r"rollout.top_p=0 must lie in \(0, 1\]"),
+    ("rollout.top_k=-1", "rollout.top_k=-1 must be an integer >= 0"),
+    ("ppo.micro_batch_size=0", "ppo.micro_batch_size=0 must be a count of rollouts >= 1, or null"),
+    ("ppo.mini_batch_size=0", "ppo.mini_batch_size=0 must be a count of rollouts >= 1, or null"),
+    ("validation.n=0", r"validation.n=0 \(samples per problem\) must be >= 1"),
+    ("validation.temperature=-1", "validation.temperature=-1 must be a number >= 0"),
+    ("data.val_batch_size=0", "data.val_batch_size=0 must be a count of prompts >= 1"),
+    ("distributed.timeout_s=0", "distributed.timeout_s=0 must be a positive number of seconds or auto"),
+    ("signals.grace_s=-1", "signals.grace_s=-1 must be a positive number of seconds, or null"),
+    # before: 8 identical rollouts per prompt, zero gradients, no word
+    ("rollout.temperature=0", "rollout.temperature=0 samples greedily: the rollouts of a prompt are then identical, "
+                              "every group has zero reward variance, every advantage is 0 and the policy never learns"),
+])
+def test_sizes_and_sampling_settings_are_checked_before_the_model_loads(tmp_path, override, message):
+    assert re.search(message, _errors([override], tmp_path))
+
+
+def test_the_sampling_rules_are_the_parts_own():
+    """The config check asks the part (`Sampling.problems`) instead of restating its rules: the engine's own
+    settings refuse the same values."""
+    from clipo.rollout.sampling import Sampling
+
+    with pytest.raises(ValueError, match=r"top_p=0 must lie in \(0, 1\]"):
+        Sampling(max_new_tokens=4, top_p=0)
+    assert Sampling(max_new_tokens=4, temperature=0).greedy  # greedy decoding is fine for validation
+    assert Sampling.problems(4, 0.0, 1.0, training=True)[0].startswith("temperature=0 samples greedily")

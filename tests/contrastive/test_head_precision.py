@@ -53,7 +53,7 @@ def test_head_and_its_optimizer_state_stay_float32_under_bf16_mixed(strategy, pa
     with open_dict(cfg):
         cfg.callbacks.head_dtypes = {"_target_": f"{__name__}.HeadDtypes"}
         if strategy == "casting":
-            cfg.strategy = {"name": "casting", "_target_": f"{__name__}.CastingStrategy"}
+            cfg.strategy = {"name": "ddp", "_target_": f"{__name__}.CastingStrategy"}  # whole parameters, as DDP
     _, objects = train(cfg)
 
     probe = next(c for c in objects["trainer"].callbacks if isinstance(c, HeadDtypes))

@@ -74,7 +74,7 @@ def test_non_text_prompt_and_non_parquet_file_name_the_file(tmp_path, math):
     with pytest.raises(DataError, match=r"data\.train: .*binary\.parquet row 0: a 'prompt' message's content is not text"):
         check_data(datamodule(path), math, {})
     (tmp_path / "notes.parquet").write_text("not a parquet file\n")
-    with pytest.raises(DataError, match=r"data\.train \(.*notes\.parquet\): .*not a readable parquet file"):
+    with pytest.raises(DataError, match=r"data\.train: data file .*notes\.parquet is not a readable parquet file"):
         check_data(datamodule(str(tmp_path / "notes.parquet")), math, {})
 
 
@@ -82,7 +82,7 @@ def test_train_stops_before_the_model_loads(tmp_path, monkeypatch):
     path = write_parquet(tmp_path / "train.parquet", [""] * 4)
     cfg = compose_config([o for o in TINY_OVERRIDES if not o.startswith("data.")] + [
         "data=gsm8k", "data.val=null", f"data.train.path={path}", "data.prompts_per_step=2"], tmp_path / "run")
-    monkeypatch.setattr("clipo.train.build_module", lambda cfg: pytest.fail("the model was built"))
+    monkeypatch.setattr("clipo.run.assembly.build_module", lambda *args: pytest.fail("the model was built"))
     from clipo.train import train
 
     with pytest.raises(DataError, match="4 of 4 records"):

@@ -8,7 +8,6 @@ import torch
 
 from clipo.builders import build_module
 from clipo.rl.collector import Trajectory
-from clipo.rl.old_policy import OnPolicy, TakenOld
 from clipo.rollout import forward_responses
 from clipo.run.timing import PhaseTimer
 from tests.conftest import TINY_OVERRIDES, compose_config
@@ -29,7 +28,7 @@ def _module_and_rollouts(tmp_path, *overrides):
 
 
 def _batch(module, rollouts, advantages):
-    return Trajectory(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages, OnPolicy(rollouts, None))
+    return Trajectory(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages)
 
 
 def _update(module, rollouts, advantages, optimizer):
@@ -39,13 +38,15 @@ def _update(module, rollouts, advantages, optimizer):
 def test_each_mode_builds_only_its_own_stage(tmp_path):
     reward = build_module(compose_config(TINY_OVERRIDES, output_dir=tmp_path))
     assert reward.collector.reward_shaping is not None and reward.updater.contrastive is None
-    assert reward.collector.hidden_layer == -1 and reward.updater.hidden_layer is None
+    assert reward.collector.capture_layer == -1 and reward.updater.hidden_layer is None  # hf captures them
+    assert reward.collector.logprobs.hidden_layer is None and not reward.updater.batching.whole_groups
     loss = build_module(compose_config(TINY_OVERRIDES + ["contrastive.mode=loss"], output_dir=tmp_path))
     assert loss.collector.reward_shaping is None and loss.updater.contrastive is not None
-    assert loss.collector.hidden_layer is None and loss.updater.hidden_layer == -1
+    assert loss.collector.capture_layer is None and loss.updater.hidden_layer == -1
+    assert loss.updater.batching.whole_groups  # the contrastive term is taken per forward pass, over whole groups
     off = build_module(compose_config(TINY_OVERRIDES + ["loss=none"], output_dir=tmp_path))
     assert off.collector.reward_shaping is None and off.updater.contrastive is None
-    assert off.collector.hidden_layer is None and off.updater.hidden_layer is None
+    assert off.collector.capture_layer is None and off.updater.hidden_layer is None
 
 
 def test_reward_mode_trains_the_head_and_never_touches_the_policy(tmp_path):
@@ -121,12 +122,13 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(tmp_path, mode)
         updater = module.updater
         # two groups of 4: loss mode packs whole groups (one a pass; each group has 2 anchors, so the mean of the
         # per-pass contrastive losses is the batch's), otherwise about 2 rollouts a pass
-        if budget:  # counted as the padding-free forward computes: each group's prompt once, then its responses
-            longest = int(rollouts.attention_mask.sum(-1).max())
-            prompts = rollouts.attention_mask[:, : rollouts.prompt_len].sum(-1).view(2, 4)[:, 0]
-            group = int((prompts + rollouts.response_mask.sum(-1).view(2, 4).sum(-1)).max())
-            budget = group if "contrastive" in mode else 2 * longest
-        updater.batching = replace(updater.batching, max_tokens_per_micro_batch=budget, padding_free=True)
+        if budget:  # counted as the shared-prompt forward computes: each group's prompt once, padded responses
+            prompts = rollouts.attention_mask[:, : rollouts.prompt_len].sum(-1).tolist()
+            responses, groups = rollouts.response_mask.sum(-1).tolist(), rollouts.groups.tolist()
+            group = max(updater.batching.forward.tokens(prompts[g * 4 : g * 4 + 4], responses[g * 4 : g * 4 + 4],
+                                                        groups[g * 4 : g * 4 + 4]) for g in range(2))
+            budget = group if "contrastive" in mode else group // 2
+        updater.batching = replace(updater.batching, token_budget=budget, grow_budget=True)
         optimizer = module.configure_optimizers()
         updater.clip_and_step = lambda opt, m=module: (
             grads.append({k: p.grad.clone() for k, p in m.policy.named_parameters() if p.grad is not None}),
@@ -135,8 +137,8 @@ def test_token_budget_micro_batches_give_the_full_batch_gradient(tmp_path, mode)
         module.policy.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
         torch.manual_seed(1)
         _update(module, rollouts, torch.randn(8), optimizer)
-        passes.append(len(calls))
-    assert passes[1] > passes[0]  # really split into several forward passes
+        passes.append(len(calls) // 2)  # the shared prompt's two decoder calls a pass
+    assert passes[1] > passes[0] == 1  # really split into several forward passes
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, atol=1e-6, rtol=1e-5)
@@ -153,14 +155,16 @@ def test_one_step_update_takes_the_importance_weights_from_its_own_forward(tmp_p
     """With one optimizer step, pi_old is the update's own forward (detached): the weights it computes
     there give the gradient and the mismatch metrics of weights taken in a pass before, without that pass."""
     from clipo.algorithms.rollout_correction import importance_weights
+    from clipo.rl.old_policy import ImportanceCorrection
 
     module, rollouts = _module_and_rollouts(tmp_path, "loss=none", "ppo.micro_batch_size=4")
     updater, logprobs = module.updater, module.collector.logprobs
+    updater.sampler_logprobs, updater.correction = True, ImportanceCorrection()  # as built for an engine with them
     old, _ = logprobs._forward(module.policy, rollouts, None)  # the pass the collector makes when the batch is reused
     mask = rollouts.response_mask.bool()
     torch.manual_seed(2)
     rollouts.sampling_logprobs = torch.where(mask, old + 0.5 * torch.randn_like(old), 0.0)  # an engine's log-probs
-    _, expected = importance_weights(old, rollouts.sampling_logprobs, mask, logprobs.correction.cap)
+    _, expected = importance_weights(old, rollouts.sampling_logprobs, mask, updater.correction.cap)
     assert 0 < expected["rollout_corr/capped_frac"] < 1  # the cap and the weights matter
     advantages = torch.randn(8)
     grads, metrics, passes = [], [], []
@@ -170,9 +174,9 @@ def test_one_step_update_takes_the_importance_weights_from_its_own_forward(tmp_p
     calls = []
     module.policy.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
     optimizer = module.configure_optimizers()
-    for pi_old in [TakenOld(old, rollouts, logprobs.correction), OnPolicy(rollouts, logprobs.correction)]:
+    for taken in [old, None]:
         calls.clear()
-        batch = Trajectory(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages, pi_old)
+        batch = Trajectory(rollouts, CORRECT.float(), CORRECT, CORRECT.float(), advantages, old_logprobs=taken)
         metrics.append(updater.update(batch, optimizer, lambda loss: loss.backward(), PhaseTimer()))
         passes.append(len(calls))
     assert passes[1] == passes[0] > 0  # the same forward passes: none added for pi_old
@@ -183,11 +187,19 @@ def test_one_step_update_takes_the_importance_weights_from_its_own_forward(tmp_p
         torch.testing.assert_close(metrics[1][key], value, atol=1e-6, rtol=1e-5)
 
 
-def test_the_sampler_correction_settings_reach_the_log_prob_plan(tmp_path):
+def test_the_sampler_correction_is_planned_for_an_engine_that_reports_its_log_probs(tmp_path):
+    from clipo.builders import build_updater
+    from clipo.rl.batching import UpdateBatching
     from clipo.rl.old_policy import ImportanceCorrection
 
-    module = build_module(compose_config(TINY_OVERRIDES + ["rollout.importance_sampling.level=sequence",
-                                                           "rollout.importance_sampling.mode=mask"], output_dir=tmp_path))
-    assert module.collector.logprobs.correction == ImportanceCorrection(2.0, "sequence", "mask")
-    off = build_module(compose_config(TINY_OVERRIDES + ["rollout.importance_sampling.enabled=false"], output_dir=tmp_path))
-    assert off.collector.logprobs.correction is None
+    cfg = compose_config(TINY_OVERRIDES + ["rollout.importance_sampling.level=sequence",
+                                           "rollout.importance_sampling.mode=mask"], output_dir=tmp_path)
+    module = build_module(cfg)  # the hf engine samples from the trainer's own distribution: nothing to correct
+    assert not module.updater.sampler_logprobs and module.updater.correction is None
+    batching, sampling = module.updater.batching, module.collector.sampling
+    built = build_updater(cfg, module.policy, module.updater.algorithm, batching, sampling, None, sampler_logprobs=True)
+    assert built.correction == ImportanceCorrection(2.0, "sequence", "mask")
+    cfg.rollout.importance_sampling.enabled = False
+    off = build_updater(cfg, module.policy, module.updater.algorithm, batching, sampling, None, sampler_logprobs=True)
+    assert off.sampler_logprobs and off.correction is None
+    assert isinstance(batching, UpdateBatching)

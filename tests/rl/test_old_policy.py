@@ -5,13 +5,12 @@ engine samples with hf and reports what vLLM would (no hidden states, its own lo
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+import pytest
 import torch
 
 from clipo.builders import build_module
-from clipo.rl.old_policy import OnPolicy
-from clipo.rollout import forward_responses
+from clipo.registry import ENGINES, register_components
+from clipo.rollout.hf_engine import HFEngine
 from clipo.run.timing import PhaseTimer
 from tests.conftest import TINY_OVERRIDES, compose_config
 
@@ -22,40 +21,48 @@ RECORDS = [
 
 
 @torch.no_grad()
-def trainer_logprobs(policy, batch, temperature, micro, packed):
+def trainer_logprobs(policy, batch, temperature, batching):
     """The trainer's log-probs of `batch`, micro-batch by micro-batch, as the update takes them."""
     index = torch.arange(len(batch.responses))
-    parts = [forward_responses(policy, batch.select(i), temperature, packed=packed) for i in index.split(micro)]
-    return torch.cat([part.logprobs for part in parts])
+    logprobs = torch.zeros(batch.response_mask.shape)
+    for micro_batch in batching.micro_batches(batch, index, batching.sizes(len(index), 1)[1]):
+        out = batching.forward(policy, batch.select(micro_batch.index), temperature, head_chunks=micro_batch.head_chunks)
+        logprobs[micro_batch.index] = out.logprobs
+    return logprobs
 
 
-class EngineWithoutHidden:
-    """Samples like `inner`, returns no hidden states and, as its own log-probs, the trainer's plus `shift`."""
+class EngineWithoutHidden(HFEngine):
+    """Samples like the hf engine, returns no hidden states and, as its own log-probs, the trainer's plus `shift`
+    (taken through the update's own micro-batches and forward plan, `batching`, set once the module is built)."""
 
-    def __init__(self, inner, micro_batch_size, packed, shift=0.0):
-        self.inner, self.micro_batch_size, self.packed, self.shift = inner, micro_batch_size, packed, shift
+    gives_hidden_states = False
+    gives_sampling_logprobs = True
+    shift, batching = 0.0, None
 
     def generate(self, records, group_size, sampling, hidden_layer=None):
-        batch = self.inner.generate(records, group_size, sampling, None)
-        logprobs = trainer_logprobs(self.inner.policy, batch, sampling.logprob_temperature, self.micro_batch_size,
-                                    self.packed)
-        batch.sampling_logprobs = logprobs + self.shift
+        assert hidden_layer is None  # the builders planned the collector's pass instead
+        batch = super().generate(records, group_size, sampling, None)
+        batch.sampling_logprobs = trainer_logprobs(self.policy, batch, sampling.logprob_temperature,
+                                                   self.batching) + self.shift
         return batch
 
-    def sync_weights(self, policy):
-        pass
+
+@pytest.fixture(autouse=True, scope="module")
+def _stand_in_engine():
+    register_components()
+    ENGINES._entries["without_hidden"] = EngineWithoutHidden
+    yield
+    del ENGINES._entries["without_hidden"]
 
 
-def _module(tmp_path, *overrides):
-    module = build_module(compose_config(TINY_OVERRIDES + list(overrides), output_dir=tmp_path))
+def _module(tmp_path, *overrides, shift=None):
+    """A module built for the hf engine, or for the stand-in when `shift` is given (its log-probs' offset)."""
+    engine = [] if shift is None else ["rollout.engine=without_hidden"]
+    module = build_module(compose_config(TINY_OVERRIDES + engine + list(overrides), output_dir=tmp_path))
     module.configure_optimizers()
+    if shift is not None:
+        module.collector.engine.shift, module.collector.engine.batching = shift, module.updater.batching
     return module
-
-
-def _without_hidden(module, shift=0.0):
-    batching = module.collector.logprobs.batching  # the update's own micro-batches and forward
-    module.collector.engine = EngineWithoutHidden(module.collector.engine, batching.micro_batch_size,
-                                                  batching.padding_free, shift)
 
 
 def _collect(module, seed=0):
@@ -81,17 +88,18 @@ def test_hf_engine_runs_no_training_forward_and_no_weights(tmp_path, monkeypatch
     module = _module(tmp_path)  # reward mode: hf captures the hidden states while sampling
     calls = _count_passes(module, monkeypatch)
     collected = _collect(module)
-    assert calls == [] and isinstance(collected.old, OnPolicy) and collected.old.metrics() == {}
+    assert calls == [] and collected.old_logprobs is None and collected.forward_passes == 0
+    assert module.updater.correction is None
     assert not any(key.startswith("rollout_corr/") for key in _update(module, collected))
 
 
 def test_engine_without_hidden_gets_them_and_weights_of_exactly_one(tmp_path, monkeypatch):
-    module = _module(tmp_path)
-    reference = _collect(module)  # hf: hidden captured during generation
-    _without_hidden(module)
+    reference = _collect(_module(tmp_path))  # hf: hidden captured during generation
+    module = _module(tmp_path, shift=0.0)
     calls = _count_passes(module, monkeypatch)
     collected = _collect(module)
-    assert len(calls) == 1  # one pass, for the hidden states; pi_old is the update's own forward
+    assert len(calls) == 1 and collected.forward_passes == 1  # for the hidden states; pi_old is the update's own
+    assert collected.old_logprobs is None
     rollouts = collected.rollouts
     assert torch.equal(rollouts.sequences, reference.rollouts.sequences)  # same seed, same samples
     # the pass's states at the pooled positions (response tokens 0..L-2) are the hook's while decoding
@@ -100,18 +108,17 @@ def test_engine_without_hidden_gets_them_and_weights_of_exactly_one(tmp_path, mo
     metrics = _update(module, collected)
     assert metrics["rollout_corr/logprob_diff_max"] == 0 and metrics["rollout_corr/weight_mean"] == 1
     # weights of exactly 1 leave the loss exactly as it is without them
-    unweighted = replace(collected, old=OnPolicy(rollouts, None))
-    assert torch.equal(_update(module, unweighted)["actor/loss"], metrics["actor/loss"])
+    correction, module.updater.correction = module.updater.correction, None
+    assert torch.equal(_update(module, collected)["actor/loss"], metrics["actor/loss"])
+    module.updater.correction = correction
 
 
 def test_mismatch_is_weighted_and_capped(tmp_path):
-    module = _module(tmp_path, "rollout.importance_sampling.cap=1.5")
-    _without_hidden(module, shift=-1.0)  # sampler 1 nat lower
+    module = _module(tmp_path, "rollout.importance_sampling.cap=1.5", shift=-1.0)  # sampler 1 nat lower
     collected = _collect(module)
     rollouts, mask = collected.rollouts, collected.rollouts.response_mask
-    index = torch.arange(len(rollouts.responses))
-    logprobs = trainer_logprobs(module.policy, rollouts, 1.0, 4, module.updater.batching.padding_free)
-    _, weights = collected.old.for_micro_batch(index, rollouts, logprobs)
+    logprobs = trainer_logprobs(module.policy, rollouts, 1.0, module.updater.batching)
+    weights, _ = module.updater.correction(logprobs, rollouts.sampling_logprobs, mask)
     # exp(train - sampling) = e > 1.5: every response token is capped
     assert torch.equal(weights[mask], torch.full_like(weights[mask], 1.5))
     metrics = _update(module, collected)
@@ -120,23 +127,23 @@ def test_mismatch_is_weighted_and_capped(tmp_path):
     assert metrics["rollout_corr/capped_frac"] == 1
 
 
-def test_several_updates_take_pi_old_and_the_weights_before_the_first(tmp_path, monkeypatch):
-    module = _module(tmp_path, "ppo.epochs=2", "loss=none", "rollout.importance_sampling.cap=1.5")
-    _without_hidden(module, shift=-1.0)
+def test_several_updates_take_pi_old_before_the_first(tmp_path, monkeypatch):
+    module = _module(tmp_path, "ppo.epochs=2", "loss=none", "rollout.importance_sampling.cap=1.5", shift=-1.0)
     calls = _count_passes(module, monkeypatch)
     collected = _collect(module)
-    assert len(calls) == 1 and collected.old.weights is not None  # taken once, before the first update
-    assert torch.equal(collected.old.weights[collected.rollouts.response_mask], torch.full((int(
-        collected.rollouts.response_mask.sum()),), 1.5))
-    assert collected.old.metrics()["rollout_corr/capped_frac"] == 1
+    assert len(calls) == 1 and collected.old_logprobs is not None  # taken once, before the first update
+    mask = collected.rollouts.response_mask
+    torch.testing.assert_close(collected.old_logprobs, trainer_logprobs(module.policy, collected.rollouts, 1.0,
+                                                                        module.updater.batching))
+    metrics = _update(module, collected)  # both epochs weigh against the same pi_old: every token capped
+    assert metrics["rollout_corr/capped_frac"] == 1 and int(mask.sum()) > 0
 
 
 def test_importance_sampling_can_be_switched_off(tmp_path, monkeypatch):
-    module = _module(tmp_path, "rollout.importance_sampling.enabled=false", "loss=none")
-    _without_hidden(module, shift=-1.0)
+    module = _module(tmp_path, "rollout.importance_sampling.enabled=false", "loss=none", shift=-1.0)
     calls = _count_passes(module, monkeypatch)
     collected = _collect(module)  # nothing needs the training forward: it does not run
-    assert calls == [] and isinstance(collected.old, OnPolicy) and collected.old.correction is None
+    assert calls == [] and collected.old_logprobs is None and module.updater.correction is None
     metrics = _update(module, collected)  # the mismatch is still measured, nothing is weighted
     torch.testing.assert_close(metrics["rollout_corr/logprob_diff_mean"], torch.tensor(1.0))
     assert metrics["rollout_corr/capped_frac"] == 0

@@ -39,6 +39,18 @@ USER_MODULE = """
     def with_text(prompts, completions, **kwargs):
         return [0.5, "high", 1.0, 0.0]
 
+    def as_dict(prompts, completions, **kwargs):
+        return {c: 1.0 for c in completions}
+
+    def huge(prompts, completions, **kwargs):
+        return [0.0, 0.0, 1e39, 0.0]
+
+    def exits(prompts, completions, **kwargs):
+        raise SystemExit(3)
+
+    def interrupts(prompts, completions, **kwargs):
+        raise KeyboardInterrupt
+
     def logs(prompts, completions, log_metric=None, log_extra=None, **kwargs):
         log_metric("custom/calls", 2.0)
         log_extra("note", [c.upper() for c in completions])
@@ -122,6 +134,13 @@ def test_correctness_from_verifier_even_when_not_listed(user_module):
         ("broken", "'broken' raised KeyError"),
         ("too_short", "'too_short' returned 1 values for 4 completions"),
         ("with_text", r"'with_text' returned 'high' \(str\) for completion 1"),
+        # before: a dict's keys became the rewards
+        ("as_dict", r"'as_dict' returned a dict; it must return a list with one float \(or None\) per completion"),
+        # before: finite as a Python float, inf as a float32 score; the update was skipped, exit 0
+        ("huge", r"'huge' returned 1e\+39 \(float\) for completion 2 of 4, beyond float32's largest 3.403e\+38"),
+        # before: exit 3 / exit 1 with no message and no summary
+        ("exits", r"'exits' raised SystemExit: 3"),
+        ("interrupts", r"'interrupts' raised KeyboardInterrupt \(signature"),
     ],
 )
 def test_bad_function_fails_the_step_naming_it(user_module, name, message):
@@ -137,6 +156,32 @@ def test_nan_is_rejected_none_is_not():
 
     functions = [RewardFunction("verifier", verifier_reward(exact_verifier), 1.0), RewardFunction("nan_fn", nan_fn, 1.0)]
     with pytest.raises(RewardFunctionError, match=r"'nan_fn' returned nan \(float\) for completion 1"):
+        score(functions)
+
+
+@pytest.mark.parametrize("timeout_s", [None, 5.0])  # on this thread, and in a worker thread
+def test_a_second_stop_signal_is_not_taken_for_the_functions_own_interrupt(timeout_s):
+    from clipo.rl.rewards import verifier_reward
+    from clipo.run.stop_signals import ForcedStop
+
+    def stopped(prompts, completions, **kwargs):
+        raise ForcedStop  # what StopSignals raises on the main thread at a second signal
+
+    functions = [RewardFunction("verifier", verifier_reward(exact_verifier), 1.0),
+                 RewardFunction("stopped", stopped, 1.0, timeout_s=timeout_s)]
+    with pytest.raises(ForcedStop):
+        score(functions)
+
+
+def test_a_weighted_sum_beyond_float32_names_the_completion_and_its_terms():
+    from clipo.rl.rewards import verifier_reward
+
+    def big(prompts, completions, **kwargs):
+        return [3e38, 0.0, 0.0, 0.0]  # finite in float32, but twice it is not
+
+    functions = [RewardFunction("verifier", verifier_reward(exact_verifier), 1.0), RewardFunction("big", big, 2.0)]
+    with pytest.raises(RewardFunctionError, match=r"weighted reward of completion 0 of 4 overflows float32 "
+                                                  r"\(verifier: 1 x 1, big: 3e\+38 x 2\)"):
         score(functions)
 
 

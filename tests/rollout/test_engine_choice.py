@@ -8,7 +8,8 @@ import importlib.util
 import pytest
 
 from clipo.models import load_model
-from clipo.rollout.engine_choice import choose_engine, engine_dtype, training_processes
+from clipo.rollout.engine_choice import choose_engine, engine_dtype
+from clipo.run.facts import training_processes
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 TINY_VLLM = {"num_attention_heads": 2, "num_key_value_heads": 1}  # head size 32: vLLM's CPU attention runs it

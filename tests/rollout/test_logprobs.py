@@ -23,10 +23,10 @@ def tied_model(seed, bias=False):
     return embed, head, mix
 
 
-@pytest.mark.parametrize("chunk_size", [1, 5, M, M + 7])
+@pytest.mark.parametrize("chunks", [1, 5, M, M + 7])  # M + 7: some chunks empty
 @pytest.mark.parametrize("bias", [False, True])
-def test_values_and_gradients_equal_the_full_logits(chunk_size, bias):
-    embed, head, mix = tied_model(seed=chunk_size, bias=bias)
+def test_values_and_gradients_equal_the_full_logits(chunks, bias):
+    embed, head, mix = tied_model(seed=chunks, bias=bias)
     ids, targets = torch.randint(V, (M,)), torch.randint(V, (M,))
     weights = torch.randn(M)  # a loss that weighs every position differently
 
@@ -38,7 +38,7 @@ def test_values_and_gradients_equal_the_full_logits(chunk_size, bias):
         (weights * logp).sum().backward()
         return logp.detach(), entropy, states.grad.clone(), embed.weight.grad.clone(), mix.weight.grad.clone()
 
-    got = run(lambda s: token_logprobs(head, s, targets, 0.7, with_entropy=True, chunk_size=chunk_size))
+    got = run(lambda s: token_logprobs(head, s, targets, 0.7, with_entropy=True, chunks=chunks))
     expected = run(lambda s: full_logits_reference(head, s, targets, 0.7))
     for g, e in zip(got, expected):
         assert_close(g, e.detach(), atol=1e-5, rtol=1e-5)
@@ -51,10 +51,22 @@ def test_head_never_sees_more_than_a_chunk_and_recomputes_in_backward():
     seen = []
     head.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape[0]))
     states = mix(embed(torch.randint(V, (M,))))
-    logp, _ = token_logprobs(head, states, torch.randint(V, (M,)), chunk_size=5)
-    assert seen == [5, 5, 5, 5, 3]  # 23 positions in chunks of 5: no [M, V] logits in the forward
+    logp, _ = token_logprobs(head, states, torch.randint(V, (M,)), chunks=5)
+    assert seen == [5, 5, 5, 4, 4]  # 23 positions in 5 chunks: no [M, V] logits in the forward
     logp.sum().backward()
-    assert sorted(seen[5:]) == [3, 5, 5, 5, 5]  # each chunk's logits are recomputed, not kept
+    assert sorted(seen[5:]) == [4, 4, 5, 5, 5]  # each chunk's logits are recomputed, not kept
+
+
+def test_empty_chunks_still_call_the_head_forward_and_backward():
+    """Under ZeRO-3 each head call gathers its weight: a rank with fewer positions makes the agreed calls."""
+    embed, head, mix = tied_model(seed=0)
+    seen = []
+    head.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape[0]))
+    states = mix(embed(torch.randint(V, (2,))))
+    logp, _ = token_logprobs(head, states, torch.randint(V, (2,)), chunks=4)
+    assert seen == [1, 1, 0, 0] and logp.shape == (2,)
+    logp.sum().backward()
+    assert sorted(seen[4:]) == [0, 0, 1, 1] and embed.weight.grad.abs().sum() > 0
 
 
 def test_no_grad_pass_skips_checkpointing_and_empty_input():
@@ -62,11 +74,11 @@ def test_no_grad_pass_skips_checkpointing_and_empty_input():
     with torch.no_grad():
         states = mix(embed(torch.randint(V, (M,))))
         targets = torch.randint(V, (M,))
-        logp, entropy = token_logprobs(head, states, targets, with_entropy=False, chunk_size=4)
+        logp, entropy = token_logprobs(head, states, targets, with_entropy=False, chunks=6)
         expected, _ = full_logits_reference(head, states, targets, 1.0)
     assert entropy is None and not logp.requires_grad
     assert_close(logp, expected)
     empty, _ = token_logprobs(head, mix(embed(torch.zeros(0, dtype=torch.long))), torch.zeros(0, dtype=torch.long))
     assert empty.shape == (0,) and empty.requires_grad  # still attached: a loss over it can backpropagate
-    with pytest.raises(ValueError, match="chunk_size"):
-        token_logprobs(head, states, targets, chunk_size=0)
+    with pytest.raises(ValueError, match="chunks=0 must be at least 1"):
+        token_logprobs(head, states, targets, chunks=0)

@@ -16,9 +16,8 @@ from clipo.algorithms import StepNormalizer
 from clipo.builders import build_batching
 from clipo.models import load_model
 from clipo.registry import ALGORITHMS
-from clipo.rollout import forward as forward_module
-from clipo.rollout import forward_responses
-from clipo.rollout.varlen import is_varlen_attention, resolve_padding_free, varlen_rows
+from clipo.rollout.forward import ForwardLayout, TrainingForward
+from clipo.rollout.varlen import is_varlen_attention, varlen_rows
 from tests.conftest import TINY_OVERRIDES, compose_config
 from tests.rollout.test_forward import TIGHT, assert_same_grads, grads_of, padded_reference, tiny, uneven  # noqa: F401
 
@@ -31,7 +30,6 @@ def test_layout_by_hand():
     rows = varlen_rows(sequences, attention, response, 3)
     assert rows.input_ids.tolist() == [[5, 6, 7, 8, 9, 10, 11, 12]]
     assert rows.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
-    assert rows.allowed is None
     assert rows.predicting.tolist() == [1, 2, 6]  # last prompt token, then the token before each response token
     assert rows.own.tolist() == [[2, 3, 0], [7, 0, 0]]
 
@@ -57,19 +55,20 @@ def test_varlen_kernels_are_recognised(monkeypatch):
     assert is_varlen_attention(name)
 
 
-@pytest.mark.parametrize("attention,setting,expected", [
-    ("sdpa", "auto", False), ("eager", "auto", False), ("flash_attention_2", "auto", True),
-    ("sdpa", True, True), ("flash_attention_2", False, False)])
-def test_padding_free_auto_packs_on_varlen_kernels_only(attention, setting, expected):
-    model = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attention))
-    assert resolve_padding_free(setting, model) is expected
-
-
-def test_the_config_default_resolves_for_the_policy(tmp_path):
+@pytest.mark.parametrize("attention,layout", [
+    ("sdpa", "shared_prompt"), ("eager", "shared_prompt"), ("flash_attention_2", "varlen")])
+def test_auto_plans_varlen_on_varlen_kernels_only(tmp_path, attention, layout):
     cfg = compose_config(TINY_OVERRIDES, output_dir=tmp_path)
-    assert cfg.ppo.padding_free == "auto"
-    sdpa, flash = (SimpleNamespace(config=SimpleNamespace(_attn_implementation=a)) for a in ("sdpa", "flash_attention_2"))
-    assert build_batching(cfg, sdpa).padding_free is False and build_batching(cfg, flash).padding_free is True
+    assert cfg.ppo.forward_layout == "auto"
+    if attention == "flash_attention_2":  # the layout is decided from the config's kernel name alone
+        policy = SimpleNamespace(config=SimpleNamespace(_attn_implementation=attention))
+    else:
+        policy, _ = load_model("tiny", tiny={})
+        policy.set_attn_implementation(attention)
+    assert build_batching(cfg, policy, whole_groups=False).forward.layout is ForwardLayout(layout)
+
+
+VARLEN = TrainingForward(ForwardLayout.VARLEN)
 
 
 def with_empty_response(batch):
@@ -92,8 +91,7 @@ def test_varlen_values_equal_the_padded_forward(tiny, shape):  # noqa: F811
     batch = with_empty_response(batch) if shape != "as sampled" else batch
     calls, handle = decoder_inputs(model)
     with torch.no_grad():
-        out = forward_responses(model, batch, temperature=0.7, hidden_layer=1, with_entropy=True, packed=True,
-                                varlen=True)
+        out = VARLEN(model, batch, temperature=0.7, hidden_layer=1, with_entropy=True)
         handle.remove()
         logprobs, entropy, hidden = padded_reference(model, batch, 0.7, hidden_layer=1)
     kept = batch.response_mask.any(-1)
@@ -112,7 +110,7 @@ def test_varlen_layout_with_eager_attention(tiny):  # noqa: F811
     eager.set_attn_implementation("eager")  # eager adds transformers' block-diagonal mask to the scores
     batch = with_empty_response(batch)
     with torch.no_grad():
-        out = forward_responses(eager, batch, hidden_layer=-1, packed=True, varlen=True)
+        out = VARLEN(eager, batch, hidden_layer=-1)
         logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)
     mask = batch.response_mask
     assert_close(out.logprobs[mask], logprobs[mask], **TIGHT)
@@ -133,19 +131,7 @@ def test_varlen_gradients_equal_the_padded_forward(tiny):  # noqa: F811
         pg = algorithm(logprobs, old, advantages, mask, norm, old.detach() - 0.1)[0]
         return pg + hidden[mask].pow(2).mean()
 
-    out = forward_responses(model, batch, hidden_layer=-1, chunk_size=7, packed=True, varlen=True)
+    out = TrainingForward(ForwardLayout.VARLEN, chunk_size=7)(model, batch, hidden_layer=-1)
     got = grads_of(model, loss(out.logprobs, out.hidden))
     logprobs, _, hidden = padded_reference(model, batch, hidden_layer=-1)
     assert_same_grads(got, grads_of(model, loss(logprobs, hidden)))
-
-
-def test_packed_forward_takes_the_varlen_layout_on_a_varlen_kernel(tiny, monkeypatch):  # noqa: F811
-    model, _, batch = tiny
-    monkeypatch.setattr(forward_module, "uses_varlen_attention", lambda m: True)  # as flash_attention_2 would
-    calls, handle = decoder_inputs(model)
-    with torch.no_grad():
-        forward_responses(model, batch, packed=True)
-        forward_responses(model, batch, packed=False)  # the padded paths whatever the kernel
-    handle.remove()
-    assert calls[0]["attention_mask"] is None and calls[0]["input_ids"].shape[0] == 1
-    assert all(c["attention_mask"] is not None for c in calls[1:])

@@ -227,7 +227,9 @@ def test_atomic_io_replaces_the_target_in_one_step(tmp_path):
 
 
 class _CrashingParity:
-    """`ParityVerifier` that raises in its third call: RL step 3, after two completed steps."""
+    """`ParityVerifier` that raises in its `fail_at`-th call (3: RL step 3, after two completed steps)."""
+
+    fail_at = 3
 
     def __init__(self, **options) -> None:
         from tests.conftest import ParityVerifier
@@ -236,7 +238,7 @@ class _CrashingParity:
 
     def __call__(self, responses, ground_truths):
         self.calls += 1
-        if self.calls == 3:
+        if self.calls == self.fail_at:
             raise RuntimeError("verifier exploded")
         return self.inner(responses, ground_truths)
 
@@ -309,7 +311,7 @@ def test_an_unwritable_run_folder_stops_before_hydra_opens_its_log(tmp_path, cap
     RunFolderCheck().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "fine")}}}))
 
 
-def test_a_crash_saves_nothing_once_weights_moved_or_before_training_started():
+def test_a_crash_saves_nothing_once_weights_moved_or_before_training_started(tmp_path):
     """A step that had already stepped an optimizer is part way: the previous checkpoint stays. A failure
     during set-up (e.g. while restoring a checkpoint) must not overwrite last.ckpt with fresh weights."""
     from types import SimpleNamespace
@@ -322,7 +324,7 @@ def test_a_crash_saves_nothing_once_weights_moved_or_before_training_started():
     optimizer = torch.optim.SGD([weight], lr=0.1)
     no_saving = SimpleNamespace(last_model_path="", save_last=True)  # save_last would fail on this stand-in
     trainer = SimpleNamespace(optimizers=[optimizer], datamodule=None, checkpoint_callback=no_saving, world_size=1,
-                              state=SimpleNamespace(fn=TrainerFn.FITTING))
+                              state=SimpleNamespace(fn=TrainerFn.FITTING), default_root_dir=tmp_path, global_step=3)
     crash = CrashCheckpoint()
     crash.on_exception(trainer, None, RuntimeError("while restoring"))
     assert crash.outcome is None  # not started: nothing saved, nothing claimed

@@ -84,7 +84,7 @@ def test_a_run_piped_to_a_file_reads_as_lines(tmp_path):
     assert "Tip" not in output and "litlogger" not in output and "litmodels" not in output
     first = result.stdout.splitlines()[:3]
     assert "precision 32: trainer.precision=32 was set explicitly" in first[0]
-    assert "precision per phase: sampling float32 (hf from the policy's weights), training float32" in first[1]
+    assert "precision per phase: sampling float32 (hf from the policy's own weights), training float32" in first[1]
     assert re.search(r"torch threads \d+ \(.+\); tokenizers parallelism off", first[2])
     progress = [line for line in result.stdout.splitlines() if line.startswith(("[train]", "[validate]"))]
     done = ["[validate] arith done: 2 batches", "[validate] arith_p1 done: 2 batches"]

@@ -28,8 +28,8 @@ def test_forward_flops_by_hand_for_the_tiny_qwen2():
 
 
 def test_step_passes_and_perf_by_hand():
-    assert step_passes(update=True, epochs=2, old_pass=True, reference_pass=True) == 1 + 6 + 1 + 1
-    assert step_passes(update=False, epochs=2, old_pass=True, reference_pass=False) == 1  # CLIPO's head warm-up
+    assert step_passes(update=True, epochs=2, collector_passes=2) == 1 + 6 + 2  # generation, update, pi_old + reference
+    assert step_passes(update=False, epochs=2, collector_passes=0) == 1  # CLIPO's head warm-up (hf: no pass)
     perf = step_perf(tokens=300, step_flops=6e9, seconds=2.0, peak=1e10)
     assert float(perf["perf/throughput"]) == pytest.approx(150.0) and float(perf["perf/mfu"]) == pytest.approx(0.3)
 

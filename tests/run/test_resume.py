@@ -43,8 +43,8 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error_unless_fresh_is_asked(t
 def test_a_damaged_or_foreign_checkpoint_says_so(tmp_path):
     # before: torch's "Weights only load failed ... Re-running torch.load with weights_only=False" as the last line
     (tmp_path / "damaged.ckpt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ConfigError, match=r"damaged.ckpt cannot be read as a checkpoint: it is not the zip archive "
-                                          r"torch.save writes \(damaged, cut short"):
+    with pytest.raises(ConfigError, match=r"damaged.ckpt is damaged: not a whole zip archive as torch.save writes: "
+                                          r"cut short by a copy"):
         _resume(tmp_path, f"ckpt_path={tmp_path / 'damaged.ckpt'}")
     torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
     with pytest.raises(ConfigError, match=r"foreign.ckpt is not a clipo training checkpoint \(it holds \['model'\]"):
@@ -111,3 +111,106 @@ def test_resume_in_the_same_folder_keeps_every_log_and_repeats_no_step(parity_ve
     history = json.loads((run / "summary.json").read_text())["history"]
     assert [row["step"] for row in history] == [1, 2, 3, 4]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step_000002.ckpt", "step_000004.ckpt"]
+
+
+def flip_bytes(path, count=64) -> None:
+    """Flip `count` bytes in the middle of the largest tensor of a torch checkpoint (a zip archive), leaving a
+    valid archive that torch loads without a word."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entry = max((info for info in archive.infolist() if "/data/" in info.filename), key=lambda info: info.file_size)
+    with open(path, "r+b") as file:
+        file.seek(entry.header_offset + 26)
+        name_length, extra_length = int.from_bytes(file.read(2), "little"), int.from_bytes(file.read(2), "little")
+        start = entry.header_offset + 30 + name_length + extra_length + entry.file_size // 2
+        file.seek(start)
+        data = bytes(b ^ 0xFF for b in file.read(count))
+        file.seek(start)
+        file.write(data)
+
+
+def test_a_bit_flipped_checkpoint_is_refused_unless_verification_is_off(tmp_path):
+    # before: a valid zip with 64 flipped bytes in a weight trained to exit 0 with weights of 2e37
+    saved = _fake_checkpoint(tmp_path / "run.ckpt", compose_config(TINY_OVERRIDES, tmp_path))
+    checkpoint = torch.load(saved, weights_only=True)
+    checkpoint["state_dict"] = {"policy.w": torch.ones(1000)}
+    torch.save(checkpoint, saved)
+    flip_bytes(saved)
+    assert torch.load(saved, weights_only=True)["state_dict"]["policy.w"].abs().max() > 1  # torch does not notice
+    with pytest.raises(ConfigError, match=r"run.ckpt is damaged: its entry .*data/0 does not match its CRC-32: its "
+                                          r"bytes changed after they were written; resume from another one"):
+        _resume(tmp_path, f"ckpt_path={saved}")
+    assert _resume(tmp_path, f"ckpt_path={saved}", "resume.verify=false").step == 3
+
+
+def test_a_broken_last_link_or_a_folder_that_is_no_checkpoint_is_named(tmp_path):
+    # before: FileNotFoundError from deep in the glob; a plain folder reached Lightning and failed with advice
+    # to continue from a checkpoint that did not exist
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").symlink_to(tmp_path / "gone.ckpt")
+    with pytest.raises(ConfigError, match=r"last.ckpt is a link to .*gone.ckpt, which does not exist; point it"):
+        _resume(tmp_path, "ckpt_path=last")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ConfigError, match=r"folder is a folder but not a checkpoint: neither DeepSpeed's"):
+        _resume(tmp_path, f"ckpt_path={tmp_path / 'folder'}")
+
+
+def _deepspeed_folder(path, cfg, step=3, stage=2, ranks=2):
+    """What a DeepSpeed checkpoint folder holds for the resume check: `latest`, and Lightning's state beside the
+    module in the tag folder's model states."""
+    (path / "checkpoint").mkdir(parents=True)
+    (path / "latest").write_text("checkpoint")
+    torch.save({"global_step": step, "module": {"w": torch.zeros(2)}, "clipo": {"config": run_config(cfg)},
+                "ds_config": {"zero_optimization": {"stage": stage}}, "dp_world_size": ranks,
+                "callbacks": {"RunSummary": {"wandb_id": "abc"}}},
+               path / "checkpoint" / "mp_rank_00_model_states.pt")
+    return path
+
+
+ZERO2 = ["strategy=deepspeed_zero2", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+def test_a_deepspeed_folder_resumes_with_its_steps_so_the_logs_continue(tmp_path):
+    # before: a folder got step -1, so metrics.csv was rewritten from the resumed step and rollouts repeated
+    folder = _deepspeed_folder(tmp_path / "checkpoints" / "last.ckpt", compose_config([*TINY_OVERRIDES, *ZERO2]))
+    resume = _resume(tmp_path, "ckpt_path=last", *ZERO2)
+    assert resume.path == str(folder) and resume.step == 3 and resume.wandb_id == "abc"
+    with pytest.raises(ConfigError, match=r"DeepSpeed checkpoint folder \(ZeRO stage 2\), which strategy=ddp cannot "
+                                          r"read: resume with strategy=deepspeed_zero2"):
+        _resume(tmp_path, "ckpt_path=last", "strategy=ddp", "trainer.devices=2")
+    with pytest.raises(ConfigError, match="holds ZeRO stage 2 state, this run uses stage 3"):
+        _resume(tmp_path, "ckpt_path=last", *ZERO2, "strategy=deepspeed_zero3")
+    with pytest.raises(ConfigError, match="partitioned over 2 processes, this run starts 1"):
+        _resume(tmp_path, "ckpt_path=last", *ZERO2, "trainer.devices=1")
+    with pytest.raises(ConfigError, match="model.tiny.hidden_size: 64 \\(checkpoint\\) -> 128"):  # compared as a file
+        _resume(tmp_path, "ckpt_path=last", *ZERO2, "model.tiny.hidden_size=128")
+    (folder / "checkpoint" / "mp_rank_00_model_states.pt").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ConfigError, match=r"is damaged: checkpoint/mp_rank_00_model_states.pt: not a whole zip"):
+        _resume(tmp_path, "ckpt_path=last", *ZERO2)
+
+
+def test_an_fsdp_folder_resumes_with_its_steps_and_its_shards_are_verified(tmp_path):
+    from clipo.run.integrity import write_checksums
+
+    fsdp = ["strategy=fsdp", "trainer.devices=2", "trainer.accelerator=cpu"]
+    folder = tmp_path / "step_000004.ckpt"
+    folder.mkdir()
+    torch.save({"global_step": 4, "clipo": {"config": run_config(compose_config([*TINY_OVERRIDES, *fsdp]))}},
+               folder / "meta.pt")
+    (folder / "__0_0.distcp").write_bytes(bytes(range(256)) * 64)
+    write_checksums(folder)
+    assert _resume(tmp_path, f"ckpt_path={folder}", *fsdp).step == 4
+    with pytest.raises(ConfigError, match="FSDP checkpoint folder, which strategy=deepspeed_zero2 cannot read"):
+        _resume(tmp_path, f"ckpt_path={folder}", *ZERO2)
+    with open(folder / "__0_0.distcp", "r+b") as file:  # the shards have no checksum of their own
+        file.seek(1000)
+        file.write(b"\x00\x01")
+    with pytest.raises(ConfigError, match=r"__0_0.distcp: its size or CRC-32 differs from the one checksums.json"):
+        _resume(tmp_path, f"ckpt_path={folder}", *fsdp)
+
+
+def test_a_file_checkpoint_under_deepspeed_is_named(tmp_path):
+    saved = _fake_checkpoint(tmp_path / "run.ckpt", compose_config([*TINY_OVERRIDES, *ZERO2], tmp_path))
+    with pytest.raises(ConfigError, match="resumes only from the checkpoint folders DeepSpeed writes"):
+        _resume(tmp_path, f"ckpt_path={saved}", *ZERO2)

@@ -1,10 +1,11 @@
-"""Threads and CPU flags read from the hardware: mocked cgroups, affinity, /proc/cpuinfo (the precision plan:
-test_precision.py)."""
+"""Threads and CPU flags read from the hardware (mocked cgroups, affinity, /proc/cpuinfo) and the run's facts; the
+precision plan: test_precision.py."""
 
 import pytest
 
 from clipo.config import ConfigError, validate_config
-from clipo.run.runtime import cgroup_cpu_limit, choose_threads, cpu_processes, detect_cpu_flags
+from clipo.run.facts import StrategyKind, detect_facts
+from clipo.run.runtime import cgroup_cpu_limit, choose_threads, detect_cpu_flags
 from tests.conftest import compose_config
 
 
@@ -67,9 +68,6 @@ def test_cpu_data_parallel_processes_share_the_cores():
     assert choose_threads({}, 8, 3.0, processes=2).value == 1
     assert choose_threads({}, 2, None, processes=4).value == 1
     assert "shared by 2 processes" in choose_threads({}, 8, None, processes=2).reason
-    assert cpu_processes({"accelerator": "cpu", "devices": 2}) == 2
-    assert cpu_processes({"accelerator": "cpu", "devices": 1}) == cpu_processes({"accelerator": "cpu"}) == 1
-    assert cpu_processes({"accelerator": "gpu", "devices": 8}) == 1  # each process drives its own GPU
 
 
 def test_detected_threads_use_affinity_and_cgroup(monkeypatch):
@@ -86,10 +84,31 @@ def test_detected_threads_use_affinity_and_cgroup(monkeypatch):
 def test_train_turns_the_tokenizers_pool_off_and_resolves_auto_first(monkeypatch, tmp_path):
     import os
 
-    from clipo.train import resolve_runtime
+    from clipo.run.facts import apply_facts
 
     monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # train() called from Python, not __main__
     cfg = compose_config(["model=tiny"], output_dir=tmp_path)
-    runtime, plan = resolve_runtime(cfg)
+    facts = apply_facts(cfg, detect_facts(cfg))
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
-    assert cfg.trainer.precision == plan.lightning == runtime["precision_lightning"] in ("32-true", "bf16-mixed")
+    assert cfg.trainer.precision == facts.precision.lightning == facts.runtime()["precision_lightning"]
+    assert facts.precision.lightning in ("32-true", "bf16-mixed")
+
+
+@pytest.mark.parametrize("overrides,processes,here,strategy", [
+    ([], 1, 1, "single"), (["trainer.accelerator=cpu", "trainer.devices=2"], 2, 2, "ddp"),
+    (["trainer.accelerator=cpu", "trainer.devices=2", "strategy=deepspeed_zero3"], 2, 2, "deepspeed_zero3"),
+    (["trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=2", "strategy=fsdp"], 4, 2, "fsdp"),
+    (["trainer=gpu", "trainer.devices=8", "strategy=deepspeed_zero2_offload"], 8, 1, "deepspeed_zero2"),
+])  # fmt: skip
+def test_the_run_facts_are_found_once_from_the_config(monkeypatch, tmp_path, overrides, processes, here, strategy):
+    import clipo.run.runtime as runtime
+
+    for variable in ("WORLD_SIZE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
+    facts = detect_facts(compose_config(["model=tiny", *overrides], output_dir=tmp_path))
+    assert (facts.processes, facts.processes_here, facts.strategy) == (processes, here, StrategyKind(strategy))
+    assert facts.engine is None  # chosen once the policy has loaded
+    # each process of CPU data parallelism gets its share of the 8 cores; a GPU process drives its own device
+    assert facts.threads.value == 8 // here

@@ -83,7 +83,6 @@ def test_an_update_through_the_copy_matches_float32_within_bf16_rounding(seed):
     from clipo.compose import compose
     from clipo.data import build_dataset
     from clipo.rl.collector import Trajectory
-    from clipo.rl.old_policy import OnPolicy
     from tests.conftest import TINY_OVERRIDES
 
     cfg = compose(TINY_OVERRIDES + ["loss=none", f"seed={seed}", "rollout.engine=hf"], Path(tempfile.mkdtemp()))
@@ -94,17 +93,22 @@ def test_an_update_through_the_copy_matches_float32_within_bf16_rounding(seed):
     n = len(batch.responses)
     correct = torch.arange(n) % 2 == 0
     advantages = torch.randn(n, generator=torch.Generator().manual_seed(seed))
-    trajectory = Trajectory(batch, correct.float(), correct, correct.float(), advantages, OnPolicy(batch, None), None)
+    trajectory = Trajectory(batch, correct.float(), correct, correct.float(), advantages)  # on-policy
     updater, index = module.updater, torch.arange(n)
-    norm = updater.step_normalizer(batch.response_mask)
+    norm = updater.step_normalizer(batch.response_mask, batch.groups, correct)
+    micro_batches = updater.batching.micro_batches(batch, index, updater.batching.sizes(n, 1)[1])
 
     def gradient(model: torch.nn.Module, autocast: bool = False) -> tuple[torch.Tensor, float]:
+        """The update's gradient, summed over its micro-batches (before clipping), and its loss."""
         module.policy.zero_grad(set_to_none=True)
         updater.forward_model = model
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast, cache_enabled=False):
-            loss, _ = updater._micro_batch_loss(trajectory, index, norm, n)
-        loss.backward()
-        return torch.cat([p.grad.flatten() for p in module.policy.parameters()]), float(loss.detach())
+        old_seen, loss = torch.zeros(batch.response_mask.shape), 0.0
+        for micro_batch in micro_batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast, cache_enabled=False):
+                part, _ = updater._micro_batch_loss(trajectory, micro_batch, norm, n, old_seen)
+            part.backward()
+            loss += float(part.detach())
+        return torch.cat([p.grad.flatten() for p in module.policy.parameters()]), loss
 
     reference, loss = gradient(module.policy)
     autocast, _ = gradient(module.policy, autocast=True)

@@ -28,5 +28,6 @@ def dr_grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Ten
 class DrGRPOAdvantage:
     """`advantage=dr_grpo`: see `dr_grpo_advantages`."""
 
-    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor, lengths=None, components=None,  # noqa: ANN001
+                 component_weights=None) -> torch.Tensor:
         return dr_grpo_advantages(rewards, groups)

@@ -1,45 +1,50 @@
-"""`advantage=reinforce_pp`: group baseline, then batch whitening."""
+"""`advantage=reinforce_pp`: group (or no) baseline, then whitening over the batch."""
 
 from __future__ import annotations
 
 import torch
 
-from clipo.distributed import sum_over_ranks
+from clipo.advantages.base import check_whiten_over, need_lengths, whiten
 from clipo.groups import group_stats
 from clipo.registry import ADVANTAGES
 
+BASELINES = ("group", "none")
 
-def reinforce_pp_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """REINFORCE++ (with group baseline): remove the group mean, then whiten over the whole batch.
 
-    Hu et al. 2025, https://arxiv.org/abs/2501.03262 (the "REINFORCE++-baseline" variant).
-    Whitening is `(x - mean) / sqrt(var + eps)` with the unbiased batch variance, as verl's
-    `masked_whiten`; unlike verl, which whitens over tokens (weighting rollouts by length), the
-    statistics here are over rollouts, since the estimator sees no lengths. Rollouts in groups of
-    size 1 stay 0 and are left out of the batch statistics; a group of equal rewards stays exactly 0
-    (its zeros count in the statistics). Under data parallelism the batch is the global one: the
-    sums behind the statistics are added over ranks.
+def reinforce_pp_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-8, baseline: str = "group",
+                            whiten_over: str = "rollouts", lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025, https://arxiv.org/abs/2501.03262): remove the group mean (`baseline="group"`,
+    the "REINFORCE++-baseline" variant, verl's `reinforce_plus_plus_baseline`) or nothing (`"none"`, verl's
+    `reinforce_plus_plus` with an outcome reward and gamma 1), then whiten over the whole batch (`whiten`):
+    over rollouts, or over tokens (each rollout weighted by its response length, as verl). With the group
+    baseline, rollouts in groups of size 1 stay 0 and are left out of the statistics, and a group of equal
+    rewards stays exactly 0 (its zeros count in the statistics).
 
     Args:
         rewards: [N] scalar reward per rollout.
         groups: [N] integer group id per rollout.
         eps: added to the batch variance.
+        baseline: group or none.
+        whiten_over: rollouts or tokens (needs `lengths`).
+        lengths: [N] response tokens per rollout.
 
     Returns:
         [N] float32 advantages.
     """
+    if baseline not in BASELINES:
+        raise ValueError(f"reinforce_pp: baseline={baseline!r}; choose one of {BASELINES}")
+    check_whiten_over("reinforce_pp", whiten_over)
+    weights = torch.ones_like(rewards, dtype=torch.float32)
+    if whiten_over == "tokens":
+        weights = need_lengths("reinforce_pp with whiten_over=tokens", lengths).float()
+    if baseline == "none":
+        return whiten(rewards.float(), weights, eps)
     stats = group_stats(rewards, groups)
-    centered, size = stats.centered, stats.per_rollout(stats.counts)  # [N]
-    counted = size > 1
+    counted = stats.per_rollout(stats.counts) > 1  # [N]
     equal = stats.per_rollout(stats.zero_variance)  # [N] in a group of equal rewards
-    kept = torch.where(counted, centered, 0.0).double()
-    # sums, not means, so that under data parallelism the statistics are the global batch's
-    n, total, total_sq = sum_over_ranks(torch.stack([counted.sum().double(), kept.sum(), (kept**2).sum()]))
-    batch_mean = total / n.clamp(min=1)
-    batch_var = (total_sq - n * batch_mean**2).clamp(min=0) / (n - 1).clamp(min=1)
-    whitened = (centered - batch_mean.float()) * torch.rsqrt(batch_var.float() + eps)
+    whitened = whiten(torch.where(counted, stats.centered, 0.0), torch.where(counted, weights, 0.0), eps)
     # a group of equal rewards stays exactly 0 (its centred rewards are 0 and, in exact arithmetic,
-    # so is the batch mean of centred rewards; in float it is a rounding residue)
+    # so is the batch mean of centred rewards over rollouts; in float it is a rounding residue)
     return torch.where(counted & ~equal, whitened, torch.zeros_like(whitened))
 
 
@@ -47,8 +52,12 @@ def reinforce_pp_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: fl
 class ReinforcePPAdvantage:
     """`advantage=reinforce_pp`: see `reinforce_pp_advantages`."""
 
-    def __init__(self, eps: float = 1e-8) -> None:
-        self.eps = eps
+    def __init__(self, eps: float = 1e-8, baseline: str = "group", whiten_over: str = "rollouts") -> None:
+        if baseline not in BASELINES:
+            raise ValueError(f"reinforce_pp: baseline={baseline!r}; choose one of {BASELINES}")
+        check_whiten_over("reinforce_pp", whiten_over)
+        self.eps, self.baseline, self.whiten_over = eps, baseline, whiten_over
 
-    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-        return reinforce_pp_advantages(rewards, groups, self.eps)
+    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor, lengths: torch.Tensor | None = None,
+                 components=None, component_weights=None) -> torch.Tensor:  # noqa: ANN001
+        return reinforce_pp_advantages(rewards, groups, self.eps, self.baseline, self.whiten_over, lengths)

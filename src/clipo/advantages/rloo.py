@@ -29,5 +29,6 @@ def rloo_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor
 class RLOOAdvantage:
     """`advantage=rloo`: see `rloo_advantages`."""
 
-    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    def __call__(self, rewards: torch.Tensor, groups: torch.Tensor, lengths=None, components=None,  # noqa: ANN001
+                 component_weights=None) -> torch.Tensor:
         return rloo_advantages(rewards, groups)

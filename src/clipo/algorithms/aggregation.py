@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from clipo.groups import group_stats
+
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
@@ -21,22 +23,27 @@ class StepNormalizer:
         tokens: response tokens in the step (token-mean).
         sequences: rollouts with at least one response token in the step (the seq-mean modes).
         max_len: the constant length of seq-mean-token-sum-norm (Dr. GRPO's generation budget).
+        mixed_groups: groups in the step with both a correct and an incorrect rollout (at least 1):
+            the losses that contrast them (ConSPO) average over these.
     """
 
     tokens: float
     sequences: float
     max_len: int
+    mixed_groups: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.tokens <= 0 or self.sequences <= 0 or self.max_len <= 0:
+        if self.tokens <= 0 or self.sequences <= 0 or self.max_len <= 0 or self.mixed_groups <= 0:
             raise ValueError(f"StepNormalizer counts must be positive, got {self}")
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor | Sequence[torch.Tensor], max_len: int | None = None) -> StepNormalizer:
+    def from_mask(cls, mask: torch.Tensor | Sequence[torch.Tensor], max_len: int | None = None,
+                  groups: torch.Tensor | None = None, correct: torch.Tensor | None = None) -> StepNormalizer:
         """Count the response masks [N, T] of the whole step (one tensor, or one per micro-batch).
 
         `max_len` defaults to the widest mask's T; pass the generation budget (max new tokens)
-        for Dr. GRPO's exact constant. An all-empty step counts as 1 token and 1 sequence (its
+        for Dr. GRPO's exact constant. `groups` and `correct` (the step's [N] ids and labels) count
+        `mixed_groups`; without them it is 1. An all-empty step counts as 1 token and 1 sequence (its
         loss is 0 either way). These are one process's counts; under data parallelism the
         LightningModule adds them over ranks instead (`ClipoModule._step_normalizer`).
         """
@@ -46,7 +53,16 @@ class StepNormalizer:
         tokens = sum(int(m.bool().sum()) for m in masks)
         sequences = sum(int(m.bool().any(-1).sum()) for m in masks)
         width = max_len if max_len is not None else max(m.shape[-1] for m in masks)
-        return cls(tokens=float(max(tokens, 1)), sequences=float(max(sequences, 1)), max_len=int(width))
+        mixed = 1 if groups is None or correct is None else mixed_group_count(groups, correct)
+        return cls(tokens=float(max(tokens, 1)), sequences=float(max(sequences, 1)), max_len=int(width),
+                   mixed_groups=float(max(mixed, 1)))
+
+
+def mixed_group_count(groups: torch.Tensor, correct: torch.Tensor) -> int:
+    """Groups [N] ids with both a correct and an incorrect rollout among `correct` [N] bool."""
+    if groups.numel() == 0:
+        return 0
+    return int((~group_stats(correct.float(), groups).zero_variance).sum())
 
 
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, norm: StepNormalizer) -> torch.Tensor:

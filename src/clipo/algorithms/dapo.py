@@ -23,5 +23,9 @@ class DAPOLoss(GRPOLoss):
         aggregation: str = "token-mean",
         kl_coef: float = 0.0,
         kl_estimator: str = "k3",
+        kl_bias_correction: bool = False,
+        off_policy_mask_threshold: float | None = None,
+        top_entropy_quantile: float = 1.0,
     ) -> None:
-        super().__init__(clip_low, clip_high, clip_c, aggregation, kl_coef, kl_estimator)
+        super().__init__(clip_low, clip_high, clip_c, aggregation, kl_coef, kl_estimator, kl_bias_correction,
+                         off_policy_mask_threshold, top_entropy_quantile)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clipo.algorithms.base import PolicyLossBase
+from clipo.algorithms.base import PolicyLossBase, check_clip
 from clipo.algorithms.objectives import TokenLosses, gmpo_token_losses
 from clipo.registry import ALGORITHMS
 
@@ -19,8 +19,14 @@ class GMPOLoss(PolicyLossBase):
         aggregation: str = "seq-mean-token-mean",
         kl_coef: float = 0.0,
         kl_estimator: str = "k3",
+        kl_bias_correction: bool = False,
+        off_policy_mask_threshold: float | None = None,
+        top_entropy_quantile: float = 1.0,
     ) -> None:
-        super().__init__(clip_low, clip_high, aggregation, kl_coef, kl_estimator)
+        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
+                         top_entropy_quantile)
+        check_clip(type(self).__name__, clip_low=clip_low, clip_high=clip_high)
+        self.clip_low, self.clip_high = clip_low, clip_high
 
     def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001
         return gmpo_token_losses(logprobs, old_logprobs, advantages, mask, self.clip_low, self.clip_high)

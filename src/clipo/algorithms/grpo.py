@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clipo.algorithms.base import PolicyLossBase
+from clipo.algorithms.base import PolicyLossBase, check_clip
 from clipo.algorithms.objectives import TokenLosses, ppo_token_losses
 from clipo.registry import ALGORITHMS
 
@@ -21,8 +21,14 @@ class GRPOLoss(PolicyLossBase):
         aggregation: str = "token-mean",
         kl_coef: float = 0.0,
         kl_estimator: str = "k3",
+        kl_bias_correction: bool = False,
+        off_policy_mask_threshold: float | None = None,
+        top_entropy_quantile: float = 1.0,
     ) -> None:
-        super().__init__(clip_low, clip_high, aggregation, kl_coef, kl_estimator)
+        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
+                         top_entropy_quantile)
+        check_clip(type(self).__name__, clip_low=clip_low, clip_high=clip_high)
+        self.clip_low, self.clip_high = clip_low, clip_high
         if clip_c is not None and clip_c <= 1.0 + clip_high:
             raise ValueError(f"clip_c must exceed 1 + clip_high = {1 + clip_high} (None disables it), got {clip_c}")
         self.clip_c = clip_c

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from clipo.algorithms.base import PolicyLossBase
+import torch
+
+from clipo.algorithms.base import PolicyLossBase, check_clip
+from clipo.algorithms.inputs import LossInputs
 from clipo.algorithms.objectives import TokenLosses, gspo_token_losses
+from clipo.ops import masked_mean
 from clipo.registry import ALGORITHMS
 
 
@@ -19,8 +23,19 @@ class GSPOLoss(PolicyLossBase):
         aggregation: str = "seq-mean-token-mean",
         kl_coef: float = 0.0,
         kl_estimator: str = "k3",
+        kl_bias_correction: bool = False,
+        off_policy_mask_threshold: float | None = None,
+        top_entropy_quantile: float = 1.0,
     ) -> None:
-        super().__init__(clip_low, clip_high, aggregation, kl_coef, kl_estimator)
+        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
+                         top_entropy_quantile)
+        check_clip(type(self).__name__, clip_low=clip_low, clip_high=clip_high)
+        self.clip_low, self.clip_high = clip_low, clip_high
 
     def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001
         return gspo_token_losses(logprobs, old_logprobs, advantages, mask, self.clip_low, self.clip_high)
+
+    def kl_ratio(self, inputs: LossInputs) -> torch.Tensor:
+        """[N, 1] the sequence ratio exp(mean_t log(pi / pi_old)) with its gradient (TRL's sequence-level weight)."""
+        seq_log_ratio = masked_mean(inputs.logprobs - inputs.old_logprobs, inputs.mask, dim=-1)  # [N]
+        return seq_log_ratio.clamp(max=10.0).exp().unsqueeze(-1)

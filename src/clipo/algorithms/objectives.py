@@ -105,3 +105,14 @@ def gmpo_token_losses(
     low, high = (a < 0) & (log_ratio < -clip_low), (a > 0) & (log_ratio > clip_high)  # where the min picks the clip
     geometric_ratio = masked_mean(log_ratio, mask, dim=-1).exp().unsqueeze(-1).expand_as(log_ratio)
     return TokenLosses(losses, low, high, geometric_ratio.detach())
+
+
+def token_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
+    """[N, T] pi / pi_old per token, the log-ratio clamped to [-20, 20] (exp overflow on stale tokens, as verl)."""
+    return (logprobs - old_logprobs).clamp(-20.0, 20.0).exp()
+
+
+def unclipped(losses: torch.Tensor, ratio: torch.Tensor) -> TokenLosses:
+    """`TokenLosses` of an objective that clips nothing (clip fractions 0; `ratio` logged)."""
+    none = torch.zeros_like(losses, dtype=torch.bool)
+    return TokenLosses(losses, none, none, ratio.detach())

@@ -9,8 +9,13 @@ and verl's `algorithm.rollout_correction` do:
 
     level token      r_t = exp(logp_old_t - logp_sampler_t), one weight per token
     level sequence   r = exp(sum_t (logp_old_t - logp_sampler_t)), one weight for all of a sequence's tokens
-    mode truncate    w = min(r, cap)                          (TIS; TRL's default, cap 2)
-    mode mask        w = r inside [1/cap, cap], 0 outside     (rejection: the token or sequence is dropped)
+    mode truncate    w = clamp(r, min_ratio, cap)             (TIS, Yao et al.: cap 2, no lower bound)
+    mode mask        w = r inside [min_ratio, cap], 0 outside (rejection: the token or sequence is dropped;
+                                                               min_ratio defaults to 1/cap)
+
+`cap` and `min_ratio` are TRL's `vllm_importance_sampling_clip_max` / `_clip_min`: TRL 1.16's default
+`vllm_importance_sampling_mode="sequence_mask"` with C_max 3 and no C_min is level sequence, mode
+mask, cap 3, min_ratio 0.
 
 A dropped term still counts in the loss's normaliser (TRL multiplies the per-token loss by the
 weight). Shapes: `N` rollouts, `T` tokens.
@@ -34,6 +39,7 @@ def importance_weights(
     cap: float,
     level: str = "token",
     mode: str = "truncate",
+    min_ratio: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weights of each response token and mismatch metrics.
 
@@ -44,15 +50,17 @@ def importance_weights(
         cap: >= 1; the truncation bound, or the mask's interval [1/cap, cap]. `inf` keeps every ratio.
         level: `token` or `sequence` (see the module docstring).
         mode: `truncate` or `mask`.
+        min_ratio: the lower bound (truncate: raised to it; mask: dropped below it); None: none for
+            truncate, 1/cap for mask.
 
     Returns:
         (weights [N, T] float32, detached, 1 off the mask; metrics over response tokens:
         `rollout_corr/logprob_diff_mean` and `_max` (|train - sampling|), `rollout_corr/kl` (k3 estimate
         of KL(pi_sampler || pi_old) on the sampler's tokens), `rollout_corr/weight_mean`, and
-        `rollout_corr/capped_frac` (truncate: share of tokens whose weight the cap lowered) or
+        `rollout_corr/capped_frac` (truncate: share of tokens whose weight a bound changed) or
         `rollout_corr/masked_frac` (mask: share of tokens dropped)).
     """
-    _check(train_logprobs, sampling_logprobs, mask, cap, level, mode)
+    _check(train_logprobs, sampling_logprobs, mask, cap, level, mode, min_ratio)
     mask = mask.bool()
     train, sampling = train_logprobs.detach().float(), sampling_logprobs.detach().float()
     log_ratio = torch.where(mask, train - sampling, 0.0)  # log(pi_old / pi_sampler) per token
@@ -60,9 +68,11 @@ def importance_weights(
         log_ratio = torch.where(mask, log_ratio.sum(-1, keepdim=True), 0.0)
     ratio = log_ratio.exp()
     if mode == "truncate":
-        weights, cut, cut_name = ratio.clamp(max=cap), ratio > cap, "capped_frac"
+        low = 0.0 if min_ratio is None else min_ratio
+        weights, cut, cut_name = ratio.clamp(min=low, max=cap), (ratio > cap) | (ratio < low), "capped_frac"
     else:
-        cut = (ratio > cap) | (ratio < 1 / cap)
+        low = 1 / cap if min_ratio is None else min_ratio
+        cut = (ratio > cap) | (ratio < low)
         weights, cut_name = torch.where(cut, 0.0, ratio), "masked_frac"
     token_diff = torch.where(mask, train - sampling, 0.0).abs()
     metrics = {
@@ -75,9 +85,12 @@ def importance_weights(
     return torch.where(mask, weights, 1.0), metrics
 
 
-def _check(train: torch.Tensor, sampling: torch.Tensor, mask: torch.Tensor, cap: float, level: str, mode: str) -> None:
+def _check(train: torch.Tensor, sampling: torch.Tensor, mask: torch.Tensor, cap: float, level: str, mode: str,
+           min_ratio: float | None = None) -> None:
     if cap < 1:
-        raise ValueError(f"the importance-weight cap must be >= 1 (TRL uses 2.0), got {cap}")
+        raise ValueError(f"the importance-weight cap must be >= 1 (TRL's default C_max is 3.0), got {cap}")
+    if min_ratio is not None and not 0 <= min_ratio <= 1:
+        raise ValueError(f"the importance-weight min_ratio must be in [0, 1] (0: no lower bound), got {min_ratio}")
     if level not in LEVELS or mode not in MODES:
         raise ValueError(f"importance sampling level={level!r}, mode={mode!r}: choose a level of {LEVELS} "
                          f"and a mode of {MODES}")

@@ -12,14 +12,16 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from clipo.algorithms.kl import KL_ESTIMATORS
 from clipo.config.batches import batch_problems
 from clipo.config.keys import unknown_key_problems
 from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping
-from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS, register_components
-from clipo.rl.dynamic_sampling import DynamicSampling
+from clipo.evaluation.scoring import eval_sampling
+from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.old_policy import ImportanceCorrection
 from clipo.rl.rewards import reward_config_problems
+from clipo.rollout.sampling import Sampling
+from clipo.run.ranks import timeout_problem
 
 
 class ConfigError(ValueError):
@@ -27,7 +29,6 @@ class ConfigError(ValueError):
 
 
 def validate_config(cfg: DictConfig) -> None:
-    register_components()
     problems: list[str] = []
     for key, registry in [
         ("advantage.name", ADVANTAGES),
@@ -43,11 +44,10 @@ def validate_config(cfg: DictConfig) -> None:
         if name not in choices:
             problems.append(f"{key}={name!r} is not a registered {registry.kind}; choose one of: {', '.join(choices)}")
 
-    estimator = cfg.algorithm.get("kl_estimator", "k3")
-    if estimator not in KL_ESTIMATORS:
-        problems.append(f"algorithm.kl_estimator={estimator!r} is unknown; choose one of: {', '.join(KL_ESTIMATORS)}")
+    problems += _part_problems(cfg)  # the parts that need no model check their own settings
     mode = _rule(problems, lambda: ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode))
     problems += _contrastive_problems(cfg, mode)
+    problems += _rollout_problems(cfg)
     problems += _sampling_problems(cfg)
     problems += _reward_problems(cfg)
     problems += _logging_and_lora_problems(cfg)
@@ -71,14 +71,40 @@ def _rule(problems: list[str], build: Callable[[], Any]) -> Any:
         return None
 
 
+def _part_problems(cfg: DictConfig) -> list[str]:
+    """The policy loss, the advantage estimator and the contrastive loss built from their settings: each
+    constructor's own checks (e.g. an algorithm's clip_c and KL estimator). Unknown keys are reported by
+    `unknown_key_problems` and skip the build."""
+    if unknown_key_problems(cfg):
+        return []
+    problems: list[str] = []
+    for registry, group in ((ALGORITHMS, "algorithm"), (ADVANTAGES, "advantage"), (LOSSES, "loss")):
+        if cfg[group].name in registry:  # an unknown name is reported above, with the choices
+            _rule(problems, lambda: registry.build(OmegaConf.to_container(cfg[group], resolve=True)))
+    return problems
+
+
 def _contrastive_problems(cfg: DictConfig, mode: ContrastiveMode | None) -> list[str]:
     """The mode's adapter accepts its settings (the adapters' own checks, before any model loads)."""
-    problems: list[str] = []
     c = cfg.contrastive
     if mode is ContrastiveMode.REWARD:
-        _rule(problems, lambda: ContrastiveRewardShaping(None, None, c.lam, c.c, c.floor, c.head_warmup_steps))
-    elif mode is ContrastiveMode.LOSS:
-        _rule(problems, lambda: ContrastiveLossTerm(None, None, c.coef, cfg.rollout.hidden_layer))
+        return ContrastiveRewardShaping.problems(c.lam, c.c, c.floor, c.head_warmup_steps)
+    if mode is ContrastiveMode.LOSS:
+        return ContrastiveLossTerm.problems(c.coef)
+    return []
+
+
+def _rollout_problems(cfg: DictConfig) -> list[str]:
+    """How training and validation sample (`Sampling`'s and `eval_sampling`'s own rules, before any model loads);
+    the collectives' time limit."""
+    r, v = cfg.rollout, cfg.validation
+    problems = Sampling.problems(r.max_new_tokens, r.temperature, r.top_p, r.top_k, "rollout.", training=True)
+    _rule(problems, lambda: eval_sampling(v.n, v.temperature, v.top_p, v.max_new_tokens or 1, "validation."))
+    if problem := timeout_problem((cfg.get("distributed") or {}).get("timeout_s", "auto")):
+        problems.append(problem)
+    grace = (cfg.get("signals") or {}).get("grace_s")
+    if grace is not None and (not isinstance(grace, (int, float)) or isinstance(grace, bool) or grace <= 0):
+        problems.append(f"signals.grace_s={grace!r} must be a positive number of seconds, or null (no limit)")
     return problems
 
 
@@ -113,12 +139,8 @@ def _sampling_problems(cfg: DictConfig) -> list[str]:
     s, budget = cfg.sampling, cfg.rollout.max_new_tokens
     problems: list[str] = []
     _rule(problems, lambda: DynamicSampling(0, s.max_refill_batches, s.filter_on))
-    if not 0 <= s.overlong_buffer <= budget:
-        problems.append(
-            f"sampling.overlong_buffer={s.overlong_buffer} must lie in 0..rollout.max_new_tokens={budget} (0 disables it)"
-        )
-    if s.overlong_penalty < 0:
-        problems.append(f"sampling.overlong_penalty={s.overlong_penalty} must be >= 0")
+    if s.overlong_buffer:  # 0 turns the penalty off
+        _rule(problems, lambda: OverlongShaping(budget, s.overlong_buffer, s.overlong_penalty))
     return problems
 
 
@@ -126,7 +148,7 @@ def _engine_problems(cfg: DictConfig) -> list[str]:
     """The sampler correction's settings (its own check); the engine can run the model."""
     problems: list[str] = []
     i = cfg.rollout.importance_sampling
-    _rule(problems, lambda: ImportanceCorrection(i.cap, i.level, i.mode))
+    _rule(problems, lambda: ImportanceCorrection(i.cap, i.level, i.mode, i.get("min_ratio")))
     return problems + engine_problems(cfg.rollout, cfg.model)
 
 
@@ -159,6 +181,9 @@ def engine_problems(rollout_cfg: DictConfig, model_cfg: DictConfig) -> list[str]
 
 def _data_problems(cfg: DictConfig) -> list[str]:
     problems = _evaluation_problems(cfg)
+    val_batch = cfg.data.get("val_batch_size", 32)
+    if not isinstance(val_batch, int) or isinstance(val_batch, bool) or val_batch < 1:
+        problems.append(f"data.val_batch_size={val_batch} must be a count of prompts >= 1")
     sets = {"train": cfg.data.train, **{f"val.{k}": v for k, v in (cfg.data.get("val") or {}).items()}}
     for name, spec in sets.items():
         path = spec.get("path")
@@ -212,7 +237,7 @@ def validate_model_source(cfg: DictConfig) -> None:
 def _precision_problems(cfg: DictConfig) -> list[str]:
     """`trainer.precision` is `auto`, bf16-copy (in one process) or one Lightning accepts (checked here, before the
     model loads)."""
-    from clipo.rollout.engine_choice import training_processes
+    from clipo.run.facts import training_processes
     from clipo.run.precision import PRECISIONS, WORKING_COPY
 
     precision = cfg.trainer.get("precision", "auto")

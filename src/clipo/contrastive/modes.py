@@ -125,14 +125,23 @@ class ContrastiveRewardShaping:
         self, objective: ContrastiveObjective, head_step: HeadStep, lam: float = 0.2, c: float = 0.0,
         floor: float = -0.5, head_warmup_steps: int = 0,
     ) -> None:
-        if lam < 0:
-            raise ValueError(f"contrastive.lam={lam} must be >= 0 (a negative one rewards spreading correct answers)")
-        if floor > c:
-            raise ValueError(f"contrastive.floor ({floor}) must be <= contrastive.c ({c}), otherwise every bonus equals the floor")
-        if head_warmup_steps < 0:
-            raise ValueError(f"contrastive.head_warmup_steps={head_warmup_steps} must be >= 0")
+        if problems := self.problems(lam, c, floor, head_warmup_steps):
+            raise ValueError("; ".join(problems))
         self.objective, self.head_step = objective, head_step
         self.lam, self.c, self.floor, self.head_warmup_steps = float(lam), float(c), float(floor), int(head_warmup_steps)
+
+    @staticmethod
+    def problems(lam: float, c: float, floor: float, head_warmup_steps: int) -> list[str]:
+        """What is wrong with these settings (the config check asks before any model loads)."""
+        problems = []
+        if lam < 0:
+            problems.append(f"contrastive.lam={lam} must be >= 0 (a negative one rewards spreading correct answers)")
+        if floor > c:
+            problems.append(f"contrastive.floor ({floor}) must be <= contrastive.c ({c}), otherwise every bonus equals "
+                            "the floor")
+        if head_warmup_steps < 0:
+            problems.append(f"contrastive.head_warmup_steps={head_warmup_steps} must be >= 0")
+        return problems
 
     def policy_waits(self, step: int) -> bool:
         """True while only the head trains.
@@ -170,8 +179,8 @@ class ContrastiveLossTerm:
     """
 
     def __init__(self, objective: ContrastiveObjective, head_step: HeadStep, coef: float, hidden_layer: int) -> None:
-        if coef < 0:
-            raise ValueError(f"contrastive.coef={coef} must be >= 0 (a negative one rewards spreading correct answers)")
+        if problems := self.problems(coef):
+            raise ValueError("; ".join(problems))
         self.objective, self.head_step, self.coef, self.hidden_layer = objective, head_step, float(coef), hidden_layer
 
     def __call__(
@@ -181,6 +190,13 @@ class ContrastiveLossTerm:
         """(coef * batch loss * `rollouts` / `of`, metrics): the micro-batch's share of its mini-batch of `of`."""
         out = self.objective(hidden, mask, correct, groups)
         return self.coef * out.batch_loss * rollouts / of, out.metrics
+
+    @staticmethod
+    def problems(coef: float) -> list[str]:
+        """What is wrong with this setting (the config check asks before any model loads)."""
+        if coef < 0:
+            return [f"contrastive.coef={coef} must be >= 0 (a negative one rewards spreading correct answers)"]
+        return []
 
     def after_update(self) -> None:
         """The head (and a learned pooler) learn from the same backward as the policy update."""

@@ -168,3 +168,15 @@ def drop_overlong_prompts(datamodule: Any, tokenizer: Any, max_tokens: int) -> d
                         f"{max_tokens} tokens, fewer than data.prompts_per_step={datamodule.prompts_per_step}; raise "
                         "data.max_prompt_tokens (and the model's context) or use shorter prompts")
     return dropped
+
+
+def check_training_data(cfg: Any, datamodule: Any, verifiers: tuple[Any, dict[str, Any]]) -> None:
+    """Load the train and validation sets and check their ground truths with the verifiers that will score
+    them (`clipo.data.checks`), before the model loads; a bad set closes the verifiers' worker pools."""
+    train_verifier, val_verifiers = verifiers
+    try:
+        check_data(datamodule, train_verifier, val_verifiers, bool(cfg.data.get("skip_bad_rows", False)))
+    except BaseException:
+        for verifier in {id(v): v for v in [train_verifier, *val_verifiers.values()]}.values():
+            verifier.close()
+        raise

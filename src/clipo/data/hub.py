@@ -28,27 +28,42 @@ from clipo.data.common import (
     select_rows,
     verl_record,
 )
-
-# a local file with one of these suffixes is loaded with the matching `datasets` builder
-_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+from clipo.data.file_errors import FORMATS, local_file_problem, unsupported_format
 
 
 def _load(name: str, config_name: str | None, split: str, data_files: object):
     import datasets
 
     local = Path(name).expanduser()
-    if data_files is None and local.is_file() and local.suffix in _BUILDERS:
-        name, data_files = _BUILDERS[local.suffix], str(local)
+    if data_files is None and local.is_file():  # a local file: its format from its suffix
+        if local.suffix not in FORMATS:
+            raise ValueError(unsupported_format(local))
+        name, data_files = FORMATS[local.suffix], str(local)
     try:
         if (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file():
             saved = datasets.load_from_disk(str(local))  # a folder written by `Dataset.save_to_disk`
             return saved[split] if isinstance(saved, datasets.DatasetDict) else saved
-        return datasets.load_dataset(name, config_name, split=split, data_files=data_files)
+        dataset = datasets.load_dataset(name, config_name, split=split, data_files=data_files)
     except Exception as error:  # noqa: BLE001 - re-raised with what to check
-        raise RuntimeError(
-            f"could not load dataset {name!r} (config {config_name!r}, split {split!r}, data_files {data_files!r}): "
-            f"{error}. Without network (HF_HUB_OFFLINE=1) pass a local path or a dataset already in the HF cache."
-        ) from error
+        raise _load_error(name, config_name, split, data_files, local, error) from error
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {str(local) if local.exists() else name!r} (split {split!r}) holds no records")
+    return dataset
+
+
+def _load_error(name: str, config_name: str | None, split: str, data_files: object, local: Path,
+                error: Exception) -> Exception:
+    """A failed load said as the local file's own problem (file, line or row, what), or `datasets`' message
+    with the network hint only where a dataset could have come from the hub."""
+    files = [Path(f) for f in ([data_files] if isinstance(data_files, str) else data_files or [])]
+    for file in files if files else [local]:
+        if file.is_file() and (problem := local_file_problem(file)):
+            return ValueError(problem)
+    what = f"could not load dataset {name!r} (config {config_name!r}, split {split!r}, data_files {data_files!r}): {error}"
+    if local.exists() or (files and all(f.exists() for f in files)):
+        return ValueError(f"{what}; the data is local, so check its format")
+    return RuntimeError(f"{what}. Without network (HF_HUB_OFFLINE=1) pass a local path or a dataset already in the "
+                        "HF cache.")
 
 
 def load_hub(

@@ -25,6 +25,7 @@ from clipo.data.common import (
     select_rows,
     verl_record,
 )
+from clipo.data.file_errors import parquet_problem
 
 
 def resolve_parquet_path(path: str | Path) -> Path:
@@ -56,6 +57,8 @@ def load_parquet(path: str | Path, max_rows: int | None = None, sample_seed: int
             `solution`, `answer`, `ground_truth`).
     """
     file = resolve_parquet_path(path)
+    if problem := parquet_problem(file):
+        raise ValueError(problem)
     parquet = pq.ParquetFile(file)
     names = parquet.schema_arrow.names
     verl = "reward_model" in names and answer_column is None

@@ -53,15 +53,16 @@ def split_set_spec(spec: Mapping, use_hub: bool = False) -> tuple[dict, str | No
     return spec, None if verifier is None else str(verifier), [str(t) for t in twins or []]
 
 
-def eval_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> Sampling:
-    """Greedy decoding for `temperature == 0` (then `n` must be 1), sampling otherwise (no top-k)."""
-    if n < 1:
-        raise ValueError(f"n (samples per problem) must be >= 1, got {n}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+def eval_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int, prefix: str = "") -> Sampling:
+    """Greedy decoding for `temperature == 0` (then `n` must be 1), sampling otherwise (no top-k). Errors name
+    each setting as `<prefix><name>` (`validation.` in training)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{prefix}n={n} (samples per problem) must be >= 1")
+    if problems := Sampling.problems(max_new_tokens, temperature, top_p, 0, prefix):
+        raise ValueError("; ".join(problems))
     if temperature == 0 and n > 1:
-        raise ValueError(f"greedy decoding (temperature=0) gives {n} identical samples; set temperature > 0 "
-                         "for n > 1 (the paper's Track II: n=16 temperature=0.6 top_p=0.95)")
+        raise ValueError(f"greedy decoding ({prefix}temperature=0) gives {n} identical samples; set {prefix}temperature "
+                         "> 0 for n > 1 (the paper's Track II: n=16 temperature=0.6 top_p=0.95)")
     return Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=0)
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Callable
-
+import lightning as L
 import torch
 
 from clipo.evaluation.scoring import SetMetrics, answer_extractor, robustness_table, score_batch
@@ -32,12 +30,11 @@ class Validation(torch.nn.Module):
         self.engine, self.sampling, self.verifiers, self.twins, self.n = engine, sampling, verifiers, twins, n
         self.set_metrics = torch.nn.ModuleDict({name: SetMetrics(n, ks or []) for name in verifiers})
 
-    def score(self, records: list[dict], name: str, generation_context: Callable[[], AbstractContextManager],
-              device: torch.device) -> None:
-        """Generate and verify one batch of the set `name`, adding it to the set's metrics."""
+    def score(self, records: list[dict], name: str, device: torch.device) -> None:
+        """Generate and verify one batch of the set `name`, adding it to the set's metrics (inside the
+        generation context the module holds for the whole pass: ranks may hold different numbers of batches)."""
         verifier = self.verifiers[name]
-        with generation_context():
-            scores = score_batch(self.engine, records, verifier, answer_extractor(verifier), self.sampling, self.n)
+        scores = score_batch(self.engine, records, verifier, answer_extractor(verifier), self.sampling, self.n)
         self.set_metrics[name].update(scores.correct.to(device), scores.answers)
 
     def compute(self) -> dict[str, float]:
@@ -55,3 +52,16 @@ class Validation(torch.nn.Module):
         """Close each verifier's worker pool (a verifier shared with training too: closing is idempotent)."""
         for verifier in {id(v): v for v in self.verifiers.values()}.values():
             verifier.close()
+
+
+def final_validation(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """The final weights' validation: the one fit ran at its last step (val_check_interval dividing
+    max_steps), or a new pass."""
+    if module.last_validation is not None and module.rl_step > 0 and module.last_validation[0] == module.rl_step:
+        return dict(module.last_validation[1])
+    return validation_pass(trainer, module, datamodule)
+
+
+def validation_pass(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    return {k: float(v) for result in results for k, v in result.items()}

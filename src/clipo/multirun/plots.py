@@ -74,28 +74,48 @@ def draw_bars(ax, labels: Sequence[str], values: Sequence[float], errors: Sequen
     ax.grid(axis="y", alpha=0.3)
 
 
-def plot_robustness_gap(df: pd.DataFrame, labels: Sequence[str], errors: pd.DataFrame | None = None,
-                        points: Mapping[str, Sequence[Sequence[float]]] | None = None) -> Figure:
-    """Robustness gap `acc(set) - acc(perturbed twin)` per run (or per configuration), one panel per pair.
+def plot_bar_panels(df: pd.DataFrame, labels: Sequence[str], panels: Sequence[tuple[str, str, str]],
+                    errors: pd.DataFrame | None = None, points: Mapping[str, Sequence[Sequence[float]]] | None = None,
+                    empty: str = "nothing to draw") -> Figure:
+    """One bar panel per metric: a bar per row of `df` (a run, or a configuration's mean).
 
     Args:
-        df: rows to draw, with `gap/<set>_<pk>` columns (from `load_runs`, or means from `summarize`
-            renamed back to the metric names).
+        df: rows to draw, one column per panel's metric.
         labels: one bar label per row.
+        panels: (metric column, title, y label) per panel.
         errors: optional error bar heights with the same columns (e.g. the std over seeds).
-        points: optional gap column -> per bar, the values of the single runs (drawn as dots).
+        points: optional metric -> per bar, the values of the single runs (drawn as dots).
+        empty: the text drawn when there is no panel.
     """
-    gaps = [c for c in df.columns if c.startswith("gap/")]
-    fig = Figure(figsize=(max(4.5, 0.6 * len(labels) + 2.5) * max(1, len(gaps)), 3.8), layout="constrained")
-    axes = fig.subplots(1, max(1, len(gaps)), squeeze=False)[0]
-    if not gaps:
-        axes[0].text(0.5, 0.5, "no perturbed validation set (val/<set>_p<k>/acc)", ha="center", va="center")
+    fig = Figure(figsize=(max(4.5, 0.6 * len(labels) + 2.5) * max(1, len(panels)), 3.8), layout="constrained")
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    if not panels:
+        axes[0].text(0.5, 0.5, empty, ha="center", va="center")
         axes[0].set_axis_off()
         return fig
-    for ax, gap in zip(axes, gaps):
+    for ax, (metric, title, ylabel) in zip(axes, panels):
+        draw_bars(ax, labels, df[metric].tolist(), None if errors is None else errors[metric].tolist(),
+                  None if points is None else points[metric])
+        ax.set(title=title, ylabel=ylabel)
+    return fig
+
+
+def plot_robustness_gap(df: pd.DataFrame, labels: Sequence[str], errors: pd.DataFrame | None = None,
+                        points: Mapping[str, Sequence[Sequence[float]]] | None = None) -> Figure:
+    """Robustness gap `acc(set) - acc(perturbed twin)` per run (or per configuration), one panel per pair
+    (`gap/<set>_<pk>` columns of `load_runs`, or their means; see `plot_bar_panels`)."""
+    panels = []
+    for gap in (c for c in df.columns if c.startswith("gap/")):
         twin = gap.removeprefix("gap/")
         base, level = twin.rsplit("_", 1)
-        draw_bars(ax, labels, df[gap].tolist(), None if errors is None else errors[gap].tolist(),
-                  None if points is None else points[gap])
-        ax.set(title=f"robustness gap: {base} vs {twin}", ylabel=f"acc({base}) - acc({twin})\n>0: lost under {level}")
-    return fig
+        panels.append((gap, f"robustness gap: {base} vs {twin}", f"acc({base}) - acc({twin})\n>0: lost under {level}"))
+    return plot_bar_panels(df, labels, panels, errors, points, empty="no perturbed validation set (val/<set>_p<k>/acc)")
+
+
+def plot_heldout_accuracy(df: pd.DataFrame, labels: Sequence[str], errors: pd.DataFrame | None = None,
+                          points: Mapping[str, Sequence[Sequence[float]]] | None = None) -> Figure:
+    """Held-out accuracy after training (`val/<set>/acc` columns) per run or configuration, a panel per set."""
+    sets = [c for c in df.columns if c.startswith("val/") and c.endswith("/acc") and c.count("/") == 2
+            and c != "val/avg/acc"]
+    panels = [(c, f"held-out accuracy: {c.split('/')[1]}", "accuracy after training") for c in sets]
+    return plot_bar_panels(df, labels, panels, errors, points, empty="no validation set (data.val) in these runs")

@@ -18,9 +18,10 @@ import pandas as pd
 import yaml
 
 from clipo.evaluation.metrics import robustness_gap
+from clipo.multirun.status import job_status
 
-# Columns every row has besides the run's choices and metrics.
-RUN_COLUMNS = ["run", "metrics_from", "path"]
+# Columns every row has besides the run's choices and metrics (status and error: `clipo.multirun.status`).
+RUN_COLUMNS = ["run", "status", "error", "metrics_from", "path"]
 # Validation sets named `<base>_p<k>` are perturbed twins of `<base>` (e.g. arith_p1 of arith).
 PERTURBED_SET = re.compile(r"^val/(?P<base>.+)_(?P<level>p\d+)/acc$")
 
@@ -101,8 +102,9 @@ def robustness_gaps(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def load_runs(folder: str | Path) -> pd.DataFrame:
-    """One row per run: `run` (job folder name), its overrides as columns, `metrics_from`
-    (`summary`, `csv` or `none`), `path`, the final metrics and `gap/...` robustness gaps.
+    """One row per run: `run` (job folder name), its overrides as columns, `status` and `error` (how the
+    job ended; for one that did not complete, its error line or what stopped it), `metrics_from` (`summary`, `csv` or `none`), `path`,
+    the final metrics and `gap/...` robustness gaps.
 
     The override keys are listed in `df.attrs["choices"]`.
     """
@@ -111,7 +113,9 @@ def load_runs(folder: str | Path) -> pd.DataFrame:
         choices = parse_overrides(yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])
         choice_keys += [k for k in choices if k not in choice_keys]
         metrics, source = final_metrics(run_dir)
-        rows.append({"run": run_dir.name, **choices, "metrics_from": source, "path": str(run_dir),
+        status, detail = job_status(run_dir)
+        rows.append({"run": run_dir.name, **choices, "status": status, "error": detail,
+                     "metrics_from": source, "path": str(run_dir),
                      **metrics, **robustness_gaps(metrics)})
     df = pd.DataFrame(rows)
     df.attrs["choices"] = choice_keys

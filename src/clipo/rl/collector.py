@@ -6,14 +6,17 @@
     -> advantage estimator -> Trajectory
 
 Each bracketed stage is a part the builders made or left out (None); the log-prob passes run as
-the builders planned them (`RolloutLogprobs`). Nothing here reads the config or asks a part what
-it is. Shapes: `N` rollouts, `T` response tokens.
+the builders planned them (`LogprobPasses`). Nothing here reads the config or asks a part what
+it is. The trajectory is plain data: tensors and small records, no callbacks. Generation, refills
+included, runs inside one `generation_context` (under ZeRO-3 / FSDP the weights are gathered once
+for the phase, so ranks that refill a different number of times still make the same collectives).
+Shapes: `N` rollouts, `T` response tokens.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -22,25 +25,27 @@ from clipo.contrastive.modes import ContrastiveRewardShaping, RewardShapingOutpu
 from clipo.groups import group_stats
 from clipo.interfaces import AdvantageEstimator, RolloutEngine, Verifier
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
-from clipo.rl.old_policy import OldPolicy, RolloutLogprobs
+from clipo.rl.old_policy import LogprobPasses
 from clipo.rl.rewards import RewardScorer, RewardScores, reward_metrics
 from clipo.rollout.batch import RolloutBatch
 from clipo.rollout.sampling import Sampling
 from clipo.run.timing import PhaseTimer
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trajectory:
     """One step's rollouts and everything the update needs of them; the updater only reads it."""
 
-    rollouts: RolloutBatch
+    rollouts: RolloutBatch  # with CLIPO's hidden states when reward shaping pooled them
     rewards: torch.Tensor  # [N] the reward functions' weighted sum (the verifier alone by default)
     correct: torch.Tensor  # [N] bool, the verifier's score > 0.5 (the contrastive labels), never the sum's
     shaped_rewards: torch.Tensor  # [N] rewards after overlong and CLIPO shaping (what advantages see)
     advantages: torch.Tensor  # [N] float32
-    old: OldPolicy  # pi_old and the importance weights, per micro-batch
+    old_logprobs: torch.Tensor | None = None  # [N, T] pi_old taken before the update; None: on-policy (the update's own)
     ref_logprobs: torch.Tensor | None = None  # [N, T] the reference's, when the loss has a KL term
     update_policy: bool = True  # False during CLIPO's head warm-up
+    forward_passes: int = 0  # the collector's no-grad passes over the batch (FLOPs accounting)
+    step: int = 0  # RL steps done before this one (the loss's training progress, e.g. ConSPO's margin)
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars
     scores: RewardScores | None = None  # each reward function's scores [N, F], for the rollout log
     contrastive: RewardShapingOutput | None = None  # CLIPO's losses and bonuses in reward mode
@@ -56,7 +61,8 @@ class RolloutCollector:
         advantage: the advantage estimator.
         sampling: the engine's sampling settings for training rollouts.
         group_size: rollouts per prompt.
-        logprobs: the no-grad passes the builders planned (pi_old, reference, missing hidden states).
+        logprobs: the no-grad passes the builders planned (pi_old, reference, hidden states the engine lacks).
+        capture_layer: the hidden layer the engine captures while sampling (reward shaping pools it), or None.
         dynamic_sampling: DAPO's drop-and-refill (`sampling.dynamic`), or None.
         overlong: DAPO's soft overlong punishment (`sampling.overlong_buffer > 0`), or None.
         reward_shaping: CLIPO's bonus in reward mode, or None.
@@ -70,7 +76,8 @@ class RolloutCollector:
         advantage: AdvantageEstimator,
         sampling: Sampling,
         group_size: int,
-        logprobs: RolloutLogprobs,
+        logprobs: LogprobPasses,
+        capture_layer: int | None = None,
         dynamic_sampling: DynamicSampling | None = None,
         overlong: OverlongShaping | None = None,
         reward_shaping: ContrastiveRewardShaping | None = None,
@@ -78,8 +85,7 @@ class RolloutCollector:
         self.engine, self.verifier, self.rewards, self.advantage = engine, verifier, rewards, advantage
         self.sampling, self.group_size, self.logprobs = sampling, group_size, logprobs
         self.dynamic_sampling, self.overlong, self.reward_shaping = dynamic_sampling, overlong, reward_shaping
-        # hidden states to capture while sampling: reward shaping pools them
-        self.hidden_layer = logprobs.hidden_layer
+        self.capture_layer = capture_layer
 
     def close(self) -> None:
         """Shut the training verifier's worker pool down."""
@@ -105,19 +111,22 @@ class RolloutCollector:
             step: RL steps done so far (for CLIPO's head warm-up).
             refill: draws more prompts (dynamic sampling's refills).
             timer: phase timings and generated tokens are added to it.
-            generation_context: entered around each generation (e.g. ZeRO-3's weight gathering).
+            generation_context: entered around the sampling phase, refills included (e.g. ZeRO-3's weight gathering).
             trainer_state: handed to the reward functions (TRL's `trainer_state`), e.g. the Lightning trainer.
         """
-        sample = lambda prompts: self._generate_and_score(prompts, timer, generation_context, trainer_state)  # noqa: E731
-        rollouts, scores = sample(records)
-        metrics = self._rollout_metrics(rollouts, scores)
-        if self.dynamic_sampling is not None:
-            rollouts, scores, dapo_metrics = self.dynamic_sampling.fill(rollouts, scores, len(records),
-                                                                        lambda: sample(refill()))
-            metrics |= dapo_metrics
+        sample = lambda prompts: self._generate_and_score(prompts, timer, trainer_state)  # noqa: E731
+        with generation_context():
+            rollouts, scores = sample(records)
+            metrics = self._rollout_metrics(rollouts, scores)
+            if self.dynamic_sampling is not None:
+                rollouts, scores, dapo_metrics = self.dynamic_sampling.fill(rollouts, scores, len(records),
+                                                                            lambda: sample(refill()))
+                metrics |= dapo_metrics
         update_policy = self.reward_shaping is None or not self.reward_shaping.policy_waits(step)
         with timer("logprobs"):
-            old, ref_logprobs = self.logprobs(rollouts, update_policy)
+            passes = self.logprobs(rollouts, update_policy)
+        if passes.hidden is not None:
+            rollouts = replace(rollouts, hidden=passes.hidden)
         device = rollouts.sequences.device
         rewards, correct = scores.total.to(device), scores.correct.to(device)
         shaped = rewards if self.overlong is None else rewards + self.overlong(rollouts.response_lengths)
@@ -128,17 +137,20 @@ class RolloutCollector:
                     rollouts.hidden, rollouts.hidden_mask, correct, rollouts.groups, shaped
                 )
             metrics |= contrastive.metrics
-        advantages = self.advantage(shaped, rollouts.groups)
+        # each reward function's score and the shaping on top: the components GDPO normalises apart
+        components = torch.cat([scores.scores.to(device), (shaped - rewards).unsqueeze(-1)], dim=-1)  # [N, F + 1]
+        weights = torch.cat([scores.weights.to(device).float(), torch.ones(1, device=device)])
+        advantages = self.advantage(shaped, rollouts.groups, rollouts.response_lengths, components, weights)
         metrics["train/shaped_reward"] = shaped.mean()
-        return Trajectory(rollouts, rewards, correct, shaped, advantages, old, ref_logprobs, update_policy,
-                          metrics, scores, contrastive)
+        return Trajectory(rollouts, rewards, correct, shaped, advantages, old_logprobs=passes.old_logprobs,
+                          ref_logprobs=passes.ref_logprobs, update_policy=update_policy, forward_passes=passes.passes,
+                          step=step, metrics=metrics, scores=scores, contrastive=contrastive)
 
     def _generate_and_score(
-        self, records: list[dict], timer: PhaseTimer, generation_context: Callable[[], AbstractContextManager],
-        trainer_state: Any,
+        self, records: list[dict], timer: PhaseTimer, trainer_state: Any
     ) -> tuple[RolloutBatch, RewardScores]:
-        with timer("generate"), generation_context():
-            rollouts = self.engine.generate(records, self.group_size, self.sampling, self.hidden_layer)
+        with timer("generate"):
+            rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
         scores = self.rewards(records, rollouts, self.group_size, trainer_state)
         for name, seconds in scores.seconds.items():  # each function is a phase of its own
             timer.seconds["verify" if name == "verifier" else f"reward/{name}"] += seconds

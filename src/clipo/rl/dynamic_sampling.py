@@ -173,11 +173,14 @@ class OverlongShaping:
     penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.buffer <= self.max_len or self.penalty < 0:
-            raise ValueError(
-                f"sampling.overlong_buffer={self.buffer} must be in 1..rollout.max_new_tokens={self.max_len} and "
-                f"sampling.overlong_penalty={self.penalty} >= 0"
-            )
+        problems = []
+        if not 0 < self.buffer <= self.max_len:  # 0 builds no shaping at all
+            problems.append(f"sampling.overlong_buffer={self.buffer} must lie in 0..rollout.max_new_tokens="
+                            f"{self.max_len} (0 disables it)")
+        if self.penalty < 0:
+            problems.append(f"sampling.overlong_penalty={self.penalty} must be >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def __call__(self, lengths: torch.Tensor) -> torch.Tensor:
         """[N] penalties (<= 0) for response lengths [N]."""

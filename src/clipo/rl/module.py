@@ -7,6 +7,7 @@ an RL step samples, scores and then makes one or more optimizer updates.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, Callable
 
 import lightning as L
@@ -18,13 +19,13 @@ from clipo.contrastive.modes import HeadStep
 from clipo.distributed import gathered_for_generation, mean_over_ranks
 from clipo.evaluation.validation import Validation
 from clipo.rl.collector import RolloutCollector, Trajectory
-from clipo.rl.old_policy import TakenOld
 from clipo.rl.rollout_log import RolloutLog, rollout_rows
 from clipo.rl.updater import PolicyUpdater
+from clipo.run.facts import RunFacts, StrategyKind
 from clipo.run.flops import matmul_parameters, rl_step_perf, step_passes
 from clipo.run.rng import collect_rng_states, set_rng_states
 from clipo.run.step_counter import RLStepCounter
-from clipo.run.strategies import grad_norm_after_step, shard_module
+from clipo.run.strategies import consolidated_state_dict, deepspeed_grad_norm, shard_for_fsdp
 from clipo.run.timing import PhaseTimer
 
 
@@ -36,6 +37,7 @@ class ClipoModule(L.LightningModule):
         head_step: the head's optimizer step (created in `configure_optimizers`).
         optimizer: partial optimizer of the policy.
         validation: the validation sets, their verifiers and metrics.
+        facts: the run's facts (strategy kind, engine chosen, ...), found once (`clipo.run.facts`).
         reference: the frozen reference model the collector scores with (here so that Lightning moves
             it to the device), or None.
         rollout_log: where rollouts are logged (`logging.rollouts_*`), or None.
@@ -53,6 +55,7 @@ class ClipoModule(L.LightningModule):
         head_step: HeadStep,
         optimizer: Callable[..., torch.optim.Optimizer],
         validation: Validation,
+        facts: RunFacts,
         reference: torch.nn.Module | None = None,
         rollout_log: RolloutLog | None = None,
         run_config: dict | None = None,
@@ -63,7 +66,7 @@ class ClipoModule(L.LightningModule):
         self.policy, self.tokenizer, self.reference = policy, tokenizer, reference
         self.collector, self.updater, self.contrastive, self.head_step = collector, updater, contrastive, head_step
         self.optimizer_factory, self.validation, self.rollout_log = optimizer, validation, rollout_log
-        self.run_config = run_config or {}
+        self.run_config, self.facts = run_config or {}, facts
         self.rl_step = 0  # rollout batches seen (policy updates wait during head warm-up)
         self.last_validation: tuple[int, dict[str, float]] | None = None  # (rl_step, metrics) of the latest pass
         self.step_counter = RLStepCounter()  # global_step counts RL steps, not optimizer updates
@@ -99,8 +102,7 @@ class ClipoModule(L.LightningModule):
         metrics |= {f"time/{phase}": torch.tensor(s) for phase, s in timer.seconds.items()}
         metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
         metrics["perf/tokens_per_s"] = torch.tensor(timer.generated_tokens / max(timer.seconds["generate"], 1e-9))
-        passes = step_passes(collected.update_policy, self.updater.batching.epochs,
-                             isinstance(collected.old, TakenOld), collected.ref_logprobs is not None)
+        passes = step_passes(collected.update_policy, self.updater.batching.epochs, collected.forward_passes)
         # the model the update computes on (a bf16 working copy under bf16-copy): MFU against its dtype's rate
         metrics |= rl_step_perf(self.updater.forward_model, collected.rollouts.attention_mask.sum(-1), passes,
                                 float(metrics["time/step"]), self.trainer.precision, self.matmul_params)
@@ -121,7 +123,7 @@ class ClipoModule(L.LightningModule):
         self.rollout_log.write(rows, self.trainer.loggers, step)
 
     def _generation_context(self):
-        return gathered_for_generation(self.trainer.strategy)
+        return gathered_for_generation(self.facts.strategy, self.trainer.strategy, self.policy)
 
     def _mean_over_ranks(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Step metrics averaged over ranks in one collective (every rank logs the same keys, since
@@ -131,12 +133,19 @@ class ClipoModule(L.LightningModule):
         return dict(zip(keys, values))
 
     # ---- validation --------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        # the weights gathered once for the whole pass: ranks hold different numbers of batches (problem i goes
+        # to rank i mod W), so gathering per batch (ZeRO-3, FSDP) would put their collectives out of step
+        self._validation_context = ExitStack()
+        self._validation_context.enter_context(self._generation_context())
+
     def validation_step(self, batch: list[dict], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.trainer.datamodule.val_set_names[dataloader_idx]
-        self.validation.score(batch, name, self._generation_context, self.device)
+        self.validation.score(batch, name, self.device)
 
     def on_validation_epoch_end(self) -> None:
         """Per-set accuracy (mean@n), pass@k and maj@k; robustness gaps to each twin; averages over sets."""
+        self._validation_context.close()
         logged = self.validation.compute()
         self.log_dict(logged, prog_bar=False)
         if not self.trainer.sanity_checking:
@@ -148,7 +157,15 @@ class ClipoModule(L.LightningModule):
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
     def configure_model(self) -> None:
-        shard_module(self)  # FSDP2 (`strategy=fsdp`) shards the policy here; other strategies: nothing
+        if self.facts.strategy is StrategyKind.FSDP:  # FSDP2 shards the policy (and the reference) here
+            shard_for_fsdp(self.trainer.strategy, [self.policy, self.reference])
+
+    def full_policy_state(self) -> dict[str, torch.Tensor] | None:
+        """The policy's full weights when the strategy shards them (ZeRO-3, FSDP: a collective, every rank calls
+        it; under FSDP only rank 0 receives them), else None (the policy's own state_dict is whole)."""
+        if not self.facts.strategy.sharded_parameters:
+            return None
+        return consolidated_state_dict(self.policy, self.facts.strategy)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the contrastive loss's RNG is in the state_dict already (module extra state). The frozen
@@ -191,7 +208,8 @@ class ClipoModule(L.LightningModule):
         # them back in place (same Parameter objects: the head optimizer keeps them, its state is float32).
         if self.contrastive is not None:
             self.contrastive.float()
-        self.updater.use_engine_clipping(grad_norm_after_step(self.trainer.strategy))
+        if self.facts.strategy.deepspeed:  # DeepSpeed clips and skips non-finite steps inside its own step
+            self.updater.use_engine_clipping(deepspeed_grad_norm(self.trainer.strategy))
 
     def on_train_start(self) -> None:
         self.head_step.load_state_dict(getattr(self, "_pending_head_state", None))

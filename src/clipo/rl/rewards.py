@@ -26,8 +26,6 @@ Shapes: `N` rollouts, `F` reward functions.
 
 from __future__ import annotations
 
-import math
-import numbers
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,15 +45,14 @@ from clipo.rl.reward_entries import (
 )
 from clipo.rl.reward_inputs import RESERVED, TEXT, completions_format, text_completions, trl_completions, trl_prompts
 from clipo.rl.reward_model import RewardModel
+from clipo.rl.reward_values import RewardFunctionError, check_weighted_total, checked_values
 from clipo.rollout.prompts import prompt_text
+from clipo.run.ranks import phase
+from clipo.run.stop_signals import ForcedStop
 
 __all__ = ["VERIFIER", "RewardFunction", "RewardFunctionError", "RewardScorer", "RewardScores",
            "build_reward_functions", "entry_name", "import_reward_function", "reward_config_problems", "score_rollouts",
            "text_completions"]
-
-
-class RewardFunctionError(RuntimeError):
-    """A reward function raised, or returned something that is not one number (or None) per rollout."""
 
 
 @dataclass(frozen=True)
@@ -151,32 +148,6 @@ def repeat_columns(records: Sequence[dict], group_size: int) -> dict[str, list[A
     return {k: [record.get(k) for record in records for _ in range(group_size)] for k in keys}
 
 
-def _checked(name: str, output: Any, n: int) -> list[float]:
-    """The output as N floats (NaN for None), or an error naming the function and the first bad value."""
-    if isinstance(output, torch.Tensor):
-        output = output.tolist()
-    if isinstance(output, (str, bytes)) or not isinstance(output, Sequence) and not hasattr(output, "__len__"):
-        raise RewardFunctionError(f"reward function {name!r} returned a {type(output).__name__}; it must return a "
-                                  f"list with one float (or None) per completion ({n}), as {SIGNATURE}")
-    output = list(output)
-    if len(output) != n:
-        raise RewardFunctionError(f"reward function {name!r} returned {len(output)} values for {n} completions")
-    values = []
-    for i, value in enumerate(output):
-        if value is None:
-            values.append(math.nan)
-            continue
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise RewardFunctionError(
-                f"reward function {name!r} returned {value!r} ({type(value).__name__}) for completion {i}; each value "
-                "must be a finite number, or None where the function does not apply"
-            )
-        values.append(float(value))
-    return values
-
-
 def call_with_timeout(function: RewardFunction, kwargs: dict[str, Any]) -> Any:
     """`function.fn(**kwargs)`, in a daemon thread joined for at most `function.timeout_s` seconds.
 
@@ -245,23 +216,29 @@ def score_rollouts(
     for function in functions:
         start = time.perf_counter()
         inputs = {**(as_text if function.text else as_trl), "completion_ids": completion_ids, **kwargs}
-        rows.append(_checked(function.name, _call(function, inputs), n))
+        rows.append(checked_values(function.name, _call(function, inputs), n))
         seconds[function.name] = time.perf_counter() - start
     scores = torch.tensor(rows, dtype=torch.float32).T.reshape(n, len(functions))  # [N, F]
     verifier = [f.name for f in functions].index(VERIFIER)
     extra = {k: v for k, v in extra.items() if len(v) == n}  # a column not one per rollout cannot be shown
     weights = torch.tensor([f.weight for f in functions], dtype=torch.float32)
     names = [f.name for f in functions]
+    check_weighted_total(names, weights, scores)
     return RewardScores(names, weights, scores, scores[:, verifier] > 0.5, list(prompts), seconds, logged, extra)
 
 
 def _call(function: RewardFunction, inputs: dict[str, Any]) -> Any:
-    """`function`'s output on `inputs`; whatever it raises becomes a `RewardFunctionError` naming it."""
+    """`function`'s output on `inputs`; whatever it raises becomes a `RewardFunctionError` naming it, a
+    `SystemExit` or `KeyboardInterrupt` of its own too (a second stop signal, `ForcedStop`, goes on)."""
     try:
-        return call_with_timeout(function, inputs)
-    except Exception as error:
+        with phase(f"reward {function.name}"):
+            return call_with_timeout(function, inputs)
+    except ForcedStop:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as error:
+        said = f": {error}" if str(error) else ""
         raise RewardFunctionError(
-            f"reward function {function.name!r} raised {type(error).__name__}: {error} (signature: {SIGNATURE})"
+            f"reward function {function.name!r} raised {type(error).__name__}{said} (signature: {SIGNATURE})"
         ) from error
 
 

@@ -97,12 +97,15 @@ class RolloutLog:
     def due(self, step: int) -> bool:
         return self.every_n_steps > 0 and step % self.every_n_steps == 0
 
-    def write(self, rows: list[dict[str, Any]], loggers: Sequence[Any] = (), step: int = 0) -> None:
+    def write(self, rows: list[dict[str, Any]], loggers: Sequence[Any] = (), step: int = 1) -> None:
+        """Append the rows of RL step `step` (counted from 1, as in the rows) and hand them to the loggers
+        at the step their metrics are logged at: Lightning numbers RL step `step` with the steps done before
+        it, `step - 1`, so TensorBoard's purge on resume drops or keeps a step's table with its scalars."""
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a") as file:
                 file.writelines(json.dumps(row) + "\n" for row in rows)
-        publish(loggers, rows, step)
+        publish(loggers, rows, step - 1)
 
 
 def flat_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,6 @@ The choice and its reason are among the run's first lines.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import torch
 
 from clipo.rollout.vllm_engine import head_size_problem, vllm_available
@@ -52,15 +49,6 @@ def architecture(policy: torch.nn.Module) -> str:
     """The model class vLLM would load (a LoRA policy: its base model's)."""
     base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
     return (getattr(base.config, "architectures", None) or [type(base).__name__])[0]
-
-
-def training_processes(trainer_cfg: Any) -> int:
-    """Processes the run trains in: the launcher's WORLD_SIZE, else trainer.devices x trainer.num_nodes."""
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    devices = trainer_cfg.get("devices", 1)
-    devices = len(devices) if isinstance(devices, (list, tuple)) else devices
-    return (devices if isinstance(devices, int) else 1) * int(trainer_cfg.get("num_nodes", 1) or 1)
 
 
 def engine_dtype(configured: str | None, sampling: str | None) -> str | None:

@@ -12,6 +12,7 @@ returns the states at the same positions, so both paths pool the same thing
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Iterator
 
 import torch
@@ -89,13 +90,17 @@ def generate_rollouts(
     was_training = model.training
     model.eval()  # no dropout while sampling
     module = hidden_layer_module(model, hidden_layer) if hidden_layer is not None else None
+    # no per-token sync between ranks (transformers turns it on for an FSDP module): the caller holds whole
+    # weights for the phase, and ranks generate different numbers of times (validation batches, refills)
+    generate = partial(model.generate, input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation,
+                       synced_gpus=False)
     try:
         if module is None:
-            sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation)
+            sequences = generate()
             states = []
         else:
             with capture_predicting_states(module) as states:
-                sequences = model.generate(input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation)
+                sequences = generate()
     finally:
         model.train(was_training)
 
@@ -144,6 +149,9 @@ class HFEngine:
     optimizer step (`clipo.run.working_copy`), when the precision plan samples in bf16 from a float32
     policy; else from the policy itself. Either way the weights are current, so `sync_weights` does nothing.
     """
+
+    gives_hidden_states = True  # captured while sampling
+    gives_sampling_logprobs = False  # it samples from the trainer's own distribution (or its bf16 copy's)
 
     def __init__(self, policy: torch.nn.Module, tokenizer: Any, sampler: torch.nn.Module | None = None) -> None:
         self.policy, self.tokenizer = (policy if sampler is None else sampler), tokenizer

@@ -2,9 +2,12 @@
 
 The LM head's full-vocabulary float32 logits of a micro-batch ([n, T, V]: 1.6 GB for 8
 rollouts of 1024 tokens with SmolLM2's 49k vocabulary) never exist at once: the head runs
-on `chunk_size` positions at a time, and in the backward pass each chunk's logits are
+on one chunk of positions at a time, and in the backward pass each chunk's logits are
 recomputed (activation checkpointing) instead of kept. This is what Liger's fused loss
-gives TRL users and verl's chunked entropy gives verl's.
+gives TRL users and verl's chunked entropy gives verl's. The number of chunks is given, not
+derived from the positions: under ZeRO-3 each call of the head gathers its weight, so every
+rank must make as many (`clipo.rollout.forward.TrainingForward.head_chunks`, agreed per
+micro-batch by `clipo.rl.batching`); a chunk may then be empty.
 
 Shapes: `M` positions (the response tokens of a micro-batch, flattened), `D` hidden
 size, `V` vocabulary size.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK_SIZE = 512  # positions a chunk: 512 x 49152 float32 logits = 100 MB for SmolLM2
+DEFAULT_CHUNK_SIZE = 512  # positions a chunk at most: 512 x 49152 float32 logits = 100 MB for SmolLM2
 
 
 def _chunk_logprobs(
@@ -38,7 +41,7 @@ def token_logprobs(
     targets: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunks: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-softmax of `head(states) / temperature` at `targets`, and its entropy, chunk by chunk.
 
@@ -48,19 +51,20 @@ def token_logprobs(
         targets: [M] token ids.
         temperature: the sampling temperature the logits are divided by.
         with_entropy: also return the entropy [M] of each position's distribution (no grad).
-        chunk_size: positions per chunk; the peak extra memory is about 3 x chunk_size x V floats.
+        chunks: calls of the head, each on an equal share of the M positions (some empty when M < chunks);
+            the peak extra memory is about 3 x ceil(M / chunks) x V floats.
 
     Returns:
         (logprobs [M], with grad when `states` or the head need it; entropy [M] or None).
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} must be at least 1")
+    if chunks < 1:
+        raise ValueError(f"chunks={chunks} must be at least 1")
     needs_grad = torch.is_grad_enabled() and (
         states.requires_grad or any(p.requires_grad for p in head.parameters())
     )
     logprobs, entropy = [], []
-    # (split of M = 0 positions gives one empty chunk, so the result stays attached to the graph)
-    for chunk_states, chunk_targets in zip(states.split(chunk_size), targets.split(chunk_size)):
+    # exactly `chunks` pieces, empty ones included (each still calls the head, and keeps the graph attached)
+    for chunk_states, chunk_targets in zip(states.tensor_split(chunks), targets.tensor_split(chunks)):
         if needs_grad:  # keep only the chunk's inputs; its logits are recomputed in the backward pass
             lp, ent = checkpoint(_chunk_logprobs, head, chunk_states, chunk_targets, temperature, with_entropy,
                                  use_reentrant=False)

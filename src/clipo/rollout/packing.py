@@ -1,10 +1,9 @@
 """Micro-batches by token budget (verl's `use_dynamic_bsz` / `ppo_max_token_len_per_gpu`).
 
 Rollouts of similar length go together, and each micro-batch holds as many rollouts as fit in
-`budget` tokens: the real tokens a padding-free forward computes (each group's prompt once, then
-the responses; `clipo.rollout.packed`) when prompt lengths are given, else the padded tokens
-(rows x the longest rollout, prompt + response tokens, in it). The step normaliser is computed over the
-whole mini-batch, so gradient accumulation over any such partition gives the full-batch
+`budget` tokens, counted by the training forward plan's own cost (`TrainingForward.tokens`: what
+its layout computes, padding and shared prompts included). The step normaliser is computed over
+the whole mini-batch, so gradient accumulation over any such partition gives the full-batch
 gradient.
 
 Shapes: `N` rollouts of one mini-batch.
@@ -12,37 +11,35 @@ Shapes: `N` rollouts of one mini-batch.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+Cost = Callable[[list[int]], int]  # tokens the forward computes for these rollouts together
 
 
 def pack_by_tokens(
-    lengths: torch.Tensor,
-    budget: int,
-    groups: torch.Tensor | None = None,
-    whole_groups: bool = False,
-    min_batches: int = 1,
-    prompt_lengths: torch.Tensor | None = None,
+    lengths: torch.Tensor, budget: int, cost: Cost, groups: torch.Tensor | None = None, whole_groups: bool = False,
+    grow_budget: bool = False,
 ) -> list[torch.Tensor]:
     """Split rollouts into micro-batches of at most `budget` tokens, longest first.
 
     Args:
-        lengths: [N] tokens of each rollout (prompt + response).
-        budget: the most tokens a micro-batch may hold: real tokens with `prompt_lengths`
-            (each group's prompt once plus every response), else padded ones (rows x longest length).
-        groups: [N] group ids. Groups are then taken in the order of their longest rollout and
-            kept together, split only where a micro-batch is full: the training forward runs each
-            group's prompt once per micro-batch (`clipo.rollout.shared_prompt`), so a group cut
-            into many pieces would pay for its prompt many times.
-        whole_groups: never split a group (the contrastive loss taken per forward pass needs it).
-        min_batches: at least this many micro-batches (the largest are halved): under data
-            parallelism every rank must run the same number of backward passes and collectives.
-        prompt_lengths: [N] prompt tokens of each rollout; counts real tokens (padding-free forward).
+        lengths: [N] tokens of each rollout (prompt + response), for the order.
+        budget: the most tokens a micro-batch may cost.
+        cost: the forward's cost of a list of rollouts (indices into `lengths`).
+        groups: [N] group ids. Groups are then taken in the order of their longest rollout and kept
+            together, split only where a micro-batch is full: a shared-prompt forward runs each group's
+            prompt once per micro-batch, so a group cut into many pieces would pay for it many times.
+        whole_groups: never split a group (a loss taken per forward pass over a group's rollouts needs it).
+        grow_budget: raise the budget to the largest unit that must share a forward instead of failing
+            (`ppo.max_tokens_per_micro_batch=auto`).
 
     Returns:
         Index tensors (ascending within each) that partition `range(N)`.
 
     Raises:
-        ValueError: a rollout (or, with `whole_groups`, a group) alone exceeds the budget.
+        ValueError: a rollout (or, with `whole_groups`, a group) alone exceeds a fixed budget.
     """
     device, lengths = lengths.device, lengths.long().cpu()  # a few numbers: plan on the CPU
     n = len(lengths)
@@ -50,12 +47,17 @@ def pack_by_tokens(
     num_groups = int(group_of.max()) + 1 if n else 0
     group_len = torch.zeros(num_groups, dtype=torch.long).scatter_reduce(0, group_of, lengths, reduce="amax")
     group_rows = torch.bincount(group_of, minlength=num_groups)  # [G']
-    if prompt_lengths is None:
-        _check_fits(lengths, group_len, group_rows, budget, whole_groups and groups is not None)
-    cost = _padded_cost if prompt_lengths is None else _real_cost(lengths, prompt_lengths.long().cpu(), group_of, budget)
-    units = _units(_order(lengths, group_of, group_len), group_of, group_rows, whole_groups)
-    batches = _fill(units, lengths.tolist(), budget, cost, check_units=prompt_lengths is not None)
-    _split_to(batches, min_batches)
+    units = _units(_order(lengths, group_of, group_len), group_of, group_rows, whole_groups and groups is not None)
+    largest = max((cost(unit) for unit in units), default=0)
+    if grow_budget:
+        budget = max(budget, largest)
+    elif largest > budget:
+        unit = max(units, key=cost)
+        what = f"a group of {len(unit)} rollouts" if len(unit) > 1 else "a rollout"
+        must = "; whole groups must share a micro-batch" if len(unit) > 1 else ""
+        raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than {what} ({largest} tokens as the "
+                         f"forward computes them{must}); raise it to at least {largest}, or use auto")
+    batches = _fill(units, budget, cost)
     return [torch.tensor(sorted(j for unit in b for j in unit), dtype=torch.long, device=device) for b in batches]
 
 
@@ -78,61 +80,12 @@ def _units(order: list[int], group_of: torch.Tensor, group_rows: torch.Tensor, w
     return units
 
 
-def _fill(units: list[list[int]], lens: list[int], budget: int, cost, check_units: bool) -> list[list[list[int]]]:
+def _fill(units: list[list[int]], budget: int, cost: Cost) -> list[list[list[int]]]:
     """Micro-batches of units in order, each as full as `budget` allows."""
     batches, current = [], []
     for unit in units:
-        if check_units and cost([unit], lens) > budget:  # a whole group alone
-            raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than a group of {len(unit)} rollouts "
-                             f"({cost([unit], lens)} tokens as the forward computes them), and whole groups must share a "
-                             f"micro-batch; raise it to at least {cost([unit], lens)}")
-        if current and cost(current + [unit], lens) > budget:
+        if current and cost([j for u in current + [unit] for j in u]) > budget:
             batches.append(current)
             current = []
         current.append(unit)
     return batches + [current] if current else batches
-
-
-def _split_to(batches: list[list[list[int]]], min_batches: int) -> None:
-    """At least `min_batches` (same count on every rank): halve the batch with the most units, in place."""
-    while len(batches) < min_batches:
-        k = max(range(len(batches)), key=lambda b: len(batches[b]))
-        if len(batches[k]) < 2:
-            raise ValueError(f"cannot make {min_batches} micro-batches out of {len(batches)} units")
-        half = len(batches[k]) // 2
-        batches[k : k + 1] = [batches[k][:half], batches[k][half:]]
-
-
-def _padded_cost(units: list[list[int]], lens: list[int]) -> int:
-    rows = [j for unit in units for j in unit]
-    return len(rows) * max(lens[j] for j in rows)
-
-
-def _real_cost(lengths: torch.Tensor, prompt_lengths: torch.Tensor, group_of: torch.Tensor, budget: int):
-    """Real tokens of a micro-batch: each group's prompt once, every response; checks each rollout fits."""
-    prompts, groups = prompt_lengths.tolist(), group_of.tolist()
-    if len(lengths) and int(lengths.max()) > budget:
-        raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than a rollout of {int(lengths.max())} "
-                         f"tokens (prompt + response); raise it to at least {int(lengths.max())}")
-
-    def cost(units: list[list[int]], lens: list[int]) -> int:
-        rows = [j for unit in units for j in unit]
-        distinct = {groups[j]: prompts[j] for j in rows}
-        return sum(distinct.values()) + sum(lens[j] - prompts[j] for j in rows)
-
-    return cost
-
-
-def _check_fits(lengths: torch.Tensor, group_len: torch.Tensor, group_rows: torch.Tensor, budget: int,
-                whole_groups: bool) -> None:
-    if whole_groups:
-        cost = group_rows * group_len  # [G'] padded tokens of each group alone
-        if (cost > budget).any():
-            g = int(cost.argmax())
-            raise ValueError(
-                f"ppo.max_tokens_per_micro_batch={budget} is smaller than a group of {int(group_rows[g])} rollouts "
-                f"up to {int(group_len[g])} tokens ({int(cost[g])} padded tokens), and whole groups must share a "
-                f"micro-batch; raise it to at least {int(cost[g])}")
-    elif len(lengths) and int(lengths.max()) > budget:
-        raise ValueError(f"ppo.max_tokens_per_micro_batch={budget} is smaller than a rollout of {int(lengths.max())} "
-                         f"tokens (prompt + response); raise it to at least {int(lengths.max())}")

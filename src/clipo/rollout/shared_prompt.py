@@ -13,16 +13,13 @@ Shapes as in `clipo.rollout.batch`; `B'` distinct prompts in the micro-batch.
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-log = logging.getLogger(__name__)
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-_warned: set[tuple[str, str]] = set()
 
 
 class PromptRows(NamedTuple):
@@ -53,7 +50,7 @@ def _cache_argument(decoder: torch.nn.Module) -> str | None:
 
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
-    """Why `model` cannot share prompts through its cache (None when it can)."""
+    """Why `model` cannot share prompts through its cache (None when it can); asked once, by the plan."""
     decoder = model.get_decoder()
     if _cache_argument(decoder) is None:
         return f"{type(decoder).__name__}.forward takes no KV cache"
@@ -62,16 +59,9 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
         return f"attention implementation {attention!r} (shared prompts are checked with {', '.join(SUPPORTED_ATTENTION)})"
     if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=model.config).layers):
         return "the model's cache has sliding-window or other non-plain layers"
-    checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules())
-    if checkpointing and model.training and torch.is_grad_enabled():
+    if any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules()):
         return "gradient checkpointing drops the KV cache inside checkpointed layers"
     return None
-
-
-def warn_once(reason: str, consequence: str = "each rollout's prompt is recomputed (padded path)") -> None:
-    if (reason, consequence) not in _warned:
-        _warned.add((reason, consequence))
-        log.warning("training forward: %s, because %s", consequence, reason)
 
 
 class SplitStates(NamedTuple):
@@ -79,6 +69,10 @@ class SplitStates(NamedTuple):
 
     prompt_last: torch.Tensor  # [n, 1, D] the last prompt position (predicts response token 0)
     response: torch.Tensor  # [n, T, D] the response positions
+
+    def predicting(self, response_mask: torch.Tensor) -> torch.Tensor:
+        """[M, D] the state before each response token (`response_mask` [n, T] bool)."""
+        return torch.cat([self.prompt_last, self.response[:, :-1]], 1)[response_mask]
 
 
 def shared_prompt_forward(
@@ -118,3 +112,18 @@ def shared_prompt_forward(
     if with_states:
         chosen = SplitStates(prompt_out.hidden_states[hidden_layer][rows, -1:], response_out.hidden_states[hidden_layer])
     return final, chosen
+
+
+def shared_prompt_states(
+    model: torch.nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+    prompt_len: int, groups: torch.Tensor, hidden_layer: int | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(final-layer states predicting each response token [M, D], `hidden_layer`'s at the response tokens
+    [n, T, D] or None), each group's prompt run once; rollouts of a group with different prompt tokens
+    each run their own (still two decoder calls: the plan's, on every rank)."""
+    prompt = prompt_rows(groups, sequences[:, :prompt_len], attention_mask[:, :prompt_len])
+    if prompt is None:
+        rows = torch.arange(len(sequences), device=sequences.device)
+        prompt = PromptRows(rows, rows)
+    final, chosen = shared_prompt_forward(model, sequences, attention_mask, prompt_len, prompt, hidden_layer)
+    return final.predicting(response_mask), None if chosen is None else chosen.response

@@ -10,7 +10,7 @@ transformers 5.19 then splits the row at the position-id restarts itself:
   finds the same sequences and the causal mask becomes block-diagonal (dense; this is how the
   layout is tested on a CPU).
 
-Unlike `clipo.rollout.packed`, each rollout recomputes its prompt: cu_seqlens delimit disjoint
+Unlike `clipo.rollout.shared_prompt`, each rollout recomputes its prompt: cu_seqlens delimit disjoint
 sequences, they cannot let G responses read one prompt. That is cheap where varlen kernels run:
 prompts of a few hundred tokens against responses of 2-4k tokens make the repeats a few percent
 of the tokens, and attention over a sequence costs its own length squared, not the row's.
@@ -23,12 +23,19 @@ Shapes as in `clipo.rollout.batch`; `N` tokens of the row, `M` response tokens.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from transformers.integrations.flash_attention import flash_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from clipo.rollout.packed import PackedRows
+
+class VarlenRow(NamedTuple):
+    input_ids: torch.Tensor  # [1, N]
+    position_ids: torch.Tensor  # [1, N] restarting at 0 for each rollout
+    predicting: torch.Tensor  # [M] index into the N states of the state predicting each response token
+    own: torch.Tensor  # [n, T] index of each response token's own state (0 outside the response)
 
 
 def is_varlen_attention(attn_implementation: str | None) -> bool:
@@ -46,17 +53,9 @@ def uses_varlen_attention(model: torch.nn.Module) -> bool:
     return is_varlen_attention(getattr(model.config, "_attn_implementation", None))
 
 
-def resolve_padding_free(setting: bool | str, model: torch.nn.Module) -> bool:
-    """`ppo.padding_free`: auto packs only on a varlen kernel, which then computes neither padding nor
-    a mask; on SDPA / eager the dense prefix-sharing mask measured slower than the padding it saves."""
-    if setting == "auto":
-        return uses_varlen_attention(model)
-    return bool(setting)
-
-
 def varlen_rows(
     sequences: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, P: int
-) -> PackedRows:
+) -> VarlenRow:
     """The varlen layout of `n` rollouts (left-padded prompts of width P, right-padded responses).
 
     Args:
@@ -64,8 +63,7 @@ def varlen_rows(
         response_mask: [n, T] bool, a prefix of each row (the response part of `attention_mask`).
 
     Returns:
-        `PackedRows` with `input_ids`, `position_ids` [1, N], `allowed` None (no mask),
-        `predicting` [M] and `own` [n, T] indices into the N states.
+        the row's `input_ids`, `position_ids` [1, N], `predicting` [M] and `own` [n, T] indices.
     """
     response_mask = response_mask.bool()
     real = torch.cat([attention_mask[:, :P].bool(), response_mask], 1)  # [n, P+T]
@@ -76,10 +74,21 @@ def varlen_rows(
     positions = real.cumsum(-1) - 1  # [n, P+T] restarting at 0 per rollout, as the padded forward numbers them
     own = slot[:, P:].masked_fill(~response_mask, 0)  # [n, T]
     predicting = slot[:, P - 1 : -1][response_mask]  # [M] the state before each response token
-    return PackedRows(
-        input_ids=sequences[real].unsqueeze(0),  # [1, N]
-        position_ids=positions[real].unsqueeze(0),  # [1, N]
-        allowed=None,
-        predicting=predicting,
-        own=own,
-    )
+    return VarlenRow(sequences[real].unsqueeze(0), positions[real].unsqueeze(0), predicting, own)
+
+
+def varlen_states(
+    model: torch.nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+    prompt_len: int, groups: torch.Tensor, hidden_layer: int | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(final-layer states predicting each response token [M, D], `hidden_layer`'s at the response tokens
+    [n, T, D] (0 outside the response) or None), from one decoder call over the varlen row; `groups` is
+    unused (every rollout computes its own prompt)."""
+    row = varlen_rows(sequences, attention_mask, response_mask, prompt_len)
+    out = model.get_decoder()(input_ids=row.input_ids, position_ids=row.position_ids, attention_mask=None,
+                              output_hidden_states=hidden_layer is not None, use_cache=False)
+    chosen = None
+    if hidden_layer is not None:
+        states = out.hidden_states[hidden_layer][0][row.own]  # [n, T, D]
+        chosen = states * response_mask.unsqueeze(-1).to(states.dtype)
+    return out.last_hidden_state[0][row.predicting], chosen

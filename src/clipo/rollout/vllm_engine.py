@@ -62,6 +62,9 @@ class VLLMEngine:
         seed: the engine's base seed (rank added); per-request seeds come from `Sampling.seed` or torch's RNG.
     """
 
+    gives_hidden_states = False  # vLLM returns none: the collector's training forward takes them
+    gives_sampling_logprobs = True  # of the sampled tokens, after temperature and top-k/p
+
     def __init__(
         self,
         policy: torch.nn.Module,

@@ -7,15 +7,18 @@ the data position and DAPO's refill count are put back to where the step started
 a resumed run replays the failed step as if it had never begun. Once an optimizer (the policy's or
 the head's) has stepped inside the step, the weights are part way through it: nothing is saved then,
 and the previous checkpoint stays. Only single-process runs save (a collective save would wait for
-ranks that did not fail).
+ranks that did not fail). Nothing is saved before a first step has completed: there is nothing to keep.
+
+With several processes each rank records its own failure for the others (`clipo.run.ranks`), and a
+rank whose collective broke because another rank failed reports that rank's own error as the cause.
 
 `record_crash` then writes `summary.json` with `crashed: true` and the error, and the full traceback
-into `<run>/train.log`; `crash_line` is the one line the console ends with.
+into `<run>/train.log`; `crash_report` gives the one line the console ends with, and advice that fits:
+"continue with ckpt_path=last" only where a checkpoint exists.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import traceback
 from pathlib import Path
@@ -25,7 +28,12 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from clipo.run import ranks
+from clipo.run.crash_report import CrashReport, crash_report, error_text, what_to_do
 from clipo.run.rng import collect_rng_states, set_rng_states
+
+__all__ = ["CrashCheckpoint", "CrashReport", "crash_report", "error_text", "has_last_checkpoint", "what_to_do",
+           "write_traceback"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,7 @@ class CrashCheckpoint(L.Callback):
         self.checkpoint: str | None = None
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        ranks.set_phase(f"after RL step {trainer.global_step}", trainer.global_step)
         self.started = True  # a checkpoint is restored by now: saving cannot overwrite it with fresh weights
         head = getattr(getattr(module, "head_step", None), "optimizer", None)
         for optimizer in [*trainer.optimizers, *([head] if head is not None else [])]:
@@ -53,24 +62,37 @@ class CrashCheckpoint(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         datamodule = trainer.datamodule
+        ranks.set_phase(f"RL step {trainer.global_step + 1}", trainer.global_step)
         self.in_step, self.changed = True, False
         self.start = {"rng": collect_rng_states(), "consumed": getattr(datamodule, "_consumed", None),
                       "refills": getattr(datamodule, "_refills", None)}
 
-    def on_train_batch_end(self, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.in_step = False
+        ranks.set_phase(f"after RL step {trainer.global_step}", trainer.global_step)
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._before_validation = ranks.BOARD.phase
+        ranks.set_phase(f"validation {'after' if self.started else 'before'} RL step {trainer.global_step}")
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        ranks.set_phase(getattr(self, "_before_validation", "validation done"))
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, Exception) or trainer.checkpoint_callback is None:
+        if not isinstance(exception, Exception):
             return  # a stop signal or a second Ctrl-C: signals.py has its own rules
-        if not self.started or trainer.state.fn != TrainerFn.FITTING:
+        ranks.record_failure(exception, Path(trainer.default_root_dir), error_text(exception))  # before sockets close
+        if trainer.checkpoint_callback is None or not self.started or trainer.state.fn != TrainerFn.FITTING:
             return  # set-up, restore or a validation outside fit: nothing new to keep
+        kept = "; the last checkpoint written stays" if has_last_checkpoint(trainer) else ""
         if trainer.world_size > 1:
-            self.outcome = "not saved (several processes); the last periodic checkpoint stays"
+            self.outcome = f"not saved (several processes){kept}"
+            return
+        if trainer.global_step == 0 and self.in_step:
+            self.outcome = "no step was completed, so there is nothing to keep"
             return
         if self.in_step and self.changed:
-            self.outcome = ("not saved: the step had already updated weights; the last periodic checkpoint "
-                            "stays")
+            self.outcome = f"not saved: the step had already updated weights{kept}"
             return
         if self.in_step:
             self._rewind(trainer)
@@ -82,7 +104,8 @@ class CrashCheckpoint(L.Callback):
             self.outcome = f"no checkpoint could be saved either ({type(error).__name__})"
             return
         self.checkpoint = trainer.checkpoint_callback.last_model_path or None
-        self.outcome = f"the state after step {trainer.global_step} is saved in {self.checkpoint}"
+        self.outcome = (f"the state after step {trainer.global_step} is saved in {self.checkpoint}" if self.checkpoint
+                        else "nothing saved (callbacks.model_checkpoint.save_last is off)")
 
     def _rewind(self, trainer: L.Trainer) -> None:
         """Put back what the failed step had drawn: RNG, data position, refill batches."""
@@ -94,32 +117,18 @@ class CrashCheckpoint(L.Callback):
             datamodule._refills = start["refills"]
 
 
-def error_text(error: BaseException) -> str:
-    """`Type: first line of the message`, at most 300 characters."""
-    message = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {message[0] if message else ''}"[:300]
+def has_last_checkpoint(trainer: L.Trainer) -> bool:
+    """Whether the run's checkpoint folder holds a `last*.ckpt` that `ckpt_path=last` would continue from."""
+    folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+    return bool(folder) and any(p.exists() for p in Path(folder).glob("last*.ckpt"))
 
 
-def what_to_do(error: BaseException, run_dir: str) -> str:
-    """Advice for the common failures a user can act on; else where the traceback is."""
-    text = str(error)
-    resume = f"continue with hydra.run.dir={run_dir} ckpt_path=last"
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left" in text or "unexpected pos" in text:
-        return f"the disk is full: free space on the disk of {run_dir} (or set hydra.run.dir elsewhere), then {resume}"
-    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        where = getattr(error, "filename", None) or run_dir
-        return f"{where} is not writable: fix its permissions or set hydra.run.dir to a writable folder"
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return ("out of memory: lower data.prompts_per_step, ppo.micro_batch_size (or set "
-                f"ppo.max_tokens_per_micro_batch) or rollout.max_new_tokens, then {resume}")
-    return f"fix the cause (full traceback in {run_dir}/train.log), then {resume}"
-
-
-def write_traceback(error: BaseException, run_dir: Path) -> None:
+def write_traceback(error: BaseException, run_dir: Path, rank: int | None = None) -> None:
     """The full traceback into the run's log file: through the Hydra file handler of the run folder
     (train.log, without the console), or into `<run>/train.log` directly when there is none (train()
-    called from Python)."""
-    record = logging.LogRecord("clipo.run.crash", logging.ERROR, __file__, 0, "training crashed", None,
+    called from Python). `rank`: the process's rank when several ran."""
+    title = "training crashed" if rank is None else f"training crashed on rank {rank}"
+    record = logging.LogRecord("clipo.run.crash", logging.ERROR, __file__, 0, title, None,
                                (type(error), error, error.__traceback__))
     handlers = [h for h in logging.getLogger().handlers
                 if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == run_dir.resolve()]
@@ -127,11 +136,4 @@ def write_traceback(error: BaseException, run_dir: Path) -> None:
         handler.handle(record)
     if not handlers:
         with open(run_dir / "train.log", "a") as file:
-            file.write("training crashed\n" + "".join(traceback.format_exception(error)))
-
-
-def crash_line(error: BaseException, step: int, in_step: bool, outcome: str | None, run_dir: str) -> str:
-    """The console's last line: what failed, where, what was kept, and what to do."""
-    where = f"in RL step {step + 1}" if in_step else f"after RL step {step}"
-    saved = f"; {outcome}" if outcome else ""
-    return f"training failed {where}: {error_text(error)}{saved}. To do: {what_to_do(error, run_dir)}"
+            file.write(f"{title}\n" + "".join(traceback.format_exception(error)))

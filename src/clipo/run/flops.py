@@ -34,10 +34,10 @@ def forward_flops(model: torch.nn.Module, lengths: torch.Tensor, matmul_params: 
     return float(2 * matmul_params * s.sum() + 4 * layers * heads * head_dim * (s * s).sum())
 
 
-def step_passes(update: bool, epochs: int, old_pass: bool, reference_pass: bool) -> int:
+def step_passes(update: bool, epochs: int, collector_passes: int) -> int:
     """Forward-equivalents of an RL step over its rollouts: generation (1), the update (3 per epoch),
-    and the no-grad pi_old and reference passes when they run."""
-    return 1 + (3 * epochs + int(old_pass) + int(reference_pass) if update else 0)
+    and the collector's no-grad passes (pi_old, the reference, hidden states the engine lacks)."""
+    return 1 + collector_passes + (3 * epochs if update else 0)
 
 
 @lru_cache(maxsize=None)

@@ -2,27 +2,31 @@
 
 - `ckpt_path=last` is the newest `last*.ckpt` of the run's checkpoint folder; with none there it is an
   error, unless `resume.missing=fresh` asks for a fresh start.
-- A checkpoint that cannot be read (damaged, truncated) or that clipo did not write is an error that
-  says so, instead of a torch unpickling message from deep inside Lightning.
+- A checkpoint that cannot be read (damaged: a CRC that does not match, truncated) or that clipo did not
+  write is an error that says so, instead of a torch unpickling message from deep inside Lightning, or
+  of training on flipped weights (`clipo.run.integrity`; `resume.verify=false` skips the check).
+- A checkpoint folder (DeepSpeed, FSDP) is read as a file is: its steps, saved config and W&B run,
+  so the logs continue from it as from a file; a strategy that cannot load it is named.
 - The checkpoint's saved config (`ClipoModule.on_save_checkpoint` stores it) is compared with this
   run's on what shapes the weights and the objective: the model, the contrastive loss, head, pooler
   and mode. A difference is an error listing each one, unless `resume.allow_changes` names it.
 
-The file is opened with `mmap=True`, so reading its header costs no copy of the weights.
+`clipo.run.checkpoint_header` reads the checkpoint (tensors memory-mapped).
 """
 
 from __future__ import annotations
 
-import zipfile
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
 
 from clipo.config import ConfigError
+from clipo.config.batches import world_size
 from clipo.contrastive.modes import ContrastiveMode
+from clipo.run.checkpoint_header import read_header, strategy_problem
 
 # model settings that change how the same weights run, not which weights they are
 RUNTIME_MODEL_KEYS = ("gradient_checkpointing", "attn_implementation", "dtype")
@@ -31,8 +35,8 @@ COMPARED = ("model", "loss.name", "head", "pooler", "contrastive.mode")
 
 @dataclass
 class Resume:
-    """A checkpoint this run continues: its file, the RL steps it holds (-1: unknown here, for Lightning's own
-    lookups and DeepSpeed folders), and the W&B run it logged to."""
+    """A checkpoint this run continues: its file or folder, the RL steps it holds (-1: unknown here, for
+    Lightning's own lookups), and the W&B run it logged to."""
 
     path: str
     step: int
@@ -52,7 +56,11 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     missing = (cfg.get("resume") or {}).get("missing", "error")
     if given == "last":
         folder = checkpoint_dir(cfg)
-        found = sorted(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+        found = sorted(folder.glob("last*.ckpt"), key=lambda p: p.lstat().st_mtime) if folder.is_dir() else []
+        if found and not found[-1].exists():  # a symbolic link to a checkpoint that is gone
+            raise ConfigError(f"ckpt_path=last: {found[-1]} is a link to {os.readlink(found[-1])}, which does not "
+                              "exist; point it at a checkpoint, pass ckpt_path=<checkpoint file or folder>, or start "
+                              "fresh with ckpt_path=null")
         if found:
             return str(found[-1])
         if missing == "fresh":
@@ -64,29 +72,6 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         raise ConfigError(f"ckpt_path={given} does not exist; pass a checkpoint file (<run>/checkpoints/last.ckpt), "
                           "ckpt_path=last with hydra.run.dir=<run>, or ckpt_path=null to start fresh")
     return str(given)
-
-
-def read_header(path: str) -> dict:
-    """The checkpoint at `path` (tensors memory-mapped), or a `ConfigError` saying why it cannot resume."""
-    what_to_do = ("resume from another one (save_top_k=-1 keeps checkpoints/step_*.ckpt) or start fresh with "
-                  "ckpt_path=null")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one has no central directory
-        raise ConfigError(f"ckpt_path={path} cannot be read as a checkpoint: it is not the zip archive torch.save "
-                          f"writes (damaged, cut short by a copy or save that did not finish, or another format); "
-                          f"{what_to_do}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - any failure to read means the same to the user
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"ckpt_path={path} cannot be read as a checkpoint ({type(error).__name__}: "
-                          f"{first_line[:200]}): the file is damaged or holds objects a clipo checkpoint never "
-                          f"has; {what_to_do}") from None
-    if not isinstance(checkpoint, dict) or "clipo" not in checkpoint or "state_dict" not in checkpoint:
-        keys = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ConfigError(f"ckpt_path={path} is not a clipo training checkpoint (it holds {keys}, no 'clipo' "
-                          "section); resume from a <run>/checkpoints/*.ckpt that train.py wrote, or load other "
-                          "weights as the model (model=hub model.name_or_path=...)")
-    return checkpoint
 
 
 def _select(config: dict, key: str) -> Any:
@@ -139,11 +124,14 @@ def prepare_resume(cfg: DictConfig, run_config: dict) -> Resume | None:
     """The checkpoint this run continues, read and checked against `run_config` (the run's resolved config);
     None for a fresh start. Raises `ConfigError` for a missing, unreadable, foreign or different checkpoint."""
     path = resolve_ckpt_path(cfg)
-    if path is None or path in ("hpc", "registry") or path.startswith("registry:") or Path(path).is_dir():
-        return None if path is None else Resume(path, -1)  # Lightning's lookups, DeepSpeed folders
-    checkpoint = read_header(path)
+    if path is None or path in ("hpc", "registry") or path.startswith("registry:"):
+        return None if path is None else Resume(path, -1)  # Lightning's lookups
+    resume = cfg.get("resume") or {}
+    checkpoint = read_header(path, verify=bool(resume.get("verify", True)))
+    if problem := strategy_problem(Path(path), checkpoint, cfg.strategy, world_size(cfg)):
+        raise ConfigError(problem)
     saved = (checkpoint.get("clipo") or {}).get("config") or {}
-    allowed = [str(k) for k in (cfg.get("resume") or {}).get("allow_changes") or []]
+    allowed = [str(k) for k in resume.get("allow_changes") or []]
     if saved and (changed := config_differences(saved, run_config, allowed)):
         keys = ",".join(sorted({c.split(":")[0] for c in changed}))
         raise ConfigError(f"ckpt_path={path} was trained with a different setup, so its weights or head would not "

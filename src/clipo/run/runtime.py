@@ -25,14 +25,11 @@ class Choice:
     reason: str
 
 
-def resolve_precision(cfg: typing.Any) -> PrecisionPlan:
-    """`trainer.precision` as a `PrecisionPlan` for this machine and this run (`clipo.run.precision`); `auto`
-    on a CPU with bf16 units measures the run's own model and shapes (`clipo.run.precision_probe`)."""
-    from clipo.rollout.engine_choice import training_processes
-
+def resolve_precision(cfg: typing.Any, processes: int = 1, sharded: bool = False) -> PrecisionPlan:
+    """`trainer.precision` as a `PrecisionPlan` for this machine and this run (`clipo.run.precision`) of `processes`
+    training processes (`sharded`: DeepSpeed or FSDP holds the policy's weights); `auto` on a CPU with bf16
+    units measures the run's own model and shapes (`clipo.run.precision_probe`)."""
     trainer = cfg.trainer
-    processes = training_processes(trainer)
-    sharded = str(cfg.strategy.name).startswith(("deepspeed", "fsdp"))  # the strategy holds the policy's weights
     return choose_plan(trainer.get("precision", "auto"), str(trainer.get("accelerator", "auto")), detect_cuda_bf16(),
                        detect_cpu_flags(), processes, sharded, lambda: _probe(cfg, processes))
 
@@ -122,23 +119,3 @@ def choose_threads(env: typing.Mapping[str, str], affinity: int, cgroup_limit: f
 def detect_threads(processes: int = 1) -> Choice:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return choose_threads(os.environ, affinity, cgroup_cpu_limit(), processes)
-
-
-def cpu_processes(trainer_cfg: typing.Mapping[str, typing.Any]) -> int:
-    """Training processes that share this machine's CPUs: trainer.devices when training runs on the CPU."""
-    import torch
-
-    accelerator, devices = str(trainer_cfg.get("accelerator", "auto")), trainer_cfg.get("devices", 1)
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    return devices if on_cpu and isinstance(devices, int) and devices > 1 else 1
-
-
-def configure_threads(processes: int = 1) -> Choice:
-    """Set torch's thread count to the usable cores; the tokenizers' own pool stays off (it would
-    compete with torch's threads for the same cores). Call before any tokenizer is used."""
-    import torch
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    threads = detect_threads(processes)
-    torch.set_num_threads(threads.value)
-    return threads

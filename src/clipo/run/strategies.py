@@ -46,6 +46,7 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
         super().__init__(**kwargs)
         self.gradient_clipping = float(gradient_clipping or 0.0)
         self.param_persistence_threshold = param_persistence_threshold
+        self._inference_engine_made = False  # `trainer.validate` before `fit` (clipo's validation before training)
 
     def setup_environment(self) -> None:
         if isinstance(self.accelerator, CPUAccelerator):  # Lightning's check accepts CUDA only
@@ -105,12 +106,13 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
         """`deepspeed.initialize` on the module without its contrastive part, put back afterwards: the
         engine then neither casts it to bf16, partitions it (ZeRO-3) nor hooks its gradients."""
         import deepspeed
+        from lightning.pytorch.strategies.deepspeed import remove_module_hooks
 
-        # Lightning passes the CUDA index; a CPU device has none, and DeepSpeed reads -1 as "one process"
-        index = self.root_device.index
         with children_hidden(model):
+            if self._inference_engine_made:  # validation before fit: its ZeRO-3 hooks would run beside the new ones
+                remove_module_hooks(model)
             engine, optimizer, _, _ = deepspeed.initialize(
-                args=argparse.Namespace(device_rank=self.local_rank if index is None else index),
+                args=argparse.Namespace(device_rank=self._device_rank()),
                 config=self.config,
                 model=model,
                 model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -119,6 +121,30 @@ class ClipoDeepSpeedStrategy(DeepSpeedStrategy):
                 dist_init_required=False,
             )
         return engine, optimizer
+
+    def _initialize_deepspeed_inference(self, model: torch.nn.Module) -> None:
+        """Lightning's inference engine (`trainer.validate` before `fit`): the same config subset, with the
+        CPU's device rank and without the contrastive part, as in training (Lightning passes the CUDA index,
+        None on a CPU, which DeepSpeed cannot compare)."""
+        import deepspeed
+        from lightning.pytorch.strategies.deepspeed import remove_module_hooks
+
+        config = {"train_micro_batch_size_per_gpu": 1}
+        config |= {key: self.config[key] for key in ("fp16", "bf16") if key in self.config}
+        if self.zero_stage_3:
+            config |= {key: self.config[key] for key in ("zero_allow_untested_optimizer", "zero_optimization")}
+        with children_hidden(model):
+            remove_module_hooks(model)  # a training engine's hooks (validation after fit), as Lightning does
+            self._inference_engine_made = True
+            self.model, _, _, _ = deepspeed.initialize(
+                args=argparse.Namespace(device_rank=self._device_rank()), config=config, model=model,
+                optimizer=None, lr_scheduler=None, model_parameters=[], dist_init_required=False,
+            )
+
+    def _device_rank(self) -> int:
+        """Lightning passes the CUDA index; a CPU device has none, and DeepSpeed reads -1 as "one process"."""
+        index = self.root_device.index
+        return self.local_rank if index is None else index
 
 
 @contextmanager
@@ -147,11 +173,9 @@ def zero3_generation(engine: Any) -> Iterator[Any]:
                     after_exit.enter_context(children_hidden(module))
 
 
-def grad_norm_after_step(strategy: Any) -> Callable[[], torch.Tensor] | None:
-    """Under DeepSpeed, which clips inside its own step: the step's global gradient norm, read after it
-    (the gradients are partitioned or still unreduced before). None under other strategies."""
-    if not isinstance(strategy, DeepSpeedStrategy):
-        return None
+def deepspeed_grad_norm(strategy: DeepSpeedStrategy) -> Callable[[], torch.Tensor]:
+    """DeepSpeed clips inside its own step: the step's global gradient norm, read after it (the gradients are
+    partitioned or still unreduced before)."""
 
     def norm() -> torch.Tensor:
         value = strategy.model.get_global_grad_norm()
@@ -167,11 +191,27 @@ class FSDP2Strategy(ModelParallelStrategy):
         process_group_backend: gloo on CPU, nccl on GPU (None: Lightning's choice for the device).
         save_distributed_checkpoint: each rank writes its shard into a checkpoint folder (True), or
             rank 0 writes one consolidated file (False).
+        **kwargs: Lightning's `ModelParallelStrategy` arguments (`timeout`, ...).
     """
 
-    def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = True) -> None:
+    def __init__(self, process_group_backend: str | None = None, save_distributed_checkpoint: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(process_group_backend=process_group_backend,
-                         save_distributed_checkpoint=save_distributed_checkpoint)
+                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+        """Lightning's save, then `checksums.json` for the `.distcp` shards (they have no checksum of their own;
+        `clipo.run.integrity` verifies them on load). Removed first, so a save cut short leaves none."""
+        from pathlib import Path
+
+        from clipo.run.integrity import CHECKSUMS, write_checksums
+
+        folder = Path(self.broadcast(filepath))
+        if self.is_global_zero and folder.is_dir():
+            (folder / CHECKSUMS).unlink(missing_ok=True)
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+        if self.is_global_zero and folder.is_dir():  # rank 0 returns once every rank's shard is written
+            write_checksums(folder)
 
     def setup_environment(self) -> None:
         # one data-parallel dimension over every process, no tensor parallelism
@@ -180,14 +220,11 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
 
-def shard_module(module: Any) -> None:
-    """`LightningModule.configure_model`: under `FSDP2Strategy`, shard the policy and the reference
-    over the data-parallel mesh (once); under any other strategy, nothing."""
-    strategy = module.trainer.strategy
-    if not isinstance(strategy, FSDP2Strategy):
-        return
+def shard_for_fsdp(strategy: FSDP2Strategy, models: list[torch.nn.Module | None]) -> None:
+    """`LightningModule.configure_model` under `strategy=fsdp`: shard each model (the policy, the reference)
+    over the data-parallel mesh (once)."""
     mesh = strategy.device_mesh["data_parallel"]
-    for model in (module.policy, getattr(module, "reference", None)):
+    for model in models:
         if model is not None:
             fully_shard_decoder(model, mesh)
 
@@ -197,7 +234,7 @@ def fully_shard_decoder(model: torch.nn.Module, mesh: Any) -> None:
     a model sharded already is left as it is."""
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    if isinstance(model, FSDPModule):
+    if isinstance(model, FSDPModule):  # the reference shares the policy under LoRA: sharded once
         return
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
@@ -214,29 +251,21 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(base.get_decoder().layers)
 
 
-def is_fsdp2(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
-def is_zero3(model: torch.nn.Module) -> bool:
-    return any(hasattr(p, "ds_id") for p in model.parameters())
-
-
 @contextmanager
-def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Every rank holds `model`'s full parameters inside (a collective: all ranks enter together);
-    sharded again afterwards. ZeRO-3: DeepSpeed's `GatheredParameters`; FSDP2: each FSDP module is
-    unsharded and kept so across forward passes (generation runs many of them, a different number
-    on each rank); other models: as they are."""
-    if is_zero3(model):
+def full_parameters(model: torch.nn.Module, kind: Any) -> Iterator[torch.nn.Module]:
+    """Every rank holds `model`'s full parameters inside (a collective: all ranks enter together), sharded
+    again afterwards, by the run's strategy kind (`clipo.run.facts.StrategyKind`). ZeRO-3: DeepSpeed's
+    `GatheredParameters`; FSDP2: each FSDP module is unsharded and kept so across forward passes
+    (generation runs many of them, a different number on each rank); other kinds: as they are."""
+    from clipo.run.facts import StrategyKind
+
+    if kind is StrategyKind.ZERO3:
         from deepspeed.runtime.zero import GatheredParameters
 
         with GatheredParameters(list(model.parameters())):
             yield model
         return
-    if not is_fsdp2(model):
+    if kind is not StrategyKind.FSDP:
         yield model
         return
     from torch.distributed.fsdp import FSDPModule
@@ -253,21 +282,16 @@ def full_parameters(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             m.set_reshard_after_forward(True, recurse=False)
 
 
-def full_tensor(param: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of an FSDP2 shard (a DTensor; a collective), or the tensor itself."""
-    from torch.distributed.tensor import DTensor
-
-    return param.full_tensor() if isinstance(param, DTensor) else param
-
-
-def consolidated_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def consolidated_state_dict(model: torch.nn.Module, kind: Any) -> dict[str, torch.Tensor]:
     """`model`'s full state dict on CPU (a collective under ZeRO-3 and FSDP2: every rank calls it; under
     FSDP2 only rank 0 receives the tensors, the others an empty dict)."""
-    if is_fsdp2(model):
+    from clipo.run.facts import StrategyKind
+
+    if kind is StrategyKind.FSDP:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    with full_parameters(model):
+    with full_parameters(model, kind):
         return {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
 
 
@@ -289,9 +313,3 @@ def strategy_problems(cfg: Any, on_cpu: bool) -> list[str]:
                         "by clipo (its export, weight push and disabled-adapter reference need whole weights); the "
                         "adapter and its optimizer state are small, so use strategy=deepspeed_zero2 or strategy=ddp")
     return problems
-
-
-def sharded_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """A sharded model's (ZeRO-3, FSDP2) full state dict (`consolidated_state_dict`: every rank calls
-    it), or None for a model whose parameters are whole already."""
-    return consolidated_state_dict(model) if is_zero3(model) or is_fsdp2(model) else None

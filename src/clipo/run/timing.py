@@ -1,10 +1,13 @@
-"""Wall-clock seconds per phase of an RL step, and the tokens generated in it."""
+"""Wall-clock seconds per phase of an RL step, and the tokens generated in it; each phase is also what this
+rank says it is doing (`clipo.run.ranks`: a failure or a timed-out collective names it)."""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+
+from clipo.run import ranks
 
 
 class PhaseTimer:
@@ -17,5 +20,6 @@ class PhaseTimer:
     @contextmanager
     def __call__(self, phase: str):
         start = time.perf_counter()
-        yield
+        with ranks.phase(phase):
+            yield
         self.seconds[phase] += time.perf_counter() - start
