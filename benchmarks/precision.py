@@ -147,27 +147,29 @@ def local_phases(args: argparse.Namespace) -> dict:
 
 
 def kernel_worker(args: argparse.Namespace) -> None:
-    """Each bf16 variant's first and second call of each phase, marked on stdout, where oneDNN reports every
+    """One bf16 variant's first and second call of each phase, marked on stdout, where oneDNN reports every
     kernel it creates (ONEDNN_VERBOSE=profile_create, set by `kernel_setup`)."""
     torch.set_num_threads(args.threads)
     phases = Phases(args)
     for phase in [p for p in args.phases if p in LOCAL_PHASES]:
-        for variant in ("copy", "autocast"):
-            for call in (1, 2):
-                print(f"MARK,{phase},{variant},{call}", flush=True)
-                phases.run(phase, variant)
+        for call in (1, 2):
+            print(f"MARK,{phase},{args.variant},{call}", flush=True)
+            phases.run(phase, args.variant)
     print("MARK,end", flush=True)
 
 
 def kernel_setup(args: argparse.Namespace) -> dict:
-    """oneDNN kernels created (count, milliseconds) in each bf16 call: the first call's set-up, which later
-    calls of the same shapes find in oneDNN's cache."""
+    """oneDNN kernels created (count, milliseconds) in each bf16 call, each variant in a fresh process: the
+    first call's set-up, which later calls of the same shapes find in oneDNN's cache."""
     import os
     import subprocess
 
     env = {**os.environ, "ONEDNN_VERBOSE": "profile_create"}
-    command = [sys.executable, __file__, *child_args(args), "--phases", *args.phases, "--kernel-worker"]
-    lines = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    lines = []
+    for variant in ("copy", "autocast"):
+        command = [sys.executable, __file__, *child_args(args), "--phases", *args.phases, "--kernel-worker",
+                   "--variant", variant]
+        lines += subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout.splitlines()
     created: dict[str, dict[str, float]] = {}
     key = None
     for line in lines:
@@ -285,6 +287,7 @@ def main() -> None:
     parser.add_argument("--vllm-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--kernel-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.vllm_worker:
         print(json.dumps(vllm_worker(args)))
