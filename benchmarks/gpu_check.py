@@ -8,6 +8,10 @@ Checks (each a short `train` run of 3 RL steps in its own process, so a crash or
 - `zero2`, `zero3`, `fsdp`: the same under DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 on the one GPU;
 - `vllm_sleep`: the vllm engine colocated, sleeping during the update (skipped, with the reason, when
   vllm does not import);
+- `vllm_async`: the colocated engine one step ahead (`rollout.max_staleness=1`: the next batch sampled in a
+  thread while the update runs, awake), and `server_async`: vLLM's own server on the same GPU
+  (`rollout.engine=vllm_server`, weights pushed by vLLM's CUDA-IPC backend), one step ahead; their median
+  step time against `vllm_sleep`'s (the synchronous colocated step) is the last verdict line;
 - `varlen` (no training run): the packed forward through flash-attention's varlen kernel against the
   padded one on one micro-batch, log-probs and seconds (`benchmarks/varlen_check.py`; skipped when
   flash-attn is not installed).
@@ -35,9 +39,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
-CHECK_TIMEOUT_S = {"hf_bf16": 100, "zero2": 75, "zero3": 75, "fsdp": 75, "vllm_sleep": 150, "varlen": 60}  # < 9 min
+CHECK_TIMEOUT_S = {"hf_bf16": 100, "zero2": 75, "zero3": 75, "fsdp": 75, "vllm_sleep": 150, "vllm_async": 150,
+                   "server_async": 200, "varlen": 60}  # < 15 min at worst; each check usually well within its bound
 STRATEGIES = {"hf_bf16": "auto", "zero2": "deepspeed_zero2", "zero3": "deepspeed_zero3", "fsdp": "fsdp",
-              "vllm_sleep": "auto"}
+              "vllm_sleep": "auto", "vllm_async": "auto", "server_async": "auto"}
+VLLM_CHECKS = ("vllm_sleep", "vllm_async", "server_async")
 # dense bf16 peak FLOP/s by device name (vendor data sheets, no sparsity)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
              "L4": 121e12, "A10G": 70e12, "A10": 125e12, "RTX 4090": 165e12, "B200": 2250e12, "GH200": 989e12}
@@ -54,6 +60,11 @@ def overrides(check: str, dry_run: bool) -> list[str]:
         device = ["trainer=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed", "model=smollm2_135m"]
     if check == "vllm_sleep":
         device += ["rollout.engine=vllm", "rollout.vllm.sleep=true", "rollout.vllm.max_model_len=512"]
+    if check == "vllm_async":
+        device += ["rollout.engine=vllm", "rollout.vllm.sleep=false", "rollout.vllm.max_model_len=512",
+                   "rollout.max_staleness=1"]
+    if check == "server_async":
+        device += ["rollout.engine=vllm_server", "rollout.vllm_server.max_model_len=512", "rollout.max_staleness=1"]
     return [*common, *device]
 
 
@@ -93,13 +104,15 @@ def throughput(result: dict[str, Any]) -> dict[str, float | None]:
     rows = result["history"][1:] or result["history"]
     rollouts = 4 * 8
     tokens = [row.get("train/response_len", 0.0) * rollouts for row in rows]
-    generate = sum(row.get("time/generate", 0.0) for row in rows)
+    generate = sum(row.get("async/sample_s", row.get("time/generate", 0.0)) for row in rows)  # ahead: the sampler's
     update = sum(row.get("time/update", 0.0) for row in rows)
     gen_tps = sum(tokens) / generate if generate else None
     upd_tps = sum(tokens) / update if update else None
+    step = sorted(row.get("time/step", 0.0) for row in rows)[len(rows) // 2] if rows else None
     peak = next((v for k, v in PEAK_BF16.items() if k in str(result.get("device"))), None)
     n = result["parameters"]
-    return {"generate_tokens_per_s": gen_tps, "update_tokens_per_s": upd_tps,
+    return {"step_s": step, "step_tokens_per_s": sum(tokens) / sum(r.get("time/step", 0.0) for r in rows) if rows else None,
+            "generate_tokens_per_s": gen_tps, "update_tokens_per_s": upd_tps,
             "mfu_generate": 2 * n * gen_tps / peak if peak and gen_tps else None,
             "mfu_update": 6 * n * upd_tps / peak if peak and upd_tps else None}
 
@@ -130,7 +143,7 @@ def skip_reason(check: str, dry_run: bool) -> str | None:
             return "flash-attn is not installed (pip install flash-attn --no-build-isolation)"
     if STRATEGIES.get(check, "").startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         return "deepspeed is not installed (DS_BUILD_OPS=0 pip install deepspeed)"
-    if check == "vllm_sleep":
+    if check in VLLM_CHECKS:
         try:
             import vllm  # noqa: F401
         except Exception as error:  # noqa: BLE001  (any import failure is the reason to report)
@@ -151,11 +164,22 @@ def main() -> None:
     for check in args.only:
         report["checks"][check] = entry = run_check(check, args.cpu_dry_run)
         print(f"{entry['verdict']:4} {check}: {entry['why']}", flush=True)
+    if line := topology_line(report["checks"]):
+        print(line, flush=True)
     out = REPO / "benchmarks" / "results" / f"gpu_check{'_cpu_dry_run' if args.cpu_dry_run else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=float))
     print(json.dumps(report, default=float))
     sys.exit(1 if any(c["verdict"] == "FAIL" for c in report["checks"].values()) else 0)
+
+
+def topology_line(checks: dict[str, dict]) -> str | None:
+    """The asynchronous checks' median step time against the synchronous colocated one (one GPU, one run)."""
+    sync = checks.get("vllm_sleep", {}).get("step_s")
+    ratios = [f"{name} {checks[name]['step_s'] / sync:.2f}x" for name in ("vllm_async", "server_async")
+              if sync and checks.get(name, {}).get("step_s")]
+    return f"INFO topology: median step time against vllm_sleep (synchronous colocated): {', '.join(ratios)}" \
+        if ratios else None
 
 
 def run_check(check: str, dry_run: bool) -> dict[str, Any]:
@@ -177,6 +201,9 @@ def run_check(check: str, dry_run: bool) -> dict[str, Any]:
     state, why = verdict(result)
     figures = throughput(result)
     shown = ", ".join(f"{k} {v:.3g}" for k, v in figures.items() if v is not None)
+    if check in ("vllm_async", "server_async"):
+        lags = [row.get("async/staleness_max") for row in result["history"]]
+        state, why = ("FAIL", f"staleness {lags}, expected [0, 1, 1]") if lags != [0, 1, 1] else (state, why)
     return {"verdict": state, "why": f"{why}; {result['seconds']} s; {shown}", **figures,
             **{k: result[k] for k in ("seconds", "final_loss", "peak_gpu_mem_gib", "device", "parameters")}}
 

@@ -57,7 +57,7 @@ def synthetic_rollouts(cfg, tokenizer, device="cpu"):
     return RolloutBatch(
         sequences=torch.cat([prompt_ids, responses], 1), attention_mask=torch.cat([prompt_mask, response_mask.long()], 1),
         response_mask=response_mask, prompt_len=prompt_ids.shape[1],
-        groups=torch.arange(prompts_per_step).repeat_interleave(group), responses=[""] * n,
+        groups=torch.arange(prompts_per_step).repeat_interleave(group), prompts=[""] * n, responses=[""] * n,
         ground_truths=[r["ground_truth"] for r in records for _ in range(group)], truncated=~ended.any(-1),
         **({"data_sources": [""] * n} if "data_sources" in RolloutBatch.__dataclass_fields__ else {}),  # before #13
     )

@@ -40,7 +40,7 @@ def uneven_batch(vocab: int, device: str, dry_run: bool) -> RolloutBatch:
     sequences[:, :P] = sequences[groups * 8, :P]  # a group shares its prompt
     sequences = sequences * attention
     return RolloutBatch(sequences.to(device), attention.to(device), attention[:, P:].bool().to(device), P,
-                        groups.to(device), [""] * n, [""] * n, (response_lens == T).to(device))
+                        groups.to(device), [""] * n, [""] * n, [""] * n, (response_lens == T).to(device))
 
 
 def median_seconds(step, repeats: int = 5) -> float:

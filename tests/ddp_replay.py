@@ -38,7 +38,7 @@ def replay_share(self: RolloutCollector, batch: list[dict], timer, trainer_state
     with torch.random.fork_rng():
         torch.manual_seed(1234)
         rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
-    scores = self.rewards(records, rollouts, self.group_size, trainer_state)
+    scores = self.rewards(records, rollouts, trainer_state)
     rank, world_size = world()
     share = len(rollouts.responses) // world_size
     index = torch.arange(share) + rank * share

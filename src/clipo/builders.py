@@ -25,12 +25,13 @@ from clipo.evaluation.scoring import eval_sampling, split_set_spec
 from clipo.evaluation.validation import Validation
 from clipo.models import is_adapter, load_model
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.rl.async_rollouts import async_collector, async_engine
 from clipo.rl.batching import AUTO_TOKENS, UpdateBatching
 from clipo.rl.collector import RolloutCollector
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.module import ClipoModule
 from clipo.rl.old_policy import ImportanceCorrection, LogprobPasses
-from clipo.rl.rewards import RewardScorer, build_reward_functions, chat_prompt
+from clipo.rl.rewards import RewardScorer, build_reward_functions
 from clipo.rl.rollout_log import RolloutLog
 from clipo.rl.updater import PolicyUpdater
 from clipo.rollout.engine_choice import choose_engine, engine_dtype
@@ -152,7 +153,7 @@ def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, processes: int = 
     policy's own dtype, as evaluate.py scores)."""
     choice = choice or engine_choice(cfg, policy, processes)
     settings = plain(cfg.rollout.get(choice.value)) or {}
-    if choice.value == "vllm":
+    if choice.value in ("vllm", "vllm_server"):
         settings["dtype"] = engine_dtype(settings.get("dtype"), plan.sampling if plan else None)
     elif plan is not None and plan.sampler_copy:
         settings["sampler"] = copy.module
@@ -164,11 +165,11 @@ def policy_copy(plan: PrecisionPlan, policy: Any, engine: str) -> WorkingCopy | 
     return WorkingCopy(policy) if plan.working_copy or (plan.sampler_copy and engine == "hf") else None
 
 
-def build_rewards(cfg: DictConfig, verifier: Any, tokenizer: Any) -> RewardScorer:
+def build_rewards(cfg: DictConfig, verifier: Any) -> RewardScorer:
     """The verifier and the run's own reward functions (`reward_funcs`, `reward_weights`, `reward_timeout_s`)."""
     functions = build_reward_functions(plain(cfg.reward_funcs), plain(cfg.reward_weights), verifier,
                                        cfg.get("reward_timeout_s"))
-    return RewardScorer(functions, chat_prompt(tokenizer))
+    return RewardScorer(functions)
 
 
 def build_rollout_log(cfg: DictConfig) -> RolloutLog | None:
@@ -278,6 +279,7 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     choice = engine_choice(cfg, policy, facts.processes)
     copy = policy_copy(plan, policy, choice.value)
     engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, plan, copy, choice)
+    engine = async_engine(cfg.rollout.max_staleness, engine)
     # what the update and the collector's passes compute on: the bf16 working copy, or the policy itself
     compute = copy.module if plan.working_copy else policy
     if plan.working_copy and reference is not None:  # frozen: cast once, computes as the copy does
@@ -294,12 +296,13 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     captured = engine.gives_hidden_states
     logprobs = build_logprob_passes(cfg, compute, reference, algorithm, sampling, batching,
                                     None if captured else shaping_layer)
-    rewards = build_rewards(cfg, verifier, tokenizer)
+    rewards = build_rewards(cfg, verifier)
     return ClipoModule(
         policy=policy,
         tokenizer=tokenizer,
-        collector=build_collector(cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping,
-                                  tokenizer.pad_token_id, shaping_layer if captured else None),
+        collector=async_collector(cfg.rollout.max_staleness, build_collector(
+            cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping, tokenizer.pad_token_id,
+            shaping_layer if captured else None)),
         updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term,
                               engine.gives_sampling_logprobs, facts, compute),
         contrastive=contrastive.objective,

@@ -33,7 +33,7 @@ class HandMadeEngine:
         return RolloutBatch(
             sequences=torch.ones(n, 2 + T, dtype=torch.long), attention_mask=torch.cat(
                 [torch.ones(n, 2, dtype=torch.long), response_mask.long()], 1), response_mask=response_mask,
-            prompt_len=2, groups=torch.arange(len(records)).repeat_interleave(group_size),
+            prompt_len=2, groups=torch.arange(len(records)).repeat_interleave(group_size), prompts=[""] * n,
             responses=[f"{r['ground_truth']}/{i}" for r in records for i in range(group_size)],
             ground_truths=[r["ground_truth"] for r in records for _ in range(group_size)],
             truncated=torch.zeros(n, dtype=torch.bool))
@@ -42,7 +42,7 @@ class HandMadeEngine:
 class GivenRewards:
     """Each record's `rewards` field, one value per rollout, as the verifier's (correct when > 0.5)."""
 
-    def __call__(self, records, rollouts, group_size, trainer_state=None) -> RewardScores:
+    def __call__(self, records, rollouts, trainer_state=None) -> RewardScores:
         values = torch.tensor([v for r in records for v in r["rewards"]], dtype=torch.float32)
         return RewardScores(["verifier"], torch.ones(1), values[:, None], values > 0.5, [""] * len(values))
 

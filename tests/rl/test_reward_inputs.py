@@ -10,7 +10,8 @@ from trl.data_utils import is_conversational as trl_is_conversational
 from trl.rewards import accuracy_reward, think_format_reward
 
 from clipo.rl.reward_inputs import TEXT, TRL, completions_format, is_conversational, text_completions, trl_prompts
-from clipo.rl.rewards import RewardFunction, build_reward_functions, repeat_columns, score_rollouts, verifier_reward
+from clipo.rl.rewards import RewardFunction, build_reward_functions, record_columns, score_rollouts, verifier_reward
+from clipo.rollout.batch import per_rollout
 
 CHAT = [
     {"messages": [{"role": "user", "content": "1+1"}], "ground_truth": "2", "solution": "$2$", "level": 1},
@@ -33,7 +34,7 @@ def received(records, *functions):
 
     entries = [RewardFunction("verifier", verifier_reward(lambda r, g: [0.0] * len(r)), 1.0, text=True)]
     entries += [RewardFunction(name, spy(name), 1.0, text) for name, text in functions]
-    score_rollouts(entries, TEXTS, COMPLETIONS, [[1]] * 4, repeat_columns(records, 2), None, trl_prompts(records, 2))
+    score_rollouts(entries, TEXTS, COMPLETIONS, [[1]] * 4, record_columns(per_rollout(records, 2)), None, trl_prompts(per_rollout(records, 2)))
     return seen
 
 
@@ -58,8 +59,8 @@ def test_conversational_as_trl_decides_it(records):
 def test_trl_reward_functions_run_unchanged_and_match_a_direct_call():
     functions = build_reward_functions(["verifier", "trl.rewards:accuracy_reward", "trl.rewards:think_format_reward"],
                                        None, lambda r, g: [0.0] * len(r))
-    columns = repeat_columns(CHAT, 2)
-    out = score_rollouts(functions, TEXTS, COMPLETIONS, [[1]] * 4, columns, None, trl_prompts(CHAT, 2))
+    columns = record_columns(per_rollout(CHAT, 2))
+    out = score_rollouts(functions, TEXTS, COMPLETIONS, [[1]] * 4, columns, None, trl_prompts(per_rollout(CHAT, 2)))
     messages = [[{"role": "assistant", "content": c}] for c in COMPLETIONS]
     assert out.scores[:, 1].tolist() == accuracy_reward(messages, columns["solution"]) == [1.0, 0.0, 1.0, 0.0]
     assert out.scores[:, 2].tolist() == think_format_reward(messages) == [1.0, 0.0, 0.0, 1.0]

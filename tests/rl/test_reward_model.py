@@ -10,7 +10,8 @@ from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassificat
 from clipo.models import build_tiny_tokenizer
 from clipo.rl.reward_inputs import trl_prompts
 from clipo.rl.reward_model import RewardModel
-from clipo.rl.rewards import build_reward_functions, repeat_columns, score_rollouts
+from clipo.rl.rewards import build_reward_functions, record_columns, score_rollouts
+from clipo.rollout.batch import per_rollout
 
 
 def save_tiny_classifier(folder, seed: int = 0):
@@ -45,7 +46,7 @@ COMPLETIONS = ["4", "it is four, I think", "x", "y"]
 
 def test_conversational_scores_match_the_model_called_by_hand(classifier):
     model = RewardModel(str(classifier), batch_size=3)  # batches of 3 and 1, right-padded
-    prompts = trl_prompts(RECORDS, 2)
+    prompts = trl_prompts(per_rollout(RECORDS, 2))
     completions = [[{"role": "assistant", "content": c}] for c in COMPLETIONS]
     tokenizer = build_tiny_tokenizer()  # its own chat template, the whole conversation
     texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
@@ -61,9 +62,9 @@ def test_conversational_scores_match_the_model_called_by_hand(classifier):
 def test_a_folder_in_reward_funcs_is_weighted_like_any_function(classifier):
     functions = build_reward_functions(["verifier", str(classifier)], [1.0, 0.5], lambda r, g: [0.0] * len(r))
     assert [f.name for f in functions] == ["verifier", "tiny-rm"]
-    out = score_rollouts(functions, ["t"] * 4, COMPLETIONS, [[1]] * 4, repeat_columns(RECORDS, 2), None,
-                         trl_prompts(RECORDS, 2))
-    direct = RewardModel(str(classifier))(trl_prompts(RECORDS, 2), [[{"role": "assistant", "content": c}]
+    out = score_rollouts(functions, ["t"] * 4, COMPLETIONS, [[1]] * 4, record_columns(per_rollout(RECORDS, 2)), None,
+                         trl_prompts(per_rollout(RECORDS, 2)))
+    direct = RewardModel(str(classifier))(trl_prompts(per_rollout(RECORDS, 2)), [[{"role": "assistant", "content": c}]
                                                                    for c in COMPLETIONS])
     torch.testing.assert_close(out.scores[:, 1], torch.tensor(direct))
     torch.testing.assert_close(out.total, 0.5 * torch.tensor(direct))

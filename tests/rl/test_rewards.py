@@ -13,11 +13,12 @@ from clipo.rl.rewards import (
     RewardFunctionError,
     build_reward_functions,
     concat_scores,
-    repeat_columns,
+    record_columns,
     reward_config_problems,
     reward_metrics,
     score_rollouts,
 )
+from clipo.rollout.batch import per_rollout
 
 USER_MODULE = """
     CALLS = []
@@ -84,7 +85,7 @@ COMPLETIONS = ["2", "3 is it", "5", "no"]  # G = 2: rollouts 0, 1 for prompt 0; 
 
 
 def score(functions):
-    columns = repeat_columns(RECORDS, group_size=2)
+    columns = record_columns(per_rollout(RECORDS, 2))
     ids = [[ord(ch) for ch in c] for c in COMPLETIONS]
     return score_rollouts(functions, ["p0", "p0", "p1", "p1"], COMPLETIONS, ids, columns, trainer_state="state")
 

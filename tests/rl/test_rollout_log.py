@@ -21,7 +21,8 @@ def batch(responses: list[str], lengths: list[int]) -> RolloutBatch:
     mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
     return RolloutBatch(
         sequences=torch.zeros(n, 2 + t, dtype=torch.long), attention_mask=torch.ones(n, 2 + t, dtype=torch.long),
-        response_mask=mask, prompt_len=2, groups=torch.arange(n) // 2, responses=responses,
+        response_mask=mask, prompt_len=2, groups=torch.arange(n) // 2, prompts=[f"prompt {i // 2}" for i in range(n)],
+        responses=responses,
         ground_truths=["4"] * n, truncated=torch.tensor(lengths) == t,
     )
 

@@ -48,7 +48,7 @@ def trajectory(**fields) -> Trajectory:
     response_mask = torch.arange(T) < torch.tensor([3, 1, 2, 3, 2, 2, 1, 3])[:, None]
     rollouts = RolloutBatch(
         sequences=torch.arange(N)[:, None].repeat(1, 1 + T), attention_mask=torch.ones(N, 1 + T, dtype=torch.long),
-        response_mask=response_mask, prompt_len=1, groups=torch.arange(N) // 4, responses=[""] * N,
+        response_mask=response_mask, prompt_len=1, groups=torch.arange(N) // 4, prompts=[""] * N, responses=[""] * N,
         ground_truths=[""] * N, truncated=torch.zeros(N, dtype=torch.bool))
     rollouts.sampling_logprobs = fields.pop("sampling_logprobs", None)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.25, -0.25])

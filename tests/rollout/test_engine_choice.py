@@ -1,4 +1,4 @@
-"""`rollout.engine=auto`: vLLM where it is installed and runs the model in one process, hf otherwise;
+"""`rollout.engine=auto`: vLLM where it is installed and runs the model (one process or several), hf otherwise;
 the vllm engine's dtype follows the precision plan's sampling dtype."""
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def test_auto_takes_hf_for_a_head_size_vllm_cannot_run_on_cpu(tiny, vllm_install
     assert choice.value == "hf" and "at least 32" in choice.reason and "has 16" in choice.reason
 
 
-def test_auto_takes_hf_in_a_multi_process_run(tiny_vllm, vllm_installed):
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (./scripts/setup.sh --vllm installs it)")
+def test_auto_takes_vllm_beside_each_rank_of_a_multi_process_run(tiny_vllm):
     choice = choose_engine("auto", tiny_vllm, processes=2)
-    assert choice.value == "hf" and "2 training processes" in choice.reason
+    assert choice.value == "vllm" and "one engine beside each of the 2 training processes" in choice.reason
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed (./scripts/setup.sh --vllm installs it)")

@@ -94,7 +94,7 @@ def batch_of(prompts, responses, groups, P=4, T=5):
     prompt_mask = torch.arange(P).flip(0) < torch.tensor(prompts)[:, None]
     return RolloutBatch(sequences=torch.ones(n, P + T, dtype=torch.long),
                         attention_mask=torch.cat([prompt_mask, response_mask], 1).long(), response_mask=response_mask,
-                        prompt_len=P, groups=torch.tensor(groups), responses=[""] * n, ground_truths=[""] * n,
+                        prompt_len=P, groups=torch.tensor(groups), prompts=[""] * n, responses=[""] * n, ground_truths=[""] * n,
                         truncated=torch.zeros(n, dtype=torch.bool))
 
 

@@ -16,7 +16,7 @@ import torch
 from clipo.data.arith import ArithDataset
 from clipo.models import load_model
 from clipo.rollout import HFEngine, Sampling, forward_responses, response_mask_from_ids
-from clipo.rollout.vllm_engine import GiB, kv_cache_bytes, kv_cache_problem
+from clipo.rollout.vllm_support import GiB, kv_cache_bytes, kv_cache_problem
 
 # vLLM's CPU attention needs head size >= 32: the tiny model with 2 heads of 32
 TINY_VLLM = {"num_attention_heads": 2, "num_key_value_heads": 1}

@@ -17,6 +17,7 @@ from clipo.config.keys import unknown_key_problems
 from clipo.contrastive.modes import ContrastiveLossTerm, ContrastiveMode, ContrastiveRewardShaping
 from clipo.evaluation.scoring import eval_sampling
 from clipo.registry import ADVANTAGES, ALGORITHMS, ENGINES, HEADS, LOSSES, POOLERS, VERIFIERS
+from clipo.rl.async_rollouts import async_problem
 from clipo.rl.dynamic_sampling import DynamicSampling, OverlongShaping
 from clipo.rl.old_policy import ImportanceCorrection
 from clipo.rl.rewards import reward_config_problems
@@ -149,6 +150,8 @@ def _engine_problems(cfg: DictConfig) -> list[str]:
     problems: list[str] = []
     i = cfg.rollout.importance_sampling
     _rule(problems, lambda: ImportanceCorrection(i.cap, i.level, i.mode, i.get("min_ratio")))
+    if problem := async_problem(cfg.rollout.get("max_staleness", 0), cfg.rollout.engine):
+        problems.append(problem)
     return problems + engine_problems(cfg.rollout, cfg.model)
 
 
@@ -156,24 +159,25 @@ def engine_problems(rollout_cfg: DictConfig, model_cfg: DictConfig) -> list[str]
     """`rollout.engine=vllm` (training or evaluation): vLLM is installed and can run the model, and its
     settings (`rollout.vllm`) make sense (also with `auto`, which may pick it)."""
     problems = []
-    if rollout_cfg.engine not in ("vllm", "auto"):
+    if rollout_cfg.engine not in ("vllm", "vllm_server", "auto"):
         return problems
     from clipo.rollout.vllm_engine import kv_cache_problem
 
-    if problem := kv_cache_problem((rollout_cfg.get("vllm") or {}).get("kv_cache_gib", "auto")):
-        problems.append(problem)
+    block = "vllm_server" if rollout_cfg.engine == "vllm_server" else "vllm"
+    if problem := kv_cache_problem((rollout_cfg.get(block) or {}).get("kv_cache_gib", "auto")):
+        problems.append(problem.replace("rollout.vllm.", f"rollout.{block}."))
     if rollout_cfg.engine == "auto":  # vLLM when it can run the model, else hf: nothing else to require
         return problems
     if importlib.util.find_spec("vllm") is None:
         problems.append(
-            "rollout.engine=vllm needs vLLM: `./scripts/setup.sh --vllm` on a CPU machine, `pip install vllm` "
+            f"rollout.engine={rollout_cfg.engine} needs vLLM: `./scripts/setup.sh --vllm` on a CPU machine, `pip install vllm` "
             "matching your CUDA torch on a GPU machine (README, 'Installing vLLM'), or use rollout.engine=hf"
         )
     tiny = model_cfg.get("tiny")
     if tiny and tiny.hidden_size // tiny.num_attention_heads < 32:
         head = tiny.hidden_size // tiny.num_attention_heads
         problems.append(
-            f"rollout.engine=vllm: vLLM's CPU attention needs a head size >= 32, model.tiny has {head}; "
+            f"rollout.engine={rollout_cfg.engine}: vLLM's CPU attention needs a head size >= 32, model.tiny has {head}; "
             "add model.tiny.num_attention_heads=2 model.tiny.num_key_value_heads=1"
         )
     return problems

@@ -16,6 +16,7 @@ import re
 from collections import defaultdict
 
 from clipo.data.arith import DEFAULT_INSTRUCTION, ArithDataset
+from clipo.rollout.prompts import prompt_texts
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -48,7 +49,7 @@ def sample(model_path: str, prompts: list[list[dict]], samples: int, max_new_tok
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    texts = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
+    texts = prompt_texts(tokenizer, [{"messages": messages} for messages in prompts])
     out = []
     for start in range(0, len(texts), batch):
         enc = tokenizer(texts[start : start + batch], return_tensors="pt", padding=True, add_special_tokens=False)

@@ -141,6 +141,12 @@ class PromptDataModule(L.LightningDataModule):
         self._refills += 1
         return collate_records([self.train_set[i] for i in sampler.epoch_batches(epoch)[position]])
 
+    def upcoming_batch(self, ahead: int) -> list[dict]:
+        """The records the train loader will hand out `ahead` steps after the current one (the asynchronous
+        rollout pipeline samples them early); nothing is consumed."""
+        epoch, position = divmod(self._consumed - 1 + ahead, self.sampler.batches_per_epoch)
+        return collate_records([self.train_set[i] for i in self.sampler.epoch_batches(epoch)[position]])
+
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Lightning fetches one batch ahead (and workers more), so the sampler's count
         # runs ahead of training; a batch counts as consumed when it reaches the step

@@ -103,6 +103,7 @@ class RolloutCollector:
         timer: PhaseTimer,
         generation_context: Callable[[], AbstractContextManager] = nullcontext,
         trainer_state: Any = None,
+        sampled: RolloutBatch | None = None,
     ) -> Trajectory:
         """One step's trajectory from the prompt `records`.
 
@@ -113,10 +114,11 @@ class RolloutCollector:
             timer: phase timings and generated tokens are added to it.
             generation_context: entered around the sampling phase, refills included (e.g. ZeRO-3's weight gathering).
             trainer_state: handed to the reward functions (TRL's `trainer_state`), e.g. the Lightning trainer.
+            sampled: `records`' rollouts sampled already (the asynchronous pipeline's), or None: sample now.
         """
-        sample = lambda prompts: self._generate_and_score(prompts, timer, trainer_state)  # noqa: E731
+        sample = lambda prompts, rollouts=None: self._generate_and_score(prompts, timer, trainer_state, rollouts)  # noqa: E731
         with generation_context():
-            rollouts, scores = sample(records)
+            rollouts, scores = sample(records, sampled)
             metrics = self._rollout_metrics(rollouts, scores)
             if self.dynamic_sampling is not None:
                 rollouts, scores, dapo_metrics = self.dynamic_sampling.fill(rollouts, scores, len(records),
@@ -147,11 +149,12 @@ class RolloutCollector:
                           step=step, metrics=metrics, scores=scores, contrastive=contrastive)
 
     def _generate_and_score(
-        self, records: list[dict], timer: PhaseTimer, trainer_state: Any
+        self, records: list[dict], timer: PhaseTimer, trainer_state: Any, rollouts: RolloutBatch | None = None,
     ) -> tuple[RolloutBatch, RewardScores]:
-        with timer("generate"):
-            rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
-        scores = self.rewards(records, rollouts, self.group_size, trainer_state)
+        if rollouts is None:
+            with timer("generate"):
+                rollouts = self.engine.generate(records, self.group_size, self.sampling, self.capture_layer)
+        scores = self.rewards(records, rollouts, trainer_state)
         for name, seconds in scores.seconds.items():  # each function is a phase of its own
             timer.seconds["verify" if name == "verifier" else f"reward/{name}"] += seconds
         timer.generated_tokens += int(rollouts.response_lengths.sum())

@@ -97,11 +97,12 @@ class ClipoModule(L.LightningModule):
         metrics = dict(collected.metrics)
         if collected.update_policy:
             metrics |= self.updater.update(collected, self.optimizers(), self.manual_backward, timer)
-            self.collector.sync_weights(self.policy)
+            with timer("push"):  # the engine's copy of the weights (and, ahead of time, its batch in flight)
+                self.collector.sync_weights(self.policy)
         self.rl_step += 1
         metrics |= {f"time/{phase}": torch.tensor(s) for phase, s in timer.seconds.items()}
         metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
-        metrics["perf/tokens_per_s"] = torch.tensor(timer.generated_tokens / max(timer.seconds["generate"], 1e-9))
+        metrics["perf/tokens_per_s"] = torch.tensor(timer.generated_tokens / max(timer.generation_seconds, 1e-9))
         passes = step_passes(collected.update_policy, self.updater.batching.epochs, collected.forward_passes)
         # the model the update computes on (a bf16 working copy under bf16-copy): MFU against its dtype's rate
         metrics |= rl_step_perf(self.updater.forward_model, collected.rollouts.attention_mask.sum(-1), passes,

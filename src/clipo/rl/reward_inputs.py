@@ -59,12 +59,11 @@ def is_conversational(record: dict) -> bool:
     return not isinstance(record.get("prompt"), str)
 
 
-def trl_prompts(records: Sequence[dict], group_size: int) -> list[Any]:
-    """TRL's `prompts`, one per rollout: each record's messages, or its prompt string when the
-    batch's first record is plain text."""
-    conversational = is_conversational(records[0])
-    per_record = [record["messages"] if conversational else record.get("prompt", "") for record in records]
-    return [prompt for prompt in per_record for _ in range(group_size)]
+def trl_prompts(rows: Sequence[dict]) -> list[Any]:
+    """TRL's `prompts`, one per rollout (`rows`: each rollout's record): its record's messages, or its prompt
+    string when the batch's first record is plain text."""
+    conversational = is_conversational(rows[0])
+    return [record["messages"] if conversational else record.get("prompt", "") for record in rows]
 
 
 def trl_completions(completions: list[str], conversational: bool) -> list[Any]:

@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -46,7 +45,6 @@ from clipo.rl.reward_entries import (
 from clipo.rl.reward_inputs import RESERVED, TEXT, completions_format, text_completions, trl_completions, trl_prompts
 from clipo.rl.reward_model import RewardModel
 from clipo.rl.reward_values import RewardFunctionError, check_weighted_total, checked_values
-from clipo.rollout.prompts import prompt_text
 from clipo.run.ranks import phase
 from clipo.run.stop_signals import ForcedStop
 
@@ -140,12 +138,12 @@ def concat_scores(parts: Sequence[RewardScores]) -> RewardScores:
                         torch.cat([p.correct for p in parts]), [x for p in parts for x in p.prompts], seconds, logged, extra)
 
 
-def repeat_columns(records: Sequence[dict], group_size: int) -> dict[str, list[Any]]:
-    """Every dataset column as one value per rollout (each record repeated `group_size` times),
-    the keywords TRL passes; a column missing from a record gives None. `prompt` (TRL's `prompts`)
-    and columns named like clipo's own keywords are left out, as TRL leaves out `prompt`."""
-    keys = dict.fromkeys(k for record in records for k in record if k not in RESERVED)
-    return {k: [record.get(k) for record in records for _ in range(group_size)] for k in keys}
+def record_columns(rows: Sequence[dict]) -> dict[str, list[Any]]:
+    """Every dataset column as one value per rollout (`rows`: each rollout's record), the keywords TRL passes;
+    a column missing from a record gives None. `prompt` (TRL's `prompts`) and columns named like clipo's own
+    keywords are left out, as TRL leaves out `prompt`."""
+    keys = dict.fromkeys(k for record in rows for k in record if k not in RESERVED)
+    return {k: [record.get(k) for record in rows] for k in keys}
 
 
 def call_with_timeout(function: RewardFunction, kwargs: dict[str, Any]) -> Any:
@@ -190,7 +188,7 @@ def score_rollouts(
     Args:
         prompts, completions, completion_ids: N prompt texts (chat template applied), responses and
             response token ids.
-        columns: dataset columns, N values each (`repeat_columns`); must hold `ground_truth`.
+        columns: dataset columns, N values each (`record_columns`); must hold `ground_truth`.
         trl_prompts: N prompts in TRL's convention (`clipo.rl.reward_inputs.trl_prompts`): message
             lists make the batch conversational. None: every function gets the texts.
 
@@ -261,25 +259,19 @@ class RewardScorer:
 
     Args:
         functions: from `build_reward_functions` (the verifier among them).
-        prompt_text: a prompt record -> the text the policy saw (its chat template applied).
     """
 
-    def __init__(self, functions: Sequence[RewardFunction], prompt_text: Callable[[dict], str]) -> None:
-        self.functions, self.prompt_text = list(functions), prompt_text
+    def __init__(self, functions: Sequence[RewardFunction]) -> None:
+        self.functions = list(functions)
 
-    def __call__(self, records: Sequence[dict], rollouts: Any, group_size: int, trainer_state: Any = None) -> RewardScores:
-        """Scores of `rollouts` (a `RolloutBatch`: `group_size` rollouts per record, in order)."""
-        texts = [self.prompt_text(record) for record in records]
-        prompts = [text for text in texts for _ in range(group_size)]
+    def __call__(self, records: Sequence[dict], rollouts: Any, trainer_state: Any = None) -> RewardScores:
+        """Scores of `rollouts` (a `RolloutBatch` whose `groups` index `records`), each function seeing the prompt
+        text the policy saw (`rollouts.prompts`) and its rollout's record's columns."""
+        rows = [records[g] for g in rollouts.groups.tolist()]
         ids = rollouts.response_ids.masked_fill(~rollouts.response_mask, -1).tolist()  # one transfer, then per row
         completion_ids = [[t for t in row if t >= 0] for row in ids]
         for function in self.functions:  # reward models score on the policy's device
             if isinstance(function.fn, RewardModel):
                 function.fn.to(rollouts.response_ids.device)
-        return score_rollouts(self.functions, prompts, rollouts.responses, completion_ids,
-                              repeat_columns(records, group_size), trainer_state, trl_prompts(records, group_size))
-
-
-def chat_prompt(tokenizer: Any) -> Callable[[dict], str]:
-    """A record's prompt text as the engines build it: its messages with the generation prompt."""
-    return partial(prompt_text, tokenizer)
+        return score_rollouts(self.functions, rollouts.prompts, rollouts.responses, completion_ids,
+                              record_columns(rows), trainer_state, trl_prompts(rows))

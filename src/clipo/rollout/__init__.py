@@ -20,6 +20,7 @@ from clipo.rollout.hf_engine import (
 )
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_engine import VLLMEngine
+from clipo.rollout.vllm_server_engine import VLLMServerEngine
 
 __all__ = [
     "ForwardOutput",
@@ -27,6 +28,7 @@ __all__ = [
     "RolloutBatch",
     "Sampling",
     "VLLMEngine",
+    "VLLMServerEngine",
     "capture_predicting_states",
     "concat_rollouts",
     "forward_responses",

@@ -17,14 +17,18 @@ class RolloutBatch:
     attention_mask: torch.Tensor  # [N, P+T] 1 on prompt and response tokens (EOS included)
     response_mask: torch.Tensor  # [N, T] bool, response tokens up to and including EOS
     prompt_len: int  # P
-    groups: torch.Tensor  # [N] prompt index within the batch: rollouts i*G..i*G+G-1 share one
+    groups: torch.Tensor  # [N] the record each rollout answers, as an index into the records sampled for it
+    prompts: list[str]  # N prompt texts as the policy saw them (the chat template applied once, by the engine)
     responses: list[str]  # N decoded responses
-    ground_truths: list[str]  # N, repeated per group
+    ground_truths: list[str]  # N, one per rollout (its record's)
     truncated: torch.Tensor  # [N] bool, no EOS within max_new_tokens
     # [N, T, D] captured layer at the response tokens' own positions: row t is the state at response
     # token t; only rows t <= L-2 of a length-L rollout exist in generation (see `hidden_mask`)
     hidden: torch.Tensor | None = None
     sampling_logprobs: torch.Tensor | None = None  # [N, T] the engine's log-probs of the sampled tokens (vllm)
+    # [N] long: the policy version (weight pushes into the engine) that sampled each rollout, for engines with
+    # their own copy of the weights (vllm, vllm_server); the asynchronous pipeline's staleness is measured on it
+    versions: torch.Tensor | None = None
 
     @property
     def response_ids(self) -> torch.Tensor:  # [N, T]
@@ -48,12 +52,20 @@ class RolloutBatch:
             response_mask=self.response_mask[index],
             prompt_len=self.prompt_len,
             groups=self.groups[index],
+            prompts=[self.prompts[i] for i in pick],
             responses=[self.responses[i] for i in pick],
             ground_truths=[self.ground_truths[i] for i in pick],
             truncated=self.truncated[index],
             hidden=None if self.hidden is None else self.hidden[index],
             sampling_logprobs=None if self.sampling_logprobs is None else self.sampling_logprobs[index],
+            versions=None if self.versions is None else self.versions[index],
         )
+
+
+def per_rollout(values: list, group_size: int) -> list:
+    """Per-record values as one per rollout: record i's for rollouts i*G..i*G+G-1 (how every engine lays out a
+    batch; everything downstream reads the batch's per-rollout fields, or `groups` into the records)."""
+    return [value for value in values for _ in range(group_size)]
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
@@ -105,6 +117,7 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         response_mask=torch.cat([pad_time(b.response_mask, 0, T - b.response_mask.shape[1], False) for b in batches]),
         prompt_len=P,
         groups=torch.cat([b.groups + offset for b, offset in zip(batches, offsets)]),
+        prompts=[p for b in batches for p in b.prompts],
         responses=[r for b in batches for r in b.responses],
         ground_truths=[g for b in batches for g in b.ground_truths],
         truncated=torch.cat([b.truncated for b in batches]),
@@ -112,4 +125,5 @@ def concat_rollouts(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBa
         sampling_logprobs=torch.cat([pad_time(b.sampling_logprobs, 0, T - b.sampling_logprobs.shape[1], 0.0) for b in batches])
         if with_logprobs
         else None,
+        versions=torch.cat([b.versions for b in batches]) if all(b.versions is not None for b in batches) else None,
     )

@@ -1,16 +1,18 @@
 """`rollout.engine=auto`: the engine a run samples with, decided once, before it is built.
 
 vLLM's generate phase took 0.44 of the hf engine's on the same config (issue #26, 2 AVX-512
-BF16 cores), so `auto` takes vLLM wherever it is installed, imports and runs the model in a
-one-process run, and hf otherwise: hf runs every model transformers runs, in any launch.
-The choice and its reason are among the run's first lines.
+BF16 cores), so `auto` takes vLLM wherever it is installed, imports and runs the model, in a run of
+one process or several (one engine beside each rank, joined to the trainer's processes through vLLM's
+`external_launcher`: run on 2 CPU processes under ddp, deepspeed_zero2, deepspeed_zero3 and fsdp), and hf
+otherwise: hf runs every model transformers runs. The choice and its reason are among the run's first
+lines.
 """
 
 from __future__ import annotations
 
 import torch
 
-from clipo.rollout.vllm_engine import head_size_problem, vllm_available
+from clipo.rollout.vllm_support import head_size_problem, vllm_available
 from clipo.run.runtime import Choice
 
 ENGINE_NAMES = ("auto", "hf", "vllm")
@@ -20,20 +22,19 @@ def choose_engine(requested: str, policy: torch.nn.Module, processes: int) -> Ch
     """`rollout.engine`, with `auto` resolved for `policy` in a run of `processes` training processes."""
     if requested != "auto":
         return Choice(requested, f"rollout.engine={requested} was set explicitly")
-    problem = vllm_problem(policy, processes)
+    problem = vllm_problem(policy)
     if problem is None:
         import vllm
 
-        return Choice("vllm", f"auto: vLLM {vllm.__version__} is installed and runs {architecture(policy)}")
+        where = f", one engine beside each of the {processes} training processes" if processes > 1 else ""
+        return Choice("vllm", f"auto: vLLM {vllm.__version__} is installed and runs {architecture(policy)}{where}")
     return Choice("hf", f"auto: {problem}")
 
 
-def vllm_problem(policy: torch.nn.Module, processes: int) -> str | None:
+def vllm_problem(policy: torch.nn.Module) -> str | None:
     """Why the vllm engine is not the automatic choice for `policy` (None when it is)."""
     if not vllm_available():
         return "vLLM is not installed (./scripts/setup.sh installs its CPU build on x86-64 Linux)"
-    if processes > 1:  # one in-process engine per rank is written for CUDA and not run here on CPU processes
-        return f"this run has {processes} training processes (rollout.engine=vllm runs one engine per rank)"
     if problem := head_size_problem(policy):
         return problem
     try:

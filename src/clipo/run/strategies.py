@@ -242,6 +242,10 @@ def fully_shard_decoder(model: torch.nn.Module, mesh: Any) -> None:
     # to the end of the backward: clipo's training forward calls the decoder and then the LM head weight
     # directly, not the model's forward (which would unshard it), so the decoder's call unshards it
     fully_shard(model, mesh=mesh, reshard_after_forward=False)
+    # FSDP2 takes the first module whose forward runs as its root; the training forward never runs the
+    # model's own, so without this the first decoder layer would become root and the model group's gradients
+    # (embeddings, norm) would stay unreduced plain tensors when no generation ran the model first (vllm engine)
+    model._get_fsdp_state()._lazy_init()
     model.get_decoder().register_forward_pre_hook(lambda *_: model.unshard())
 
 

@@ -16,6 +16,14 @@ class PhaseTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.generated_tokens = 0
+        # the sampler's own seconds when rollouts were sampled ahead, off the step's path (the asynchronous
+        # pipeline: its "generate" phase is then only the wait); None: the "generate" phase's
+        self.sampling_seconds: float | None = None
+
+    @property
+    def generation_seconds(self) -> float:
+        """Seconds the step's rollouts took to sample (tokens per second divide by it)."""
+        return self.seconds["generate"] if self.sampling_seconds is None else self.sampling_seconds
 
     @contextmanager
     def __call__(self, phase: str):
