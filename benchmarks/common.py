@@ -24,8 +24,10 @@ def train_and_report(overrides: list[str]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as out:
         metrics, objects = train(compose(overrides, Path(out)))
+        runtime = json.loads((Path(out) / "summary.json").read_text())["runtime"]
     return {
         "history": objects["summary"].history,
+        "runtime": runtime,  # the precision plan per phase, threads, engine
         "metrics": metrics,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -44,16 +46,20 @@ def median(values: list[float]) -> float:
 
 
 def cpu_precision() -> tuple[str, str]:
-    """This CPU in words (model, family/model, native bf16 or not) and what `trainer.precision=auto` picks on it."""
-    from clipo.run.runtime import choose_precision, detect_cpu_flags
+    """This CPU in words (model, family/model, its bf16 units or none) and the kind of precision `auto` takes
+    here: `bf16` on a CPU with bf16 units (clipo then decides each phase from its start-up probe,
+    src/clipo/run/precision.py), `32` elsewhere."""
+    from clipo.run.precision import CPU_BF16_FLAGS
+    from clipo.run.runtime import detect_cpu_flags
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     first_cpu = info.split("\n\n", 1)[0]
     fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu.splitlines())}
-    choice = choose_precision("auto", "cpu", None, detect_cpu_flags())
-    native = "native bf16" if choice.value == "bf16-mixed" else "no bf16 units"
+    flags = detect_cpu_flags()
+    native = [flag for flag in CPU_BF16_FLAGS if flag in flags]
+    units = f"native bf16 ({', '.join(native)})" if native else "no bf16 units"
     model = f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
-    return f"{model}, {native}", choice.value
+    return f"{model}, {units}", "bf16" if native else "32"
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -24,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median, save, train_and_report
 
 from clipo.compose import compose
-from clipo.run.runtime import resolve_precision
 
 
 def time_generation(cfg, repeats: int) -> dict[str, float]:
@@ -41,8 +41,7 @@ def time_generation(cfg, repeats: int) -> dict[str, float]:
     prompts = [tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=False) for r in records]
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     ids, mask = encoded.input_ids.repeat_interleave(group, 0), encoded.attention_mask.repeat_interleave(group, 0)
-    bf16 = resolve_precision(cfg.trainer).value == "bf16-mixed"  # as train() resolves trainer.precision=auto
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    autocast = nullcontext()  # both on the same float32 weights: precisions are compared in precision.py
 
     def bare() -> int:
         with torch.no_grad(), autocast:

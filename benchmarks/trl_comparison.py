@@ -50,6 +50,7 @@ def clipo_step_times(steps: int, precision: str, engine: str, extra: list[str]) 
     report = train_and_report(overrides)
     history = report["history"]
     return {"step_s": [row["time/step"] for row in history], "peak_rss_mb": report["peak_rss_mb"],
+            "runtime": report["runtime"],
             "generate_s": [row.get("time/generate", float("nan")) for row in history],
             "logprobs_s": [row.get("time/logprobs", 0.0) for row in history],
             "update_s": [row.get("time/update", float("nan")) for row in history], "overrides": overrides}
@@ -101,11 +102,10 @@ def trl_step_times(steps: int, bf16: bool) -> dict:
 
 
 def worker(name: str, steps: int, precision: str) -> dict:
-    """One trainer's run, in this (fresh) process, at `precision` (auto: what clipo picks on this CPU)."""
-    if precision == "auto":
-        precision = cpu_precision()[1]
+    """One trainer's run, in this (fresh) process, at `precision`: auto is clipo's `trainer.precision=auto`
+    (each phase as its start-up probe decides) and TRL's `bf16=True` (autocast) on a CPU with bf16 units."""
     if name == "trl":
-        return trl_step_times(steps, bf16=precision == "bf16-mixed")
+        return trl_step_times(steps, bf16=precision == "auto" and cpu_precision()[1] == "bf16")
     return clipo_step_times(steps, precision, *CLIPO_RUNS[name])
 
 
@@ -113,6 +113,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="training steps per trainer (the first is warm-up)")
     parser.add_argument("--precision", default="auto", choices=["auto", "32"], help="for every trainer")
+    parser.add_argument("--suffix", default="", help="appended to the JSON's name, e.g. _xeon_amx for the CPU kind")
+    parser.add_argument("--trainers", nargs="+", default=["trl", *CLIPO_RUNS], help="a subset (TRL peaks at 12-14 GB)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -120,25 +122,28 @@ def main() -> None:
         return
 
     has_vllm = importlib.util.find_spec("vllm") is not None
-    names = ["trl"] + [name for name, (engine, _) in CLIPO_RUNS.items() if engine == "hf" or has_vllm]
+    names = [name for name in args.trainers if name == "trl" or CLIPO_RUNS[name][0] == "hf" or has_vllm]
     runs = {}
     for name in names:
         print(f"{name}: {args.steps} steps ...", flush=True)
         runs[name] = run_in_subprocess(Path(__file__), ["--steps", str(args.steps), "--precision", args.precision,
                                                         "--worker", name])
         runs[name]["median_step_s"] = median(runs[name]["step_s"][1:])
-    trl_run = runs["trl"]
+    trl_run = runs.get("trl")
     ratios = {name: {"step_time": run["median_step_s"] / trl_run["median_step_s"],
                      "peak_memory": run["peak_rss_mb"] / trl_run["peak_rss_mb"]}
-              for name, run in runs.items() if name != "trl"}
+              for name, run in runs.items() if name != "trl" and trl_run is not None}
     import trl
 
-    cpu, precision = cpu_precision()
-    precision = precision if args.precision == "auto" else args.precision
+    cpu, kind = cpu_precision()
+    plans = {name: run["runtime"].get("precision") for name, run in runs.items() if "runtime" in run}
+    precision = f"{args.precision} (TRL bf16={kind == 'bf16' and args.precision == 'auto'}, clipo {plans})"
     payload = {"trl_version": trl.__version__, "precision": precision, "runs": runs, "ratios_over_trl": ratios,
                "targets": {"step_time": "<= 0.35", "memory": "<= 0.45"}}
-    path = save("trl_comparison_smollm2_135m" + ("_fp32" if args.precision == "32" else ""), payload)
-    print(f"\n{cpu}; precision {precision} for every trainer")
+    subset = "" if set(names) >= {"trl", "clipo-hf"} else "_" + "_".join(names)
+    path = save("trl_comparison_smollm2_135m" + ("_fp32" if args.precision == "32" else "") + subset + args.suffix,
+                payload)
+    print(f"\n{cpu}; precision {precision}")
     print(f"{'trainer':<16}{'median step s':>15}{'generate s':>12}{'logprobs s':>12}{'update s':>10}{'peak RSS MB':>13}")
     for name, run in runs.items():
         phases = [f"{median(run[key][1:]):>{width}.2f}" if key in run else f"{'':>{width}}"

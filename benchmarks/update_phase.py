@@ -49,7 +49,8 @@ def synthetic_rollouts(cfg, tokenizer, device="cpu"):
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(max(new // 4, 1), new, (n,), generator=gen)
     lengths[torch.rand(n, generator=gen) < 0.4] = new  # truncated
-    responses = torch.randint(200, len(tokenizer) - 200, (n, new), generator=gen)
+    margin = min(200, len(tokenizer) // 4)  # clear of the special tokens (model=tiny has 100 tokens)
+    responses = torch.randint(margin, len(tokenizer) - margin, (n, new), generator=gen)
     ended = torch.arange(new)[None, :] >= lengths[:, None]
     responses[ended] = tokenizer.eos_token_id  # EOS (then padding) after each response
     response_mask = response_mask_from_ids(responses, [tokenizer.eos_token_id])

@@ -39,8 +39,10 @@ from clipo.rollout.forward import plan_training_forward
 from clipo.rollout.sampling import Sampling
 from clipo.run.checkpointing import AtomicCheckpointIO
 from clipo.run.facts import RunFacts, StrategyKind, detect_facts
+from clipo.run.precision import PrecisionPlan
 from clipo.run.ranks import timed_strategy
 from clipo.run.runtime import Choice
+from clipo.run.working_copy import WorkingCopy, cast_parameters
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +138,31 @@ def build_verifier(cfg: DictConfig, kind: str) -> Any:
     return VERIFIERS.build(plain((cfg.get("verifiers") or {}).get(kind)) or {"name": kind})
 
 
-def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, processes: int = 1,
-                 precision: Any = None) -> tuple[Any, Choice]:
-    """`rollout.engine` (`auto` decided here, once, and said), with its own settings block when it has one
-    (`rollout.vllm`), and the choice; the vllm engine samples in bf16 when the trainer computes in bf16."""
+def engine_choice(cfg: DictConfig, policy: Any, processes: int = 1) -> Choice:
+    """`rollout.engine`, with `auto` decided here, once, and said."""
     choice = choose_engine(cfg.rollout.engine, policy, processes)
     log.info("rollout engine %s: %s", choice.value, choice.reason)
+    return choice
+
+
+def build_engine(cfg: DictConfig, policy: Any, tokenizer: Any, processes: int = 1, plan: PrecisionPlan | None = None,
+                 copy: WorkingCopy | None = None, choice: Choice | None = None) -> tuple[Any, Choice]:
+    """The engine `rollout.engine` names (`choice`: decided already), with its own settings block when it has one
+    (`rollout.vllm`), and the choice; it samples as the precision `plan` says: vllm holds its weights in the
+    plan's sampling dtype, hf samples from the bf16 `copy` when the plan samples from one (no plan: the
+    policy's own dtype, as evaluate.py scores)."""
+    choice = choice or engine_choice(cfg, policy, processes)
     settings = plain(cfg.rollout.get(choice.value)) or {}
     if choice.value in ("vllm", "vllm_server"):
-        settings["dtype"] = engine_dtype(settings.get("dtype"), precision)
+        settings["dtype"] = engine_dtype(settings.get("dtype"), plan.sampling if plan else None)
+    elif plan is not None and plan.sampler_copy:
+        settings["sampler"] = copy.module
     return ENGINES.build({"name": choice.value, **settings}, policy=policy, tokenizer=tokenizer), choice
+
+
+def policy_copy(plan: PrecisionPlan, policy: Any, engine: str) -> WorkingCopy | None:
+    """The policy's bf16 copy, when the plan computes on one or the hf engine samples from one."""
+    return WorkingCopy(policy) if plan.working_copy or (plan.sampler_copy and engine == "hf") else None
 
 
 def build_rewards(cfg: DictConfig, verifier: Any) -> RewardScorer:
@@ -220,11 +237,14 @@ def build_collector(
 def build_updater(
     cfg: DictConfig, policy: Any, algorithm: Any, batching: UpdateBatching, sampling: Sampling,
     loss_term: ContrastiveLossTerm | None, sampler_logprobs: bool, facts: RunFacts | None = None,
+    forward_model: Any = None,
 ) -> PolicyUpdater:
-    """The update; with an engine that reports its log-probs, the sampler correction (`rollout.importance_sampling`)."""
+    """The update; with an engine that reports its log-probs, the sampler correction (`rollout.importance_sampling`);
+    `forward_model`: what it computes on (the policy's bf16 working copy; None: the policy)."""
     correction = cfg.rollout.importance_sampling
     return PolicyUpdater(
         policy=policy,
+        forward_model=forward_model,
         algorithm=algorithm,
         batching=batching,
         temperature=sampling.logprob_temperature,
@@ -255,8 +275,18 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = verifiers or build_verifiers(cfg)
-    engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, facts.precision.value)
+    plan = facts.precision
+    choice = engine_choice(cfg, policy, facts.processes)
+    copy = policy_copy(plan, policy, choice.value)
+    engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, plan, copy, choice)
     engine = async_engine(cfg.rollout.max_staleness, engine)
+    # what the update and the collector's passes compute on: the bf16 working copy, or the policy itself
+    compute = copy.module if plan.working_copy else policy
+    if plan.working_copy and reference is not None:  # frozen: cast once, computes as the copy does
+        cast_parameters(reference, torch.bfloat16)
+    optimizer = instantiate(cfg.optimizer)
+    if copy is not None:  # the copy is cast again after each optimizer step
+        optimizer = copy.optimizer_factory(optimizer)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
     # CLIPO's loss mode and a loss over a group's rollouts (`needs_whole_groups`) are taken per forward pass
     whole_groups = mode is ContrastiveMode.LOSS or algorithm.needs_whole_groups
@@ -264,7 +294,7 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     # reward shaping pools hidden states: captured while sampling, or taken by the collector's pass
     shaping_layer = cfg.rollout.hidden_layer if mode is ContrastiveMode.REWARD else None
     captured = engine.gives_hidden_states
-    logprobs = build_logprob_passes(cfg, policy, reference, algorithm, sampling, batching,
+    logprobs = build_logprob_passes(cfg, compute, reference, algorithm, sampling, batching,
                                     None if captured else shaping_layer)
     rewards = build_rewards(cfg, verifier)
     return ClipoModule(
@@ -274,10 +304,10 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
             cfg, engine, verifier, rewards, sampling, logprobs, contrastive.reward_shaping, tokenizer.pad_token_id,
             shaping_layer if captured else None)),
         updater=build_updater(cfg, policy, algorithm, batching, sampling, contrastive.loss_term,
-                              engine.gives_sampling_logprobs, facts),
+                              engine.gives_sampling_logprobs, facts, compute),
         contrastive=contrastive.objective,
         head_step=contrastive.head_step,
-        optimizer=instantiate(cfg.optimizer),
+        optimizer=optimizer,
         validation=build_validation(cfg, engine, val_verifiers, val_sampling),
         facts=facts.with_engine(choice),
         reference=reference,

@@ -76,6 +76,21 @@ def load_model(
     return model, tokenizer
 
 
+def load_config(
+    name: str, name_or_path: str | None = None, gguf_package: str | None = None, gguf_file: str | None = None,
+    tiny: dict[str, Any] | None = None, **_: Any,
+) -> Any:
+    """The transformers config of a `model=` config (its architecture and widths), without its weights."""
+    from transformers import AutoConfig
+
+    if tiny is not None:
+        return tiny_config(len(build_tiny_tokenizer()), **tiny)
+    path = packaged_model_path(gguf_package, gguf_file) if gguf_package else name_or_path
+    if path is None:
+        raise ValueError(f"model={name}: set model.name_or_path (hub id or folder), model.gguf_package or model.tiny")
+    return AutoConfig.from_pretrained(path)
+
+
 def hub_model_problem(name_or_path: str, filename: str = "config.json") -> str | None:
     """Why `name_or_path` cannot load, in one line, or None: a missing folder, or a hub id whose `filename`
     is not in the local cache while the hub is unreachable (HF_HUB_OFFLINE=1 or no network) or does not
@@ -254,6 +269,26 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def tiny_config(
+    vocab_size: int, hidden_size: int = 64, intermediate_size: int = 128, num_hidden_layers: int = 2,
+    num_attention_heads: int = 4, num_key_value_heads: int = 2, pad_token_id: int = 0, eos_token_id: int = 2,
+) -> Qwen2Config:
+    """The tiny model's Qwen2 config (ids of the tiny tokenizer's pad and `<|im_end|>` tokens by default)."""
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+    )
+
+
 def build_tiny(
     seed: int = 0,
     hidden_size: int = 64,
@@ -264,19 +299,8 @@ def build_tiny(
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """A random-init Qwen2 with the tiny tokenizer; deterministic in `seed`, built in well under a second."""
     tokenizer = build_tiny_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
+    config = tiny_config(len(tokenizer), hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+                         num_key_value_heads, tokenizer.pad_token_id, tokenizer.eos_token_id)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG untouched
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)

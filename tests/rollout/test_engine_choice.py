@@ -1,5 +1,5 @@
 """`rollout.engine=auto`: vLLM where it is installed and runs the model (one process or several), hf otherwise;
-the vllm engine's dtype follows the trainer's precision."""
+the vllm engine's dtype follows the precision plan's sampling dtype."""
 
 from __future__ import annotations
 
@@ -76,8 +76,12 @@ def test_training_processes_follow_the_launcher_then_the_trainer(monkeypatch):
 
 
 @pytest.mark.parametrize(("configured", "precision", "expected"), [
-    (None, "bf16-mixed", "bfloat16"), (None, "bf16-true", "bfloat16"), (None, "32", None), (None, 32, None),
-    (None, None, None), ("float32", "bf16-mixed", "float32"), ("bfloat16", "32", "bfloat16"),
+    (None, "bf16-mixed", "bfloat16"), (None, "bf16-true", "bfloat16"), (None, "bf16-copy", "bfloat16"),
+    (None, "32", None), (None, 32, None), ("float32", "bf16-mixed", "float32"), ("bfloat16", "32", "bfloat16"),
 ])  # fmt: skip
-def test_the_vllm_engine_samples_in_the_trainers_precision(configured, precision, expected):
-    assert engine_dtype(configured, precision) == expected
+def test_the_vllm_engine_samples_in_the_plans_sampling_dtype(configured, precision, expected):
+    """The engine holds its weights in the dtype the precision plan samples in (`rollout.vllm.dtype` wins)."""
+    from clipo.run.precision import explicit_plan
+
+    assert engine_dtype(configured, explicit_plan(precision).sampling) == expected
+    assert engine_dtype(configured, None) == configured  # no plan (evaluate.py): the policy's dtype

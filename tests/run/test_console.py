@@ -82,9 +82,10 @@ def test_a_run_piped_to_a_file_reads_as_lines(tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert "\r" not in output
     assert "Tip" not in output and "litlogger" not in output and "litmodels" not in output
-    first = result.stdout.splitlines()[:2]
+    first = result.stdout.splitlines()[:3]
     assert "precision 32: trainer.precision=32 was set explicitly" in first[0]
-    assert re.search(r"torch threads \d+ \(.+\); tokenizers parallelism off", first[1])
+    assert "precision per phase: sampling float32 (hf from the policy's own weights), training float32" in first[1]
+    assert re.search(r"torch threads \d+ \(.+\); tokenizers parallelism off", first[2])
     progress = [line for line in result.stdout.splitlines() if line.startswith(("[train]", "[validate]"))]
     done = ["[validate] arith done: 2 batches", "[validate] arith_p1 done: 2 batches"]
     assert [line.split(" in ")[0].split(" |")[0] for line in progress] == [*done, "[train] step 2/2 (100%)", *done]

@@ -1,44 +1,12 @@
-"""Precision and threads decided from the hardware: mocked CPU flags, CUDA capability, cgroups, affinity."""
-
-import json
+"""Threads and CPU flags read from the hardware (mocked cgroups, affinity, /proc/cpuinfo) and the run's facts; the
+precision plan: test_precision.py."""
 
 import pytest
-import torch
 
 from clipo.config import ConfigError, validate_config
 from clipo.run.facts import StrategyKind, detect_facts
-from clipo.run.runtime import cgroup_cpu_limit, choose_precision, choose_threads, detect_cpu_flags
-from tests.conftest import compose_config, tiny_parity_config
-
-ICE_LAKE = frozenset("fpu sse4_2 avx2 avx512f avx512bw avx512vl avx512_vnni".split())  # AVX-512, no bf16
-SAPPHIRE_RAPIDS = ICE_LAKE | {"avx512_bf16", "amx_bf16", "amx_tile"}
-ZEN4 = ICE_LAKE | {"avx512_bf16"}
-
-
-@pytest.mark.parametrize(
-    ("accelerator", "cuda_bf16", "flags", "expected"),
-    [
-        ("auto", None, ICE_LAKE, "32"),  # the issue's machine: emulated bf16 is 3x slower than fp32
-        ("auto", None, ZEN4, "bf16-mixed"),
-        ("cpu", None, SAPPHIRE_RAPIDS, "bf16-mixed"),
-        ("auto", None, frozenset({"amx_bf16"}), "bf16-mixed"),
-        ("auto", None, frozenset(), "32"),  # flags unreadable (or an arm CPU without them)
-        ("auto", True, ICE_LAKE, "bf16-mixed"),  # an Ampere+ GPU
-        ("gpu", False, ZEN4, "32"),  # a V100/T4: no bf16, and 16-mixed is never picked
-        ("cpu", True, ICE_LAKE, "32"),  # the CPU was asked for although a GPU is visible
-        ("mps", None, ZEN4, "32"),
-    ],
-)
-def test_auto_precision_follows_the_hardware(accelerator, cuda_bf16, flags, expected):
-    choice = choose_precision("auto", accelerator, cuda_bf16, flags)
-    assert choice.value == expected and choice.value != "16-mixed"
-    assert choice.reason.startswith("auto: ")
-
-
-@pytest.mark.parametrize("requested", ["bf16-mixed", "32", 32, "16-mixed"])
-def test_explicit_precision_wins(requested):
-    assert choose_precision(requested, "auto", None, ICE_LAKE).value == requested
-    assert "explicitly" in choose_precision(requested, "cpu", True, SAPPHIRE_RAPIDS).reason
+from clipo.run.runtime import cgroup_cpu_limit, choose_threads, detect_cpu_flags
+from tests.conftest import compose_config
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
@@ -54,23 +22,6 @@ def test_unknown_precision_fails_before_the_model_loads(tmp_path):
     with pytest.raises(ConfigError, match="trainer.precision='bf16mixed' is unknown; choose auto"):
         validate_config(cfg)
     validate_config(compose_config(["model=tiny"], output_dir=tmp_path))  # auto is the default and valid
-
-
-def test_train_resolves_auto_and_reports_it(parity_verifier, tmp_path, monkeypatch):
-    monkeypatch.setattr("clipo.run.runtime.detect_cuda_bf16", lambda: None)
-    monkeypatch.setattr("clipo.run.runtime.detect_cpu_flags", lambda: ZEN4)
-    _, objects = train_once(tmp_path, "trainer.precision=auto")
-    assert objects["trainer"].precision == "bf16-mixed"
-    runtime = json.loads((tmp_path / "summary.json").read_text())["runtime"]
-    assert runtime["precision"] == "bf16-mixed" and "avx512_bf16" in runtime["precision_reason"]
-    assert runtime["threads"] == torch.get_num_threads() == 1  # conftest sets OMP_NUM_THREADS=1
-    assert runtime["engine"] == "hf"  # rollout.engine=auto: vLLM's CPU attention cannot run model=tiny's heads
-
-
-def train_once(tmp_path, *overrides):
-    from clipo.train import train
-
-    return train(tiny_parity_config(tmp_path, "trainer.max_steps=1", "data.val=null", *overrides))
 
 
 def _cgroup(tmp_path, files: dict[str, str], own: str = "0::/\n"):
@@ -119,7 +70,6 @@ def test_cpu_data_parallel_processes_share_the_cores():
     assert "shared by 2 processes" in choose_threads({}, 8, None, processes=2).reason
 
 
-
 def test_detected_threads_use_affinity_and_cgroup(monkeypatch):
     import clipo.run.runtime as runtime
 
@@ -140,7 +90,8 @@ def test_train_turns_the_tokenizers_pool_off_and_resolves_auto_first(monkeypatch
     cfg = compose_config(["model=tiny"], output_dir=tmp_path)
     facts = apply_facts(cfg, detect_facts(cfg))
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
-    assert cfg.trainer.precision == facts.precision.value == facts.runtime()["precision"] in ("32", "bf16-mixed")
+    assert cfg.trainer.precision == facts.precision.lightning == facts.runtime()["precision_lightning"]
+    assert facts.precision.lightning in ("32-true", "bf16-mixed")
 
 
 @pytest.mark.parametrize("overrides,processes,here,strategy", [

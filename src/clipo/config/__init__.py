@@ -239,13 +239,24 @@ def validate_model_source(cfg: DictConfig) -> None:
 
 
 def _precision_problems(cfg: DictConfig) -> list[str]:
-    """`trainer.precision` is `auto` or one Lightning accepts (checked here, before the model loads)."""
-    from clipo.run.runtime import PRECISIONS
+    """`trainer.precision` is `auto`, bf16-copy (in one process) or one Lightning accepts (checked here, before the
+    model loads)."""
+    from clipo.run.facts import training_processes
+    from clipo.run.precision import PRECISIONS, WORKING_COPY
 
     precision = cfg.trainer.get("precision", "auto")
     if str(precision) not in PRECISIONS:
-        return [f"trainer.precision={precision!r} is unknown; choose auto (bf16-mixed where the hardware has native "
-                f"bf16, else 32) or one of: {', '.join(PRECISIONS[1:])}"]
+        return [f"trainer.precision={precision!r} is unknown; choose auto (each phase at its fastest precision on "
+                f"this machine), {WORKING_COPY} (float32 weights, bf16 compute) or one of: {', '.join(PRECISIONS[2:])}"]
+    if str(precision) == WORKING_COPY and (processes := training_processes(cfg.trainer)) > 1:
+        return [f"trainer.precision={WORKING_COPY} trains in one process, this run has {processes}; use bf16-mixed "
+                "or auto"]
+    if str(precision) == WORKING_COPY and cfg.trainer.get("accelerator", "auto") != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return [f"trainer.precision={WORKING_COPY} trains on the CPU (its copy stays there); on the GPU use "
+                    "bf16-mixed, or set trainer.accelerator=cpu"]
     return []
 
 

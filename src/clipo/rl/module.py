@@ -104,7 +104,8 @@ class ClipoModule(L.LightningModule):
         metrics["time/step"] = torch.tensor(sum(timer.seconds.values()))
         metrics["perf/tokens_per_s"] = torch.tensor(timer.generated_tokens / max(timer.generation_seconds, 1e-9))
         passes = step_passes(collected.update_policy, self.updater.batching.epochs, collected.forward_passes)
-        metrics |= rl_step_perf(self.policy, collected.rollouts.attention_mask.sum(-1), passes,
+        # the model the update computes on (a bf16 working copy under bf16-copy): MFU against its dtype's rate
+        metrics |= rl_step_perf(self.updater.forward_model, collected.rollouts.attention_mask.sum(-1), passes,
                                 float(metrics["time/step"]), self.trainer.precision, self.matmul_params)
         metrics = self._mean_over_ranks(metrics)
         self.log_dict(metrics, batch_size=len(batch))

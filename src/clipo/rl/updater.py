@@ -42,6 +42,8 @@ class PolicyUpdater:
         sampler_logprobs: the engine reports its log-probs (vLLM): the mismatch is measured, and
             `correction` (`rollout.importance_sampling`, None when off) re-weights for it.
         sharded_grad_norm: the gradient norm is a DTensor shard to make whole (FSDP2).
+        forward_model: what the forward/backward runs on (None: `policy`): the policy's bf16 working copy,
+            whose gradients reach the policy's float32 `.grad` (`clipo.run.working_copy`).
     """
 
     def __init__(
@@ -57,7 +59,9 @@ class PolicyUpdater:
         sampler_logprobs: bool = False,
         correction: ImportanceCorrection | None = None,
         sharded_grad_norm: bool = False,
+        forward_model: torch.nn.Module | None = None,
     ) -> None:
+        self.forward_model = policy if forward_model is None else forward_model
         self.policy, self.algorithm, self.batching, self.contrastive = policy, algorithm, batching, contrastive
         self.sampler_logprobs, self.correction = sampler_logprobs, correction if sampler_logprobs else None
         self.sharded_grad_norm = sharded_grad_norm
@@ -132,7 +136,7 @@ class PolicyUpdater:
         """The loss of the micro-batch's rollouts (its share of the update's) and its metrics."""
         index = micro_batch.index
         part = batch.rollouts.select(index)
-        out = self.batching.forward(self.policy, part, self.temperature, self.hidden_layer, with_entropy=True,
+        out = self.batching.forward(self.forward_model, part, self.temperature, self.hidden_layer, with_entropy=True,
                                     head_chunks=micro_batch.head_chunks)
         if batch.old_logprobs is None:  # on-policy: this forward is pi_old
             old = out.logprobs.detach()

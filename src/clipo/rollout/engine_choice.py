@@ -10,15 +10,12 @@ lines.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from clipo.rollout.vllm_support import head_size_problem, vllm_available
 from clipo.run.runtime import Choice
 
 ENGINE_NAMES = ("auto", "hf", "vllm")
-BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "bf16")
 
 
 def choose_engine(requested: str, policy: torch.nn.Module, processes: int) -> Choice:
@@ -55,9 +52,9 @@ def architecture(policy: torch.nn.Module) -> str:
     return (getattr(base.config, "architectures", None) or [type(base).__name__])[0]
 
 
-def engine_dtype(configured: str | None, precision: Any) -> str | None:
-    """The vllm engine's weight dtype: `rollout.vllm.dtype` when set, bfloat16 when the trainer computes
-    in bf16 (the engine then samples in the policy's precision), else None (the policy's weights' dtype)."""
+def engine_dtype(configured: str | None, sampling: str | None) -> str | None:
+    """The vllm engine's weight dtype: `rollout.vllm.dtype` when set, bfloat16 when the precision plan samples
+    in bf16 (`clipo.run.precision`), else None (the policy's weights' dtype)."""
     if configured:
         return configured
-    return "bfloat16" if str(precision) in BF16_PRECISIONS else None
+    return "bfloat16" if sampling == "bfloat16" else None

@@ -143,25 +143,31 @@ def generation_config(sampling: Sampling, tokenizer: Any) -> GenerationConfig:
 
 @ENGINES.register("hf")
 class HFEngine:
-    """`rollout.engine=hf`: transformers `generate` on the training policy itself, with the hidden-state
-    hook for CLIPO (see `generate_rollouts`). It samples from the live weights, so `sync_weights` does nothing."""
+    """`rollout.engine=hf`: transformers `generate`, with the hidden-state hook for CLIPO (see `generate_rollouts`).
+
+    It samples from the weights as they are held, never through autocast (which would re-cast every
+    weight at every decoding step): from `sampler`, a bf16 copy of the policy cast once after each
+    optimizer step (`clipo.run.working_copy`), when the precision plan samples in bf16 from a float32
+    policy; else from the policy itself. Either way the weights are current, so `sync_weights` does nothing.
+    """
 
     gives_hidden_states = True  # captured while sampling
-    gives_sampling_logprobs = False  # it samples from the trainer's own distribution
+    gives_sampling_logprobs = False  # it samples from the trainer's own distribution (or its bf16 copy's)
 
-    def __init__(self, policy: torch.nn.Module, tokenizer: Any) -> None:
-        self.policy, self.tokenizer = policy, tokenizer
+    def __init__(self, policy: torch.nn.Module, tokenizer: Any, sampler: torch.nn.Module | None = None) -> None:
+        self.policy, self.tokenizer = (policy if sampler is None else sampler), tokenizer
 
     def generate(
         self, records: list[dict], group_size: int, sampling: Sampling, hidden_layer: int | None = None
     ) -> RolloutBatch:
         generation = generation_config(sampling, self.tokenizer)
-        if sampling.seed is None:
-            return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, hidden_layer)
         device = next(self.policy.parameters()).device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(sampling.seed)
-            return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, hidden_layer)
+        with torch.autocast(device.type, enabled=False):  # a trainer's bf16-mixed context stops here
+            if sampling.seed is None:
+                return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, hidden_layer)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(sampling.seed)
+                return generate_rollouts(self.policy, self.tokenizer, records, group_size, generation, hidden_layer)
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
-        """Nothing to do: this engine generates with `policy` itself."""
+        """Nothing to do: this engine samples from the policy, or from a copy its optimizer keeps current."""

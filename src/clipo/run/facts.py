@@ -17,6 +17,7 @@ from omegaconf import open_dict
 
 from clipo.contrastive.modes import ContrastiveMode
 from clipo.run.console import quiet_third_party_output
+from clipo.run.precision import PrecisionPlan
 from clipo.run.runtime import Choice, detect_threads, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class RunFacts:
     device: str  # "cuda" or "cpu"
     strategy: StrategyKind
     contrastive: ContrastiveMode
-    precision: Choice
+    precision: PrecisionPlan  # per phase: sampling, training, how the policy is held (`clipo.run.precision`)
     threads: Choice
     engine: Choice | None = None  # decided once the policy has loaded (`clipo.builders.build_engine`)
 
@@ -75,9 +76,9 @@ class RunFacts:
 
     def runtime(self) -> dict[str, Any]:
         """summary.json's `runtime`: each decision and its reason."""
-        out = {"precision": str(self.precision.value), "precision_reason": self.precision.reason,
-               "threads": self.threads.value, "threads_reason": self.threads.reason, "processes": self.processes,
-               "device": self.device, "strategy": self.strategy.value, "contrastive_mode": self.contrastive.value}
+        out = {**self.precision.as_dict(), "threads": self.threads.value, "threads_reason": self.threads.reason,
+               "processes": self.processes, "device": self.device, "strategy": self.strategy.value,
+               "contrastive_mode": self.contrastive.value}
         if self.engine is not None:
             out |= {"engine": self.engine.value, "engine_reason": self.engine.reason}
         return out
@@ -89,13 +90,14 @@ def detect_facts(cfg: Any) -> RunFacts:
     processes = training_processes(trainer)
     device = training_device(trainer)
     here = local_devices(trainer) if device == "cpu" else 1
+    strategy = StrategyKind.of((cfg.get("strategy") or {}).get("name", "auto"), processes)
     return RunFacts(
         processes=processes,
         processes_here=here,
         device=device,
-        strategy=StrategyKind.of((cfg.get("strategy") or {}).get("name", "auto"), processes),
+        strategy=strategy,
         contrastive=ContrastiveMode.resolve(cfg.loss.name, cfg.contrastive.mode),
-        precision=resolve_precision(trainer),
+        precision=resolve_precision(cfg, processes, sharded=strategy.writes_folders),  # DeepSpeed, FSDP: no copy
         threads=detect_threads(here),
     )
 
@@ -128,7 +130,8 @@ def apply_facts(cfg: Any, facts: RunFacts) -> RunFacts:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(facts.threads.value)
     with open_dict(cfg):
-        cfg.trainer.precision = facts.precision.value
-    log.info("precision %s: %s", facts.precision.value, facts.precision.reason)
+        cfg.trainer.precision = facts.precision.lightning
+    for line in facts.precision.lines():
+        log.info(line)
     log.info("torch threads %d (%s); tokenizers parallelism off", facts.threads.value, facts.threads.reason)
     return facts

@@ -1,7 +1,8 @@
-"""What the machine offers, decided before the Trainer is built: the precision and the thread count.
+"""What the machine offers, decided before the Trainer is built: the precision plan and the thread count.
 
 The decisions are pure functions of what was detected (CPU flags, CUDA capability, cgroup quota,
-affinity, environment), so tests can hand them any machine; `detect_*` read the real one.
+affinity, environment, the precision probe's measurement), so tests can hand them any machine;
+`detect_*` and `resolve_precision` read the real one.
 """
 
 from __future__ import annotations
@@ -12,13 +13,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-# the precisions Lightning's Trainer accepts (as strings; the config may give 32 or 16 as integers)
-LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
-                        "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
-PRECISIONS = ("auto", *LIGHTNING_PRECISIONS)
-# CPU features with native bf16 matrix products; without them bf16 autocast is emulated and slower
-# than fp32 (an Ice Lake Xeon with plain AVX-512: 68 GFLOP/s in bf16 against 355 in fp32)
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+from clipo.run.precision import PrecisionPlan, choose_plan
+from clipo.run.precision_probe import Probe, ProbeShapes, measure
 
 
 @dataclass(frozen=True)
@@ -29,32 +25,23 @@ class Choice:
     reason: str
 
 
-def choose_precision(requested: typing.Any, accelerator: str, cuda_bf16: bool | None, cpu_flags: frozenset[str]) -> Choice:
-    """`trainer.precision`, with `auto` resolved: bf16-mixed on a CUDA device with bf16 and on a CPU with
-    AVX-512 BF16 or AMX, else 32. 16-mixed is never chosen (it needs loss scaling and can overflow).
-
-    accelerator: trainer.accelerator (auto, cpu, gpu, cuda, ...); cuda_bf16: None when no CUDA device is
-    visible, else whether it supports bf16; cpu_flags: the `flags` of /proc/cpuinfo.
-    """
-    if str(requested) != "auto":
-        return Choice(requested, f"trainer.precision={requested} was set explicitly")
-    on_cuda = cuda_bf16 is not None and accelerator in ("auto", "gpu", "cuda")
-    if on_cuda:
-        if cuda_bf16:
-            return Choice("bf16-mixed", "auto: the CUDA device supports bf16")
-        return Choice("32", "auto: the CUDA device has no bf16 (16-mixed is never chosen automatically)")
-    if accelerator not in ("auto", "cpu"):
-        return Choice("32", f"auto: trainer.accelerator={accelerator} is neither CPU nor CUDA")
-    native = [flag for flag in CPU_BF16_FLAGS if flag in cpu_flags]
-    if native:
-        return Choice("bf16-mixed", f"auto: the CPU has native bf16 ({', '.join(native)})")
-    return Choice("32", "auto: the CPU has neither AVX-512 BF16 nor AMX, so bf16 would be emulated and slower")
+def resolve_precision(cfg: typing.Any, processes: int = 1, sharded: bool = False) -> PrecisionPlan:
+    """`trainer.precision` as a `PrecisionPlan` for this machine and this run (`clipo.run.precision`) of `processes`
+    training processes (`sharded`: DeepSpeed or FSDP holds the policy's weights); `auto` on a CPU with bf16
+    units measures the run's own model and shapes (`clipo.run.precision_probe`)."""
+    trainer = cfg.trainer
+    return choose_plan(trainer.get("precision", "auto"), str(trainer.get("accelerator", "auto")), detect_cuda_bf16(),
+                       detect_cpu_flags(), processes, sharded, lambda: _probe(cfg, processes))
 
 
-def resolve_precision(trainer_cfg: typing.Mapping[str, typing.Any]) -> Choice:
-    """`choose_precision` for this machine, from a `trainer:` config block."""
-    return choose_precision(trainer_cfg.get("precision", "auto"), str(trainer_cfg.get("accelerator", "auto")),
-                            detect_cuda_bf16(), detect_cpu_flags())
+def _probe(cfg: typing.Any, processes: int) -> Probe:
+    from clipo.builders import plain
+    from clipo.models import load_config
+
+    rollouts = cfg.data.prompts_per_step * cfg.rollout.group_size // max(1, processes)
+    budget = cfg.ppo.get("max_tokens_per_micro_batch")
+    shapes = ProbeShapes.of_run(rollouts, budget if isinstance(budget, int) else 2048)
+    return measure(load_config(**plain(cfg.model)), shapes)
 
 
 def detect_cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
