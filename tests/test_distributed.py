@@ -20,8 +20,10 @@ from clipo.distributed import all_gather_rows, gathered_for_generation, globally
 from clipo.registry import LOSSES, register_components
 from clipo.run.facts import StrategyKind
 from tests.conftest import fresh_shell_env
+from tests.ddp_replay import PLANS
 
 REPLAY = Path(__file__).with_name("ddp_replay.py")
+DDP_PLANS = list(PLANS)  # each a two-process DDP step against one process
 # rank 0 holds groups 0 and 1, rank 1 group 2: unequal row counts exercise the padding
 GROUPS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
 LABELS = torch.tensor([1, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1, 1])
@@ -105,32 +107,20 @@ def test_reinforce_pp_whitens_over_the_global_batch(tmp_path):
     _spawn(_advantage_worker, tmp_path)
 
 
-def _replay(tmp_path: Path, devices: int, overrides: list[str]) -> dict:
-    out = tmp_path / f"devices{devices}.pt"
-    env = fresh_shell_env()
-    result = subprocess.run([sys.executable, str(REPLAY), str(out), str(devices), *overrides], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return torch.load(out)
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory) -> Path:
+    """Every plan of `tests/ddp_replay.py` in one launch of one process and one of two."""
+    out_dir = tmp_path_factory.mktemp("ddp_replay")
+    for devices in (1, 2):
+        result = subprocess.run([sys.executable, str(REPLAY), str(out_dir), str(devices), *DDP_PLANS], cwd=out_dir,
+                                capture_output=True, text=True, timeout=600, env=fresh_shell_env())
+        assert result.returncode == 0, result.stderr[-4000:]
+    return out_dir
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["loss=none"],
-        ["advantage=reinforce_pp", "algorithm.aggregation=seq-mean-token-mean", "loss=infonce", "loss.level=batch"],
-        # micro-batches by tokens: a rank whose rollouts pack into fewer passes runs stand-ins to the same count
-        ["loss=none", "ppo.max_tokens_per_micro_batch=320"],
-        # ConSPO averages over the mixed groups of all ranks; its full margin from the first step
-        ["loss=none", "algorithm=conspo", "algorithm.alpha=0", "ppo.micro_batch_size=4"],
-    ],
-    ids=["grpo-token-mean", "reinforce_pp-seq-mean-clipo-batch-level", "grpo-token-budget", "conspo"],
-)
-def test_two_process_ddp_step_equals_one_process_on_the_global_batch(tmp_path, overrides):
-    # the token-budget case's single process runs the padded forward: DDP over varlen rows equals it too
-    varlen = ["ppo.forward_layout=varlen"] if "ppo.max_tokens_per_micro_batch=320" in overrides else []
-    one, two = _replay(tmp_path, 1, overrides + ["ppo.forward_layout=padded"] * bool(varlen)), _replay(
-        tmp_path, 2, overrides + varlen)
+@pytest.mark.parametrize("plan", DDP_PLANS)
+def test_two_process_ddp_step_equals_one_process_on_the_global_batch(replayed, plan):
+    one, two = (torch.load(replayed / f"{plan}.devices{devices}.pt") for devices in (1, 2))
     for key in ("train/reward", "train/shaped_reward", "actor/loss", "actor/pg_loss", "actor/grad_norm", "actor/entropy"):
         torch.testing.assert_close(two["metrics"][key], one["metrics"][key], rtol=1e-4, atol=1e-7, msg=key)
     assert one["metrics"]["actor/grad_norm"] > 0 and one["metrics"]["actor/loss"] != 0
