@@ -264,6 +264,23 @@ def build_validation(cfg: DictConfig, engine: Any, verifiers: dict[str, Any], sa
     return Validation(engine, sampling, verifiers, twins, cfg.validation.n, list(cfg.validation.ks))
 
 
+def build_precision_parts(cfg: DictConfig, facts: RunFacts, policy: Any, tokenizer: Any,
+                          reference: Any) -> tuple[Any, Choice, torch.nn.Module, Any]:
+    """What the precision plan makes: (the engine, the engine choice, the module the update and the
+    collector's passes compute on: the bf16 working copy or the policy itself, the optimizer factory,
+    which casts the copy again after each step)."""
+    plan = facts.precision
+    choice = engine_choice(cfg, policy, facts.processes)
+    copy = policy_copy(plan, policy, choice.value)
+    engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, plan, copy, choice)
+    engine = async_engine(cfg.rollout.max_staleness, engine)
+    compute = copy.module if plan.working_copy else policy
+    if plan.working_copy and reference is not None:  # frozen: cast once, computes as the copy does
+        cast_parameters(reference, torch.bfloat16)
+    optimizer = instantiate(cfg.optimizer)
+    return engine, choice, compute, optimizer if copy is None else copy.optimizer_factory(optimizer)
+
+
 def build_module(cfg: DictConfig, facts: RunFacts | None = None,
                  verifiers: tuple[Any, dict[str, Any]] | None = None) -> ClipoModule:
     """Every part of the run, from the config and the run's facts (None: detected here, for tests and notebooks);
@@ -275,18 +292,7 @@ def build_module(cfg: DictConfig, facts: RunFacts | None = None,
     policy, tokenizer, reference = build_models(cfg, algorithm)
     sampling, val_sampling = rollout_sampling(cfg)
     verifier, val_verifiers = verifiers or build_verifiers(cfg)
-    plan = facts.precision
-    choice = engine_choice(cfg, policy, facts.processes)
-    copy = policy_copy(plan, policy, choice.value)
-    engine, choice = build_engine(cfg, policy, tokenizer, facts.processes, plan, copy, choice)
-    engine = async_engine(cfg.rollout.max_staleness, engine)
-    # what the update and the collector's passes compute on: the bf16 working copy, or the policy itself
-    compute = copy.module if plan.working_copy else policy
-    if plan.working_copy and reference is not None:  # frozen: cast once, computes as the copy does
-        cast_parameters(reference, torch.bfloat16)
-    optimizer = instantiate(cfg.optimizer)
-    if copy is not None:  # the copy is cast again after each optimizer step
-        optimizer = copy.optimizer_factory(optimizer)
+    engine, choice, compute, optimizer = build_precision_parts(cfg, facts, policy, tokenizer, reference)
     contrastive = build_contrastive(cfg, mode, policy.config.hidden_size)
     # CLIPO's loss mode and a loss over a group's rollouts (`needs_whole_groups`) are taken per forward pass
     whole_groups = mode is ContrastiveMode.LOSS or algorithm.needs_whole_groups

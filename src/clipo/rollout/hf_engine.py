@@ -87,35 +87,14 @@ def generate_rollouts(
     input_ids = encoded.input_ids.repeat_interleave(group_size, dim=0)  # [N, P]
     prompt_mask = encoded.attention_mask.repeat_interleave(group_size, dim=0)
 
-    was_training = model.training
-    model.eval()  # no dropout while sampling
     module = hidden_layer_module(model, hidden_layer) if hidden_layer is not None else None
-    # no per-token sync between ranks (transformers turns it on for an FSDP module): the caller holds whole
-    # weights for the phase, and ranks generate different numbers of times (validation batches, refills)
-    generate = partial(model.generate, input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation,
-                       synced_gpus=False)
-    try:
-        if module is None:
-            sequences = generate()
-            states = []
-        else:
-            with capture_predicting_states(module) as states:
-                sequences = generate()
-    finally:
-        model.train(was_training)
-
+    sequences, states = _sample(model, input_ids, prompt_mask, generation, module)
     prompt_len = input_ids.shape[1]
     response_ids = sequences[:, prompt_len:]
     eos_ids = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
     response_mask = response_mask_from_ids(response_ids, eos_ids)
     truncated = ~torch.isin(response_ids, torch.tensor(eos_ids, device=device)).any(-1)
-    hidden = None
-    if module is not None:  # [N, T, D]: states at response tokens 0..T-2, then a zero row (no state)
-        n, T = response_ids.shape
-        dtype = next(model.parameters()).dtype
-        empty = torch.zeros(n, 0, model.config.hidden_size, device=device, dtype=dtype)  # T == 1: no decoding step
-        decoded = torch.cat(states, dim=1)[:, : T - 1] if states else empty
-        hidden = pad_time(decoded, 0, T - decoded.shape[1], 0.0)
+    hidden = None if module is None else _response_states(states, model, response_ids.shape)
     return RolloutBatch(
         sequences=sequences,
         attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
@@ -128,6 +107,34 @@ def generate_rollouts(
         truncated=truncated,
         hidden=hidden,
     )
+
+
+def _sample(model: torch.nn.Module, input_ids: torch.Tensor, prompt_mask: torch.Tensor, generation: GenerationConfig,
+            module: torch.nn.Module | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(sequences [N, P+T], the states `module` gave at each decoding step, or [] when it is None)."""
+    was_training = model.training
+    model.eval()  # no dropout while sampling
+    # no per-token sync between ranks (transformers turns it on for an FSDP module): the caller holds whole
+    # weights for the phase, and ranks generate different numbers of times (validation batches, refills)
+    generate = partial(model.generate, input_ids=input_ids, attention_mask=prompt_mask, generation_config=generation,
+                       synced_gpus=False)
+    try:
+        if module is None:
+            return generate(), []
+        with capture_predicting_states(module) as states:
+            return generate(), states
+    finally:
+        model.train(was_training)
+
+
+def _response_states(states: list[torch.Tensor], model: torch.nn.Module, shape: torch.Size) -> torch.Tensor:
+    """[N, T, D] the captured states at response tokens 0..T-2, then a zero row (no state: nothing decoded
+    after the last token); `shape` is the responses' [N, T]."""
+    n, T = shape
+    parameter = next(model.parameters())
+    empty = torch.zeros(n, 0, model.config.hidden_size, device=parameter.device, dtype=parameter.dtype)  # T == 1
+    decoded = torch.cat(states, dim=1)[:, : T - 1] if states else empty
+    return pad_time(decoded, 0, T - decoded.shape[1], 0.0)
 
 
 def generation_config(sampling: Sampling, tokenizer: Any) -> GenerationConfig:
