@@ -17,6 +17,7 @@ hold whole groups (`needs_whole_groups`). Shapes: `N` rollouts, `T` response tok
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -87,14 +88,9 @@ class ConSPOLoss(PolicyLossBase):
         alpha: float = 0.3,
         total_steps: int | None = None,
         aggregation: str = "token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_bias_correction: bool = False,
-        off_policy_mask_threshold: float | None = None,
-        top_entropy_quantile: float = 1.0,
+        **common: Any,
     ) -> None:
-        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
-                         top_entropy_quantile)
+        super().__init__(aggregation, **common)  # the KL term, masks (`PolicyLossBase`)
         if tau <= 0 or margin < 0 or alpha < 0:
             raise ValueError(f"ConSPOLoss: tau must be > 0 and margin, alpha >= 0, got {tau}, {margin}, {alpha}")
         if total_steps is not None and total_steps <= 0:

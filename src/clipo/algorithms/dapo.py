@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from clipo.algorithms.grpo import GRPOLoss
 from clipo.registry import ALGORITHMS
 
@@ -21,11 +23,6 @@ class DAPOLoss(GRPOLoss):
         clip_high: float = 0.28,
         clip_c: float | None = 10.0,
         aggregation: str = "token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_bias_correction: bool = False,
-        off_policy_mask_threshold: float | None = None,
-        top_entropy_quantile: float = 1.0,
+        **common: Any,
     ) -> None:
-        super().__init__(clip_low, clip_high, clip_c, aggregation, kl_coef, kl_estimator, kl_bias_correction,
-                         off_policy_mask_threshold, top_entropy_quantile)
+        super().__init__(clip_low, clip_high, clip_c, aggregation, **common)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from clipo.algorithms.base import PolicyLossBase
 from clipo.algorithms.objectives import TokenLosses, token_ratio, unclipped
 from clipo.registry import ALGORITHMS
@@ -16,14 +18,9 @@ class GPGLoss(PolicyLossBase):
     def __init__(
         self,
         aggregation: str = "token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_bias_correction: bool = False,
-        off_policy_mask_threshold: float | None = None,
-        top_entropy_quantile: float = 1.0,
+        **common: Any,
     ) -> None:
-        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
-                         top_entropy_quantile)
+        super().__init__(aggregation, **common)  # the KL term, masks (`PolicyLossBase`)
 
     def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001
         return unclipped(-advantages.unsqueeze(-1) * logprobs, token_ratio(logprobs, old_logprobs))

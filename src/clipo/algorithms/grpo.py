@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from clipo.algorithms.base import PolicyLossBase, check_clip
 from clipo.algorithms.objectives import TokenLosses, ppo_token_losses
 from clipo.registry import ALGORITHMS
@@ -19,14 +21,9 @@ class GRPOLoss(PolicyLossBase):
         clip_high: float = 0.2,
         clip_c: float | None = 3.0,
         aggregation: str = "token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_bias_correction: bool = False,
-        off_policy_mask_threshold: float | None = None,
-        top_entropy_quantile: float = 1.0,
+        **common: Any,
     ) -> None:
-        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
-                         top_entropy_quantile)
+        super().__init__(aggregation, **common)  # the KL term, masks (`PolicyLossBase`)
         check_clip(type(self).__name__, clip_low=clip_low, clip_high=clip_high)
         self.clip_low, self.clip_high = clip_low, clip_high
         if clip_c is not None and clip_c <= 1.0 + clip_high:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from clipo.algorithms.base import PolicyLossBase
@@ -43,14 +45,9 @@ class KLCovLoss(PolicyLossBase):
         kl_cov_ratio: float = 2e-4,
         ppo_kl_coef: float = 0.1,
         aggregation: str = "token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_bias_correction: bool = False,
-        off_policy_mask_threshold: float | None = None,
-        top_entropy_quantile: float = 1.0,
+        **common: Any,
     ) -> None:
-        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
-                         top_entropy_quantile)
+        super().__init__(aggregation, **common)  # the KL term, masks (`PolicyLossBase`)
         if kl_cov_ratio <= 0:
             raise ValueError(f"KLCovLoss: kl_cov_ratio must be > 0, got {kl_cov_ratio}")
         self.kl_cov_ratio, self.ppo_kl_coef = kl_cov_ratio, ppo_kl_coef

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from clipo.algorithms.gspo import GSPOLoss
 from clipo.registry import ALGORITHMS
 
@@ -18,11 +20,6 @@ class LUSPOLoss(GSPOLoss):
         clip_low: float = 3e-4,
         clip_high: float = 4e-4,
         aggregation: str = "seq-mean-token-sum",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_bias_correction: bool = False,
-        off_policy_mask_threshold: float | None = None,
-        top_entropy_quantile: float = 1.0,
+        **common: Any,
     ) -> None:
-        super().__init__(clip_low, clip_high, aggregation, kl_coef, kl_estimator, kl_bias_correction,
-                         off_policy_mask_threshold, top_entropy_quantile)
+        super().__init__(clip_low, clip_high, aggregation, **common)

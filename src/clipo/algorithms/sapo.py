@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from clipo.algorithms.base import PolicyLossBase
@@ -36,14 +38,9 @@ class SAPOLoss(PolicyLossBase):
         tau_pos: float = 1.0,
         tau_neg: float = 1.05,
         aggregation: str = "seq-mean-token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_bias_correction: bool = False,
-        off_policy_mask_threshold: float | None = None,
-        top_entropy_quantile: float = 1.0,
+        **common: Any,
     ) -> None:
-        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
-                         top_entropy_quantile)
+        super().__init__(aggregation, **common)  # the KL term, masks (`PolicyLossBase`)
         if tau_pos <= 0 or tau_neg <= 0:
             raise ValueError(f"SAPOLoss: tau_pos and tau_neg must be > 0, got {tau_pos}, {tau_neg}")
         self.tau_pos, self.tau_neg = tau_pos, tau_neg

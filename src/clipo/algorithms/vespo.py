@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -51,14 +52,9 @@ class VESPOLoss(PolicyLossBase):
         k_neg: float = 3.0,
         lambda_neg: float = 2.0,
         aggregation: str = "token-mean",
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
-        kl_bias_correction: bool = False,
-        off_policy_mask_threshold: float | None = None,
-        top_entropy_quantile: float = 1.0,
+        **common: Any,
     ) -> None:
-        super().__init__(aggregation, kl_coef, kl_estimator, kl_bias_correction, off_policy_mask_threshold,
-                         top_entropy_quantile)
+        super().__init__(aggregation, **common)  # the KL term, masks (`PolicyLossBase`)
         self.k_pos, self.lambda_pos, self.k_neg, self.lambda_neg = k_pos, lambda_pos, k_neg, lambda_neg
 
     def token_losses(self, logprobs, old_logprobs, advantages, mask) -> TokenLosses:  # noqa: ANN001
