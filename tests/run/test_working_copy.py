@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clipo.models import build_tiny
-from clipo.run.working_copy import WorkingCopy
+from clipo.run.working_copy import SDPA_FLOAT32_GRAD, WorkingCopy, sdpa_float32_grad
 
 # bf16's unit roundoff: 8 significant bits, so a rounding errs by at most 2^-9 relative
 BF16_U = 2.0**-9
@@ -31,6 +31,36 @@ def test_the_copy_holds_bf16_parameters_float32_buffers_and_tied_weights():
     assert copy.module.lm_head.weight is copy.module.model.embed_tokens.weight  # tied as in the master
     for work, expected in zip(copy.module.parameters(), cast(master)):
         assert torch.equal(work, expected)
+
+
+def test_the_copys_attention_takes_gradients_in_float32_and_samples_in_bf16(monkeypatch):
+    policy, _ = build_tiny(seed=0)
+    copy = WorkingCopy(policy)
+    assert copy.module.config._attn_implementation == SDPA_FLOAT32_GRAD and policy.config._attn_implementation == "sdpa"
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **k: seen.append(q.dtype) or real(q, *a, **k))
+    ids = torch.randint(0, policy.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        copy.module(ids)
+    sampled, seen[:] = set(seen), []
+    copy.module(ids).logits.float().sum().backward()
+    assert sampled == {torch.bfloat16} and set(seen) == {torch.float32}
+    # the same attention as SDPA's: in bf16 inputs' rounding (2^-8 relative), gradients too
+    q, k, v = (torch.randn(2, 4, 7, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    module = torch.nn.Module()
+    module.training, module.is_causal = False, True
+    out, _ = sdpa_float32_grad(module, q, k, v, None)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    expected = real(q32, k32, v32, is_causal=True).transpose(1, 2)  # transformers returns [b, t, heads, d]
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=2**-8, atol=2**-8)
+    out.float().sum().backward()
+    expected.sum().backward()
+    for low, high in ((q, q32), (k, k32), (v, v32)):
+        assert low.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(low.grad.float(), high.grad, rtol=2**-7, atol=2**-7)
 
 
 def test_gradients_reach_the_master_summed_in_float32():
