@@ -96,3 +96,11 @@ def fresh_shell_env(**extra: str) -> dict[str, str]:
     """os.environ as a fresh shell would have it for a clipo command: no launcher variables, a free port."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
     return {**env, "MASTER_PORT": str(free_port()), **extra}
+
+
+def with_callback(init, callback):  # noqa: ANN001, ANN202
+    """`L.Trainer.__init__` (`init`) that adds `callback` to the Trainer's callbacks (the helper scripts' recorders)."""
+    def patched(self, *args, callbacks=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        init(self, *args, callbacks=[*(callbacks or []), callback], **kwargs)
+
+    return patched

@@ -25,7 +25,7 @@ from clipo.registry import VERIFIERS  # noqa: E402
 from clipo.rl.collector import RolloutCollector  # noqa: E402
 from clipo.rollout.vllm_engine import named_weights  # noqa: E402
 from clipo.train import train  # noqa: E402
-from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
+from tests.conftest import TINY_OVERRIDES, ParityVerifier, with_callback  # noqa: E402
 
 
 def replay_gathered(self: RolloutCollector, batch, timer, trainer_state, sampled=None):  # noqa: ANN001
@@ -153,16 +153,9 @@ def main() -> None:
     VERIFIERS._entries["parity"] = ParityVerifier
     RolloutCollector._generate_and_score = replay_gathered
     RolloutCollector.collect = record_sharded_after_generation(RolloutCollector.collect)
-    L.Trainer.__init__ = _with_callback(L.Trainer.__init__, RECORDER)
+    L.Trainer.__init__ = with_callback(L.Trainer.__init__, RECORDER)
     for name in names:
         run_plan(Path(out_dir), int(devices), name)
-
-
-def _with_callback(init, callback):  # noqa: ANN001, ANN202
-    def patched(self, *args, callbacks=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        init(self, *args, callbacks=[*(callbacks or []), callback], **kwargs)
-
-    return patched
 
 
 if __name__ == "__main__":

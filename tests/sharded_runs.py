@@ -30,7 +30,7 @@ from clipo.registry import VERIFIERS  # noqa: E402
 from clipo.rl.batching import UpdateBatching  # noqa: E402
 from clipo.rl.collector import RolloutCollector  # noqa: E402
 from clipo.train import train  # noqa: E402
-from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
+from tests.conftest import TINY_OVERRIDES, ParityVerifier, with_callback  # noqa: E402
 
 LOSS_MODE = ["contrastive.mode=loss", "loss=supcon", "contrastive.coef=0.5"]
 # groups of 3 scored by parity: a quarter of them have no variance, so ranks refill different numbers of times
@@ -120,16 +120,9 @@ def main() -> None:
     VERIFIERS._entries["parity"] = ParityVerifier
     UpdateBatching.micro_batches = recorded_micro_batches(UpdateBatching.micro_batches)
     RolloutCollector._generate_and_score = counted_generation(RolloutCollector._generate_and_score)
-    L.Trainer.__init__ = _with_callback(L.Trainer.__init__, RECORD)
+    L.Trainer.__init__ = with_callback(L.Trainer.__init__, RECORD)
     for name in names:
         run_plan(Path(out_dir), name)
-
-
-def _with_callback(init, callback):  # noqa: ANN001, ANN202
-    def patched(self, *args, callbacks=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        init(self, *args, callbacks=[*(callbacks or []), callback], **kwargs)
-
-    return patched
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ from clipo.distributed import world  # noqa: E402
 from clipo.registry import VERIFIERS  # noqa: E402
 from clipo.rollout.vllm_weights import named_weights  # noqa: E402
 from clipo.train import train  # noqa: E402
-from tests.conftest import TINY_OVERRIDES, ParityVerifier  # noqa: E402
-from tests.sharded_replay import _with_callback  # noqa: E402
+from tests.conftest import TINY_OVERRIDES, ParityVerifier, with_callback  # noqa: E402
 
 EMBEDDING = "model.embed_tokens.weight"
 VLLM = ["rollout.engine=vllm", "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1"]
@@ -61,7 +60,7 @@ def run_plan(out_dir: Path, devices: int, name: str, overrides: list[str]) -> No
     with open_dict(cfg):
         cfg.verifier = {"name": "parity"}
     recorder = RecordSteps()
-    L.Trainer.__init__ = _with_callback(L.Trainer.__init__, recorder)
+    L.Trainer.__init__ = with_callback(L.Trainer.__init__, recorder)
     metrics, objects = train(cfg)
     engine = getattr(objects["module"].collector.engine, "engine", objects["module"].collector.engine)
     rank = world()[0]
